@@ -1,0 +1,256 @@
+//! The DMA buffer pool: one aligned allocation made at start-up, cut into equal buffers.
+//!
+//! A device owns one pool; the io_uring backend registers every buffer with its ring, so a
+//! request names its buffer by index and the kernel skips pinning pages per I/O. Buffers move
+//! by value: a request takes its `DmaBuf`, the completion gives it back, so no code can touch
+//! a buffer the kernel is writing into. `DmaBuf` is neither `Send` nor `Sync`: a pool and its
+//! buffers live on one core.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::rc::Rc;
+
+use crate::constants::BUFFER_ALIGNMENT_BYTES;
+
+/// The pool's memory. Freed when the pool and every buffer from it are gone.
+struct Region {
+    base: *mut u8,
+    layout: Layout,
+    buffer_size_bytes: u32,
+    count: u32,
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `alloc_zeroed(self.layout)` in `BufferPool::new` and is
+        // freed only here, once, when the last `Rc<Region>` goes.
+        unsafe { alloc::dealloc(self.base, self.layout) }
+    }
+}
+
+/// A fixed set of aligned buffers of one size, allocated once.
+pub struct BufferPool {
+    region: Rc<Region>,
+    free: Vec<u32>,
+}
+
+impl fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("buffer_size_bytes", &self.region.buffer_size_bytes)
+            .field("count", &self.region.count)
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+impl BufferPool {
+    /// Allocates `count` zeroed buffers of `buffer_size_bytes` each, every one aligned to
+    /// `BUFFER_ALIGNMENT_BYTES`. Sizes are checked by the device that owns the pool.
+    pub fn new(count: u32, buffer_size_bytes: u32) -> BufferPool {
+        assert!(count > 0, "a buffer pool needs at least one buffer");
+        assert!(buffer_size_bytes > 0, "buffers must not be empty");
+        assert!(
+            (buffer_size_bytes as usize).is_multiple_of(BUFFER_ALIGNMENT_BYTES),
+            "buffer size must be a multiple of {BUFFER_ALIGNMENT_BYTES}"
+        );
+        let total = (count as usize)
+            .checked_mul(buffer_size_bytes as usize)
+            .expect("buffer pool size overflows usize");
+        let layout = Layout::from_size_align(total, BUFFER_ALIGNMENT_BYTES)
+            .expect("buffer pool layout is valid");
+        // SAFETY: the layout has a non-zero size (count > 0 and size > 0 asserted above).
+        let base = unsafe { alloc::alloc_zeroed(layout) };
+        if base.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        let region = Rc::new(Region { base, layout, buffer_size_bytes, count });
+        // Reversed so that buffers come out in index order, which keeps tests readable.
+        let free = (0..count).rev().collect();
+        BufferPool { region, free }
+    }
+
+    /// Takes a free buffer, its window covering the whole buffer; `None` when all are out.
+    pub fn acquire(&mut self) -> Option<DmaBuf> {
+        let index = self.free.pop()?;
+        Some(DmaBuf {
+            region: Rc::clone(&self.region),
+            index,
+            start: 0,
+            len: self.region.buffer_size_bytes,
+        })
+    }
+
+    /// Gives a buffer back. It must come from this pool.
+    pub fn release(&mut self, buf: DmaBuf) {
+        assert!(self.owns(&buf), "buffer released to a pool it does not come from");
+        debug_assert!(!self.free.contains(&buf.index), "buffer released twice");
+        self.free.push(buf.index);
+    }
+
+    /// Whether `buf` was cut from this pool.
+    pub fn owns(&self, buf: &DmaBuf) -> bool {
+        Rc::ptr_eq(&self.region, &buf.region)
+    }
+
+    pub fn buffer_size_bytes(&self) -> u32 {
+        self.region.buffer_size_bytes
+    }
+
+    pub fn count(&self) -> u32 {
+        self.region.count
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// One `iovec` per buffer, in index order, for `IORING_REGISTER_BUFFERS`.
+    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
+        let size = self.region.buffer_size_bytes as usize;
+        (0..self.region.count as usize)
+            .map(|i| libc::iovec {
+                // SAFETY: i < count, so the offset stays inside the allocation.
+                iov_base: unsafe { self.region.base.add(i * size) }.cast(),
+                iov_len: size,
+            })
+            .collect()
+    }
+
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.region.layout.size() as u64
+    }
+}
+
+/// One buffer of a pool, with a window (`start..start + len`) that an I/O reads into or
+/// writes from. The window starts as the whole buffer.
+pub struct DmaBuf {
+    region: Rc<Region>,
+    index: u32,
+    start: u32,
+    len: u32,
+}
+
+impl fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaBuf")
+            .field("index", &self.index)
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl DmaBuf {
+    /// Index of the buffer in its pool (the registered-buffer index in io_uring).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Size of the whole buffer.
+    pub fn capacity(&self) -> u32 {
+        self.region.buffer_size_bytes
+    }
+
+    /// Length of the window.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Offset of the window inside the buffer.
+    pub fn start(&self) -> u32 {
+        self.start
+    }
+
+    /// Sets the window. Panics when it does not fit the buffer (a programmer error); whether
+    /// it is aligned is for the device to check when the buffer is used.
+    pub fn set_window(&mut self, start: u32, len: u32) {
+        let end = start.checked_add(len).expect("window end overflows u32");
+        assert!(end <= self.capacity(), "window {start}+{len} exceeds buffer {}", self.capacity());
+        self.start = start;
+        self.len = len;
+    }
+
+    /// Sets the window to the first `len` bytes.
+    pub fn set_len(&mut self, len: u32) {
+        self.set_window(0, len);
+    }
+
+    /// Address of the window's first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.window_ptr()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.window_ptr()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the window lies inside this buffer (checked by `set_window`), the region
+        // lives as long as `self.region`, and no other `DmaBuf` has this index while we do.
+        unsafe { std::slice::from_raw_parts(self.window_ptr(), self.len as usize) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.window_ptr(), self.len as usize) }
+    }
+
+    fn window_ptr(&self) -> *mut u8 {
+        let offset = self.index as usize * self.region.buffer_size_bytes as usize;
+        // SAFETY: index < count and start + len <= buffer size, so the pointer is inside the
+        // allocation.
+        unsafe { self.region.base.add(offset + self.start as usize) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_distinct_and_come_back() {
+        let mut pool = BufferPool::new(4, 8192);
+        let a = pool.acquire().unwrap();
+        let b = pool.acquire().unwrap();
+        assert_eq!(a.as_ptr() as usize % BUFFER_ALIGNMENT_BYTES, 0);
+        assert_eq!(b.as_ptr() as usize % BUFFER_ALIGNMENT_BYTES, 0);
+        assert_ne!(a.as_ptr(), b.as_ptr());
+        assert_eq!(pool.free_count(), 2);
+        pool.release(a);
+        pool.release(b);
+        assert_eq!(pool.free_count(), 4);
+    }
+
+    #[test]
+    fn pool_runs_dry_then_refills() {
+        let mut pool = BufferPool::new(1, 4096);
+        let a = pool.acquire().unwrap();
+        assert!(pool.acquire().is_none());
+        pool.release(a);
+        assert!(pool.acquire().is_some());
+    }
+
+    #[test]
+    fn window_moves_the_slice() {
+        let mut pool = BufferPool::new(1, 8192);
+        let mut a = pool.acquire().unwrap();
+        a.as_mut_slice()[4096] = 7;
+        a.set_window(4096, 4096);
+        assert_eq!(a.as_slice()[0], 7);
+        assert_eq!(a.len(), 4096);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not come from")]
+    fn foreign_buffer_is_refused() {
+        let mut one = BufferPool::new(1, 4096);
+        let mut other = BufferPool::new(1, 4096);
+        let buf = one.acquire().unwrap();
+        other.release(buf);
+    }
+}

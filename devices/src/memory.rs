@@ -1,0 +1,200 @@
+//! The memory backend: the io_uring backend's semantics in RAM, for tests and for measuring
+//! the harness itself (`kiseki-bench device --ioengine memory`).
+//!
+//! Durability is modelled: the device keeps, for every block written or trimmed since the
+//! last flush, the block's durable contents (its pre-image). A flush forgets the pre-images;
+//! a power cut restores each one or keeps the new contents, chosen per block by a seeded
+//! coin, so a multi-block write can tear at any block boundary. Blocks not changed since the
+//! last flush never change at a power cut. The memory itself never fails; wrap it in a
+//! [`FaultyDevice`](crate::FaultyDevice) for failures and bit flips.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::constants::{BLOCK_SIZE_MIN_BYTES, IO_SIZE_MAX_BYTES, QUEUE_DEPTH_MAX};
+use crate::rng::SplitMix64;
+use crate::{
+    BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Geometry, Op, OpenOptions, Rejected,
+    Request, validate,
+};
+
+/// A device in memory. Requests complete in the order they were pushed, at the next reap.
+#[derive(Debug)]
+pub struct MemoryDevice {
+    geometry: Geometry,
+    live: Vec<u8>,
+    /// Block number → offset of its durable contents in `pre_image_bytes`.
+    pre_images: HashMap<u64, usize>,
+    pre_image_bytes: Vec<u8>,
+    queue: VecDeque<Request>,
+    queue_depth: u32,
+    pool: BufferPool,
+    read_only: bool,
+}
+
+impl MemoryDevice {
+    /// A zeroed device of `size_bytes` (a non-zero multiple of 4 KiB). `options` gives the
+    /// queue depth, the pool and read-only; `size_bytes`, `create` and SQPOLL do not apply.
+    pub fn new(size_bytes: u64, options: &OpenOptions) -> Result<MemoryDevice, DeviceError> {
+        let block = u64::from(BLOCK_SIZE_MIN_BYTES);
+        if size_bytes < block {
+            return Err(DeviceError::TooSmall {
+                device: "memory".to_owned(),
+                size_bytes,
+                required_bytes: block,
+            });
+        }
+        if !size_bytes.is_multiple_of(block) {
+            return Err(DeviceError::InvalidOptions {
+                reason: format!("memory device size {size_bytes} is not a multiple of {block}"),
+            });
+        }
+        let depth = options.queue_depth;
+        let buffer_size = options.buffer_size_bytes;
+        if depth == 0 || depth > QUEUE_DEPTH_MAX || options.buffer_count == 0 {
+            return Err(DeviceError::InvalidOptions {
+                reason: format!("queue depth {depth} and buffer count must be at least 1"),
+            });
+        }
+        if buffer_size == 0 || buffer_size > IO_SIZE_MAX_BYTES || buffer_size % 4096 != 0 {
+            return Err(DeviceError::InvalidOptions {
+                reason: format!("buffer size {buffer_size} is not a multiple of 4096 up to 64 MiB"),
+            });
+        }
+        let len = usize::try_from(size_bytes).map_err(|_| DeviceError::InvalidOptions {
+            reason: format!("memory device of {size_bytes} bytes does not fit in memory"),
+        })?;
+        Ok(MemoryDevice {
+            geometry: Geometry { size_bytes, block_size_bytes: BLOCK_SIZE_MIN_BYTES },
+            live: vec![0; len],
+            pre_images: HashMap::new(),
+            pre_image_bytes: Vec::new(),
+            queue: VecDeque::with_capacity(depth as usize),
+            queue_depth: depth,
+            pool: BufferPool::new(options.buffer_count, buffer_size),
+            read_only: options.read_only,
+        })
+    }
+
+    /// Simulates losing power: requests not yet reaped are lost (their buffers go back to
+    /// the pool), each block changed since the last flush keeps its new contents or reverts
+    /// to its durable ones by a coin seeded with `seed`.
+    pub fn power_cut(&mut self, seed: u64) {
+        let mut rng = SplitMix64::new(seed);
+        while let Some(request) = self.queue.pop_front() {
+            if let Some(buf) = request.op.into_buf() {
+                self.pool.release(buf);
+            }
+        }
+        let block = self.geometry.block_size_bytes as usize;
+        let mut blocks: Vec<(u64, usize)> = self.pre_images.drain().collect();
+        blocks.sort_unstable();
+        for (number, at) in blocks {
+            if rng.chance(1, 2) {
+                let start = number as usize * block;
+                let durable = &self.pre_image_bytes[at..at + block];
+                self.live[start..start + block].copy_from_slice(durable);
+            }
+        }
+        self.pre_image_bytes.clear();
+    }
+
+    /// Bytes changed since the last flush (what a power cut may lose).
+    pub fn unflushed_bytes(&self) -> u64 {
+        self.pre_images.len() as u64 * u64::from(self.geometry.block_size_bytes)
+    }
+
+    fn execute(&mut self, request: Request) -> Completion {
+        let kind = request.op.kind();
+        let (result, buf) = match request.op {
+            Op::Read { offset, mut buf } => {
+                let start = offset as usize;
+                let len = buf.len() as usize;
+                buf.as_mut_slice().copy_from_slice(&self.live[start..start + len]);
+                (Ok(buf.len()), Some(buf))
+            }
+            Op::Write { offset, buf } => {
+                self.keep_pre_images(offset, u64::from(buf.len()));
+                let start = offset as usize;
+                self.live[start..start + buf.len() as usize].copy_from_slice(buf.as_slice());
+                (Ok(buf.len()), Some(buf))
+            }
+            Op::Flush => {
+                self.pre_images.clear();
+                self.pre_image_bytes.clear();
+                (Ok(0), None)
+            }
+            Op::Trim { offset, len_bytes } => {
+                self.keep_pre_images(offset, len_bytes);
+                self.live[offset as usize..(offset + len_bytes) as usize].fill(0);
+                (Ok(0), None)
+            }
+        };
+        Completion { tag: request.tag, kind, result, buf }
+    }
+
+    /// Saves the durable contents of every block in the extent not yet changed since the
+    /// last flush.
+    fn keep_pre_images(&mut self, offset: u64, len_bytes: u64) {
+        let block = u64::from(self.geometry.block_size_bytes);
+        for number in offset / block..(offset + len_bytes) / block {
+            if self.pre_images.contains_key(&number) {
+                continue;
+            }
+            let at = self.pre_image_bytes.len();
+            let start = (number * block) as usize;
+            self.pre_image_bytes.extend_from_slice(&self.live[start..start + block as usize]);
+            self.pre_images.insert(number, at);
+        }
+    }
+}
+
+impl BlockDevice for MemoryDevice {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn acquire_buffer(&mut self) -> Option<DmaBuf> {
+        self.pool.acquire()
+    }
+
+    fn release_buffer(&mut self, buf: DmaBuf) {
+        self.pool.release(buf);
+    }
+
+    fn push(&mut self, request: Request) -> Result<(), Rejected> {
+        let checked = validate(self.geometry, self.read_only, None, &request.op, "memory");
+        if let Err(error) = checked {
+            return Err(Rejected { error, request });
+        }
+        if let Op::Read { buf, .. } | Op::Write { buf, .. } = &request.op {
+            assert!(self.pool.owns(buf), "buffer from another device's pool");
+        }
+        if self.queue.len() >= self.queue_depth as usize {
+            let error = DeviceError::QueueFull { queue_depth: self.queue_depth };
+            return Err(Rejected { error, request });
+        }
+        self.queue.push_back(request);
+        Ok(())
+    }
+
+    fn submit_and_reap(
+        &mut self,
+        _min_complete: usize,
+        completions: &mut Vec<Completion>,
+    ) -> Result<usize, DeviceError> {
+        let count = self.queue.len();
+        while let Some(request) = self.queue.pop_front() {
+            let completion = self.execute(request);
+            completions.push(completion);
+        }
+        Ok(count)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn queue_depth(&self) -> u32 {
+        self.queue_depth
+    }
+}

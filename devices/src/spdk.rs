@@ -1,0 +1,1 @@
+//! SPDK bdev backend (feature `spdk`). Being written; see the helper's brief.
