@@ -1,1 +1,67 @@
-fn main() {}
+//! `kiseki-bench`: fio-style benchmarks of Kiseki's layers, each side by side with the tool
+//! it must match (fio for devices). This release has `device`; `engine`, `fabric`, `s3` and
+//! `raft` come with the crates they measure.
+
+mod clock;
+mod device;
+mod layout;
+mod progress;
+mod report;
+mod stats;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "kiseki-bench", version, about = "fio-style benchmarks for Kiseki")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Drive a file or block device through Kiseki's device layer with fio's job flags and
+    /// print fio's normal or JSON report
+    Device(device::DeviceArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Device(args) => run_device(args),
+    }
+}
+
+fn run_device(args: device::DeviceArgs) -> ExitCode {
+    let result = device::plan(args).and_then(|plan| {
+        let mut jobs = device::run(&plan)?;
+        if plan.args.group_reporting && jobs.len() > 1 {
+            let mut group = jobs.remove(0);
+            for job in &jobs {
+                group.merge(job);
+            }
+            jobs = vec![group];
+        }
+        Ok((plan, jobs))
+    });
+    let (plan, jobs) = match result {
+        Ok(done) => done,
+        Err(message) => {
+            eprintln!("kiseki-bench: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match plan.args.output_format {
+        device::OutputFormat::Normal => print!("{}", report::normal(&plan, &jobs)),
+        device::OutputFormat::Json => println!("{}", report::json(&plan, &jobs)),
+    }
+    let failed: Vec<&str> =
+        jobs.iter().filter_map(|job| job.error.as_ref().map(|(_, m)| m.as_str())).collect();
+    for message in &failed {
+        eprintln!("kiseki-bench: I/O error: {message}");
+    }
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

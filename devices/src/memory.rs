@@ -55,7 +55,10 @@ impl MemoryDevice {
                 reason: format!("queue depth {depth} and buffer count must be at least 1"),
             });
         }
-        if buffer_size == 0 || buffer_size > IO_SIZE_MAX_BYTES || buffer_size % 4096 != 0 {
+        if buffer_size == 0
+            || buffer_size > IO_SIZE_MAX_BYTES
+            || !buffer_size.is_multiple_of(BLOCK_SIZE_MIN_BYTES)
+        {
             return Err(DeviceError::InvalidOptions {
                 reason: format!("buffer size {buffer_size} is not a multiple of 4096 up to 64 MiB"),
             });

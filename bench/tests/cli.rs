@@ -1,0 +1,120 @@
+//! `kiseki-bench device` as a user runs it: fio-compatible JSON (read by a Python check that
+//! does the lookups fio's parsers do), the normal report, and clear refusals of bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiseki-bench"))
+        .arg("device")
+        .args(args)
+        .output()
+        .expect("kiseki-bench runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs a short job and checks its JSON with the Python fio-parser check.
+fn json_is_read_as_fio(engine_args: &[&str], rw: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut args = vec!["--name=check", "--bs=4k", "--iodepth=8", "--runtime=300ms"];
+    args.push("--time_based");
+    args.push("--output-format=json");
+    let rw_flag = format!("--rw={rw}");
+    args.push(&rw_flag);
+    args.extend_from_slice(engine_args);
+    let output = bench(&args);
+    assert!(output.status.success(), "kiseki-bench failed: {}", stderr(&output));
+    std::fs::write(&report, &output.stdout).unwrap();
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fio_json_check.py");
+    let checked = Command::new("python3").arg(check).arg(&report).arg(rw).output();
+    let checked = checked.expect("python3 is installed (scripts/test.sh installs it)");
+    assert!(
+        checked.status.success(),
+        "fio JSON check failed: {}\nreport:\n{}",
+        stderr(&checked),
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn memory_json_reads_as_fio_json() {
+    json_is_read_as_fio(&["--ioengine=memory", "--size=16M"], "randrw");
+}
+
+#[test]
+fn io_uring_json_reads_as_fio_json() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("bench.dat");
+    let filename = format!("--filename={}", file.display());
+    json_is_read_as_fio(&[&filename, "--size=8M"], "randread");
+    // The file was created and laid out at the asked size.
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 8 << 20);
+    json_is_read_as_fio(&[&filename], "write");
+}
+
+#[test]
+fn fio_json_check_rejects_a_report_missing_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, r#"{"fio version": "x", "timestamp": 1, "jobs": [{"jobname": "j"}]}"#)
+        .unwrap();
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fio_json_check.py");
+    let checked = Command::new("python3").arg(check).arg(&report).arg("read").output().unwrap();
+    assert!(!checked.status.success(), "the check must fail on a report without fields");
+}
+
+#[test]
+fn normal_output_reads_like_fio() {
+    let output = bench(&["--name=seq", "--ioengine=memory", "--size=4M", "--rw=write", "--bs=64k"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("seq: (g=0): rw=write, bs=(R) 65536B-65536B"), "{text}");
+    assert!(text.contains("  write: IOPS="), "{text}");
+    assert!(text.contains("clat percentiles"), "{text}");
+    assert!(text.contains("99.00th=["), "{text}");
+    // Without --time_based a job stops after --size bytes: 4 MiB = 64 writes of 64 KiB.
+    assert!(text.contains("io=4096KiB"), "{text}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("--filename={}", dir.path().join("none.dat").display());
+    let cases: [(&[&str], &str); 6] = [
+        (&["--ioengine=memory", "--size=4M", "--bs=1000"], "multiple of 4096"),
+        (&["--ioengine=memory", "--size=4M", "--time_based"], "needs --runtime"),
+        (&["--ioengine=memory"], "needs --size"),
+        (&[&missing], "give --size"),
+        (&["--ioengine=memory", "--size=4M", "--bs=4x"], "suffix"),
+        (&["--ioengine=memory", "--size=4M", "--direct=0"], "direct"),
+    ];
+    for (args, expected) in cases {
+        let output = bench(args);
+        assert!(!output.status.success(), "{args:?} must fail");
+        let message = stderr(&output);
+        assert!(message.contains(expected), "{args:?}: expected {expected:?} in {message}");
+        assert!(!message.contains("panicked"), "{args:?} panicked: {message}");
+    }
+}
+
+#[test]
+fn spdk_without_spdk_says_so() {
+    let output = bench(&["--ioengine=spdk", "--filename=Nvme0n1", "--runtime=1"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("spdk"), "{message}");
+    assert!(message.contains("unavailable"), "{message}");
+}
+
+#[test]
+fn directory_is_not_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let filename = format!("--filename={}", dir.path().display());
+    let output = bench(&[&filename, "--size=4M"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("neither a regular file nor a block device"));
+}

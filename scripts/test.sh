@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what a fresh machine lacks, then runs the style
+# checks, the tests, and a compile check of every hardware backend feature.
+#
+#   scripts/test.sh          everything
+#
+# Needs: Rust (rustup with cargo, rustfmt, clippy) and python3; as root it installs the
+# Debian packages it misses. Tests that need root (a ramfs mount for the O_DIRECT refusal)
+# run only as root, as CI does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=0
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "scripts/test.sh: missing $*; install it (as root: apt-get install $*)" >&2
+        exit 1
+    fi
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+step "toolchain"
+if ! have cargo; then
+    echo "scripts/test.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+    exit 1
+fi
+have python3 || apt_install python3
+if have rustup; then
+    installed=$(rustup component list --installed)
+    for component in rustfmt clippy; do
+        grep -q "^$component" <<<"$installed" || rustup component add "$component"
+    done
+fi
+cargo --version
+python3 --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo clippy with every hardware feature (spdk)"
+cargo clippy --workspace --all-targets --features spdk -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "cargo test with every hardware feature (spdk: must refuse clearly without SPDK)"
+cargo test --workspace --features spdk
+
+step "cargo check --features spdk"
+cargo check --workspace --features spdk
+
+echo
+echo "scripts/test.sh: all checks passed"
