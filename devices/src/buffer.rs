@@ -15,16 +15,30 @@ use crate::constants::BUFFER_ALIGNMENT_BYTES;
 /// The pool's memory. Freed when the pool and every buffer from it are gone.
 struct Region {
     base: *mut u8,
-    layout: Layout,
+    total_bytes: usize,
+    release: Release,
     buffer_size_bytes: u32,
     count: u32,
 }
 
+/// Where the region's memory came from, and so how it goes back.
+enum Release {
+    /// The Rust allocator, with this layout.
+    Allocator(Layout),
+    /// A backend's own DMA allocator (SPDK's `spdk_dma_zmalloc`), freed with this function.
+    External(unsafe extern "C" fn(*mut libc::c_void)),
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: `base` came from `alloc_zeroed(self.layout)` in `BufferPool::new` and is
-        // freed only here, once, when the last `Rc<Region>` goes.
-        unsafe { alloc::dealloc(self.base, self.layout) }
+        match self.release {
+            // SAFETY: `base` came from `alloc_zeroed(layout)` in `BufferPool::new` and is
+            // freed only here, once, when the last `Rc<Region>` goes.
+            Release::Allocator(layout) => unsafe { alloc::dealloc(self.base, layout) },
+            // SAFETY: `from_external`'s caller promised that `free(base)` releases the
+            // memory; it runs once, when the last `Rc<Region>` goes.
+            Release::External(free) => unsafe { free(self.base.cast()) },
+        }
     }
 }
 
@@ -48,12 +62,7 @@ impl BufferPool {
     /// Allocates `count` zeroed buffers of `buffer_size_bytes` each, every one aligned to
     /// `BUFFER_ALIGNMENT_BYTES`. Sizes are checked by the device that owns the pool.
     pub fn new(count: u32, buffer_size_bytes: u32) -> BufferPool {
-        assert!(count > 0, "a buffer pool needs at least one buffer");
-        assert!(buffer_size_bytes > 0, "buffers must not be empty");
-        assert!(
-            (buffer_size_bytes as usize).is_multiple_of(BUFFER_ALIGNMENT_BYTES),
-            "buffer size must be a multiple of {BUFFER_ALIGNMENT_BYTES}"
-        );
+        check_shape(count, buffer_size_bytes);
         let total = (count as usize)
             .checked_mul(buffer_size_bytes as usize)
             .expect("buffer pool size overflows usize");
@@ -64,10 +73,45 @@ impl BufferPool {
         if base.is_null() {
             alloc::handle_alloc_error(layout);
         }
-        let region = Rc::new(Region { base, layout, buffer_size_bytes, count });
+        let release = Release::Allocator(layout);
+        BufferPool::with_region(Region {
+            base,
+            total_bytes: total,
+            release,
+            buffer_size_bytes,
+            count,
+        })
+    }
+
+    /// Adopts `count` buffers of `buffer_size_bytes` at `base`, allocated by a backend that
+    /// must own its DMA memory (SPDK), and frees them with `free(base)` once the pool and
+    /// every buffer are gone.
+    ///
+    /// # Safety
+    /// `base` must point to `count * buffer_size_bytes` bytes, aligned to
+    /// `BUFFER_ALIGNMENT_BYTES`, readable and writable, used by nothing else, and valid
+    /// until `free(base)`, which must release exactly that memory.
+    pub unsafe fn from_external(
+        base: std::ptr::NonNull<u8>,
+        count: u32,
+        buffer_size_bytes: u32,
+        free: unsafe extern "C" fn(*mut libc::c_void),
+    ) -> BufferPool {
+        check_shape(count, buffer_size_bytes);
+        assert!(
+            (base.as_ptr() as usize).is_multiple_of(BUFFER_ALIGNMENT_BYTES),
+            "external pool memory must be aligned to {BUFFER_ALIGNMENT_BYTES}"
+        );
+        let total_bytes = count as usize * buffer_size_bytes as usize;
+        let release = Release::External(free);
+        let base = base.as_ptr();
+        BufferPool::with_region(Region { base, total_bytes, release, buffer_size_bytes, count })
+    }
+
+    fn with_region(region: Region) -> BufferPool {
         // Reversed so that buffers come out in index order, which keeps tests readable.
-        let free = (0..count).rev().collect();
-        BufferPool { region, free }
+        let free = (0..region.count).rev().collect();
+        BufferPool { region: Rc::new(region), free }
     }
 
     /// Takes a free buffer, its window covering the whole buffer; `None` when all are out.
@@ -118,8 +162,17 @@ impl BufferPool {
     }
 
     pub(crate) fn total_bytes(&self) -> u64 {
-        self.region.layout.size() as u64
+        self.region.total_bytes as u64
     }
+}
+
+fn check_shape(count: u32, buffer_size_bytes: u32) {
+    assert!(count > 0, "a buffer pool needs at least one buffer");
+    assert!(buffer_size_bytes > 0, "buffers must not be empty");
+    assert!(
+        (buffer_size_bytes as usize).is_multiple_of(BUFFER_ALIGNMENT_BYTES),
+        "buffer size must be a multiple of {BUFFER_ALIGNMENT_BYTES}"
+    );
 }
 
 /// One buffer of a pool, with a window (`start..start + len`) that an I/O reads into or
@@ -243,6 +296,30 @@ mod tests {
         a.set_window(4096, 4096);
         assert_eq!(a.as_slice()[0], 7);
         assert_eq!(a.len(), 4096);
+    }
+
+    static EXTERNAL_FREES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    unsafe extern "C" fn free_external(base: *mut libc::c_void) {
+        EXTERNAL_FREES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let layout = Layout::from_size_align(2 * 4096, BUFFER_ALIGNMENT_BYTES).unwrap();
+        // SAFETY: the test allocated `base` with this layout.
+        unsafe { alloc::dealloc(base.cast(), layout) }
+    }
+
+    #[test]
+    fn external_memory_is_used_and_freed_once_after_the_last_buffer() {
+        let layout = Layout::from_size_align(2 * 4096, BUFFER_ALIGNMENT_BYTES).unwrap();
+        // SAFETY: non-zero size.
+        let base = std::ptr::NonNull::new(unsafe { alloc::alloc_zeroed(layout) }).unwrap();
+        // SAFETY: two 4 KiB buffers, aligned, owned by the pool, freed by `free_external`.
+        let mut pool = unsafe { BufferPool::from_external(base, 2, 4096, free_external) };
+        let buf = pool.acquire().unwrap();
+        assert_eq!(buf.as_ptr(), base.as_ptr().cast_const());
+        drop(pool);
+        assert_eq!(EXTERNAL_FREES.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(buf);
+        assert_eq!(EXTERNAL_FREES.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
