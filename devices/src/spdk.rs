@@ -915,11 +915,12 @@ impl Api {
 fn libraries_missing(loader_error: &str) -> String {
     format!(
         "SPDK's shared libraries were not found ({BDEV_LIBRARY}, {THREAD_LIBRARY}, \
-         {ENV_LIBRARY}; the loader said: {loader_error}), and this program does not contain \
-         SPDK's functions either. Install SPDK built with --with-shared, put the directory \
-         holding its libraries on LD_LIBRARY_PATH, and initialize SPDK's env and app (spdk_app_start, or \
-         spdk_env_init and spdk_thread_lib_init with the bdev subsystem) before opening; a \
-         program that links SPDK statically must export its symbols (-rdynamic)"
+         {ENV_LIBRARY}; the loader said: {loader_error}), and this program does not \
+         contain SPDK's functions either. Install SPDK built with --with-shared, put the \
+         directory holding its libraries on LD_LIBRARY_PATH, and initialize SPDK's env and \
+         app (spdk_app_start, or spdk_env_init and spdk_thread_lib_init with the bdev \
+         subsystem) before opening; a program that links SPDK statically must export its \
+         symbols (-rdynamic)"
     )
 }
 
