@@ -1,0 +1,16 @@
+//! Kiseki's integration tests, one binary with one module per subject.
+//!
+//! - `device_conformance`: one suite, written once over `D: BlockDevice`, run against every
+//!   backend in the build (memory, io_uring on a file, and `FaultyDevice` over each).
+//! - `device_open`: what the io_uring backend refuses to open, and how it says so.
+//! - `device_poisoning`: a failed write (injected, or real on io_uring) poisons a device.
+//! - `fault_injection`: the `FaultyDevice` and power-cut semantics the simulator relies on.
+//!
+//! Randomised tests name their seed in every failure message; `KISEKI_TEST_SEED=<seed>`
+//! makes it the first seed run, which replays the failure.
+
+mod device_conformance;
+mod device_open;
+mod device_poisoning;
+mod fault_injection;
+mod support;
