@@ -17,8 +17,9 @@ pub enum DeviceError {
     Misaligned { what: Misalignment, value: u64, alignment_bytes: u32 },
     /// The extent does not lie inside the device.
     OutOfRange { offset: u64, len_bytes: u64, size_bytes: u64 },
-    /// A read or write of zero bytes, or larger than `IO_SIZE_MAX_BYTES`.
-    BadLength { len_bytes: u64, max_bytes: u32 },
+    /// A read, write or trim of zero bytes, or longer than it may be (`IO_SIZE_MAX_BYTES`
+    /// for reads and writes, the device for trims).
+    BadLength { len_bytes: u64, max_bytes: u64 },
     /// The device (or the size asked of it) is smaller than required.
     TooSmall { device: String, size_bytes: u64, required_bytes: u64 },
     /// A write, flush or trim on a device opened read-only, or on a read-only file system.

@@ -7,8 +7,8 @@ use std::io;
 
 use crate::rng::SplitMix64;
 use crate::{
-    BlockDevice, Completion, DeviceError, DmaBuf, Geometry, MemoryDevice, OpKind, Rejected,
-    Request, validate,
+    BlockDevice, Completion, DeviceError, DmaBuf, Geometry, MemoryDevice, Op, OpKind, Rejected,
+    Request,
 };
 
 /// What to inject. `Default` injects nothing.
@@ -120,28 +120,31 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         self.inner.release_buffer(buf);
     }
 
-    fn push(&mut self, request: Request) -> Result<(), Rejected> {
-        if request.op.mutates()
+    fn check(&self, op: &Op) -> Result<(), DeviceError> {
+        if op.mutates()
             && let Some(failed) = self.poisoned
         {
-            return Err(Rejected { error: DeviceError::Poisoned { failed }, request });
+            return Err(DeviceError::Poisoned { failed });
+        }
+        self.inner.check(op)
+    }
+
+    /// Counts only accepted requests: a refused push is not an I/O and takes no number.
+    fn push(&mut self, request: Request) -> Result<(), Rejected> {
+        if let Err(error) = self.check(&request.op) {
+            return Err(Rejected { error, request });
+        }
+        if self.plan.fail_request_number != Some(self.requests_pushed + 1) {
+            self.inner.push(request)?;
+            self.requests_pushed += 1;
+            return Ok(());
         }
         if self.in_flight() >= self.queue_depth() as usize {
             let error = DeviceError::QueueFull { queue_depth: self.queue_depth() };
             return Err(Rejected { error, request });
         }
         self.requests_pushed += 1;
-        if self.plan.fail_request_number != Some(self.requests_pushed) {
-            return self.inner.push(request);
-        }
-        // The injected failure still refuses what the device would refuse.
-        if let Err(error) = validate(self.geometry(), false, None, &request.op, "faulty") {
-            return Err(Rejected { error, request });
-        }
         let kind = request.op.kind();
-        if kind != OpKind::Read {
-            self.poisoned.get_or_insert(kind);
-        }
         let source = io::Error::from_raw_os_error(libc::EIO);
         self.injected.push_back(Completion {
             tag: request.tag,
@@ -152,16 +155,24 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         Ok(())
     }
 
+    /// Injected failures come back first. A failed write, flush or trim poisons the device
+    /// when its completion is handed out, as a real device's does, so requests pushed beside
+    /// it in the same batch still go through.
     fn submit_and_reap(
         &mut self,
         min_complete: usize,
         completions: &mut Vec<Completion>,
     ) -> Result<usize, DeviceError> {
         let injected = self.injected.len();
-        completions.extend(self.injected.drain(..));
+        for completion in self.injected.drain(..) {
+            if completion.kind != OpKind::Read {
+                self.poisoned.get_or_insert(completion.kind);
+            }
+            completions.push(completion);
+        }
         let first_inner = completions.len();
-        let reaped =
-            self.inner.submit_and_reap(min_complete.saturating_sub(injected), completions)?;
+        let wanted = min_complete.saturating_sub(injected);
+        let reaped = self.inner.submit_and_reap(wanted, completions)?;
         for completion in &mut completions[first_inner..] {
             self.maybe_flip(completion);
         }

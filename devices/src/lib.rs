@@ -162,9 +162,12 @@ pub trait BlockDevice {
     /// Returns a buffer to the device's pool.
     fn release_buffer(&mut self, buf: DmaBuf);
 
-    /// Queues a request. It is checked now (alignment, range, read-only, poisoned, queue
-    /// depth) and refused with its buffer handed back; it reaches the device at the next
-    /// `submit_and_reap`.
+    /// Whether the device would accept `op` now (alignment, range, read-only, poisoned),
+    /// the queue depth aside. `push` runs the same check.
+    fn check(&self, op: &Op) -> Result<(), DeviceError>;
+
+    /// Queues a request. It is checked now (as `check`, plus the queue depth) and refused
+    /// with its buffer handed back; it reaches the device at the next `submit_and_reap`.
     fn push(&mut self, request: Request) -> Result<(), Rejected>;
 
     /// Submits everything queued and appends finished requests to `completions`, waiting
@@ -207,7 +210,8 @@ pub(crate) fn validate(
         }
         Op::Trim { offset, len_bytes } => {
             if *len_bytes == 0 {
-                return Err(DeviceError::BadLength { len_bytes: 0, max_bytes: u32::MAX });
+                let max_bytes = geometry.size_bytes;
+                return Err(DeviceError::BadLength { len_bytes: 0, max_bytes });
             }
             (*offset, *len_bytes)
         }
@@ -230,7 +234,8 @@ pub(crate) fn validate(
 fn check_buffer(geometry: Geometry, buf: &DmaBuf) -> Result<(), DeviceError> {
     let max = constants::IO_SIZE_MAX_BYTES;
     if buf.is_empty() || buf.len() > max {
-        return Err(DeviceError::BadLength { len_bytes: u64::from(buf.len()), max_bytes: max });
+        let (len_bytes, max_bytes) = (u64::from(buf.len()), u64::from(max));
+        return Err(DeviceError::BadLength { len_bytes, max_bytes });
     }
     let address = buf.as_ptr() as u64;
     if !address.is_multiple_of(u64::from(geometry.block_size_bytes)) {

@@ -299,15 +299,17 @@ impl BlockDevice for SpdkDevice {
         self.pool.release(buf);
     }
 
-    fn push(&mut self, request: Request) -> Result<(), Rejected> {
-        let checked =
-            validate(self.geometry, self.read_only, self.poisoned, &request.op, &self.name);
-        if let Err(error) = checked {
-            return Err(Rejected { error, request });
-        }
+    fn check(&self, op: &Op) -> Result<(), DeviceError> {
+        validate(self.geometry, self.read_only, self.poisoned, op, &self.name)?;
         if self.inbox().removed.get() {
             let source = io::Error::from_raw_os_error(libc::ENODEV);
-            let error = DeviceError::Io { op: request.op.kind(), source };
+            return Err(DeviceError::Io { op: op.kind(), source });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, request: Request) -> Result<(), Rejected> {
+        if let Err(error) = self.check(&request.op) {
             return Err(Rejected { error, request });
         }
         if let Op::Read { buf, .. } | Op::Write { buf, .. } = &request.op {

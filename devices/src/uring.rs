@@ -186,10 +186,12 @@ impl BlockDevice for IoUringDevice {
         self.pool.release(buf);
     }
 
+    fn check(&self, op: &Op) -> Result<(), DeviceError> {
+        validate(self.geometry(), self.read_only, self.poisoned, op, self.name())
+    }
+
     fn push(&mut self, mut request: Request) -> Result<(), Rejected> {
-        let checked =
-            validate(self.geometry(), self.read_only, self.poisoned, &request.op, self.name());
-        if let Err(error) = checked {
+        if let Err(error) = self.check(&request.op) {
             return Err(Rejected { error, request });
         }
         if let Op::Read { buf, .. } | Op::Write { buf, .. } = &request.op {
@@ -241,7 +243,10 @@ impl BlockDevice for IoUringDevice {
 }
 
 impl Drop for IoUringDevice {
-    /// Waits for every request the kernel still has, so that no DMA lands in freed memory.
+    /// Waits for every request the kernel still has, so that no DMA lands in freed memory,
+    /// then unregisters buffers and file: the kernel returns registered memory to
+    /// RLIMIT_MEMLOCK only lazily after a ring closes, so without this a device reopened at
+    /// once (the way out of `Poisoned`) can fail with `MemlockLimit`.
     fn drop(&mut self) {
         let mut drained = Vec::with_capacity(self.in_flight as usize);
         while self.in_flight > 0 {
@@ -256,6 +261,11 @@ impl Drop for IoUringDevice {
                 }
             }
         }
+        let submitter = self.ring.submitter();
+        if self.registered_buffers {
+            let _ = submitter.unregister_buffers();
+        }
+        let _ = submitter.unregister_files();
     }
 }
 

@@ -213,3 +213,69 @@ fn limit_file_size(limit_bytes: u64) {
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) };
     assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
 }
+
+fn write_request<D: BlockDevice>(device: &mut D, tag: u64, offset: u64, byte: u8) -> Request {
+    let mut buf = device.acquire_buffer().expect("a free buffer");
+    buf.as_mut_slice().fill(byte);
+    Request { tag, op: Op::Write { offset, buf } }
+}
+
+/// A write pushed beside a failing one, before anything was reaped, still lands: a real
+/// device poisons when the failure completes, not when the failing request is queued.
+#[test]
+fn injected_failure_poisons_at_completion_not_at_push() {
+    let block = u64::from(BLOCK_BYTES);
+    let plan = FaultPlan { fail_request_number: Some(1), ..FaultPlan::default() };
+    let inner = support::open_memory(&support::options(DEVICE_BYTES, 4, 3, BLOCK_BYTES));
+    let mut device = FaultyDevice::new(inner, plan);
+    let failing = write_request(&mut device, 1, 0, 0x11);
+    device.push(failing).expect("the failing write is accepted");
+    let beside = write_request(&mut device, 2, block, 0x22);
+    device.push(beside).expect("a write beside it is accepted: nothing has failed yet");
+    let mut completions = Vec::new();
+    device.submit_and_reap(2, &mut completions).unwrap();
+    assert_eq!(completions.len(), 2);
+    for completion in completions {
+        match completion.tag {
+            1 => assert!(matches!(completion.result, Err(DeviceError::Io { .. }))),
+            _ => assert_eq!(completion.result.unwrap(), BLOCK_BYTES),
+        }
+        device.release_buffer(completion.buf.unwrap());
+    }
+    assert_eq!(support::read_at(&mut device, block, BLOCK_BYTES), vec![0x22; BLOCK_BYTES as usize]);
+    let after = write_request(&mut device, 3, 0, 0x33);
+    let rejected = support::push_refused(&mut device, after);
+    assert!(matches!(rejected.error, DeviceError::Poisoned { failed: OpKind::Write }));
+}
+
+/// The injected failure is refused like any request the device would refuse: a write to a
+/// read-only device is `ReadOnly`, not an EIO that poisons.
+#[test]
+fn injected_failure_respects_read_only() {
+    let plan = FaultPlan { fail_request_number: Some(1), ..FaultPlan::default() };
+    let options = OpenOptions { read_only: true, ..support::options(DEVICE_BYTES, 4, 2, 4096) };
+    let mut device = FaultyDevice::new(support::open_memory(&options), plan);
+    let write = write_request(&mut device, 1, 0, 0x11);
+    let rejected = support::push_refused(&mut device, write);
+    assert!(matches!(rejected.error, DeviceError::ReadOnly { .. }), "{:?}", rejected.error);
+    // The refused write took no number: the first accepted request (this read) fails.
+    let mut buf = device.acquire_buffer().unwrap();
+    buf.set_len(BLOCK_BYTES);
+    let completion =
+        support::run_one(&mut device, Request { tag: 2, op: Op::Read { offset: 0, buf } });
+    assert!(matches!(completion.result, Err(DeviceError::Io { op: OpKind::Read, .. })));
+}
+
+/// Refused pushes are not I/Os: with `fail_request_number = 2`, a misaligned push refused
+/// first does not shift which accepted request fails.
+#[test]
+fn refused_pushes_take_no_request_number() {
+    let plan = FaultPlan { fail_request_number: Some(2), ..FaultPlan::default() };
+    let inner = support::open_memory(&support::options(DEVICE_BYTES, 4, 2, BLOCK_BYTES));
+    let mut device = FaultyDevice::new(inner, plan);
+    let misaligned = Request { tag: 0, op: Op::Trim { offset: 512, len_bytes: 4096 } };
+    support::push_refused(&mut device, misaligned);
+    assert_eq!(support::run_op(&mut device, Op::Flush).unwrap(), 0, "accepted request 1");
+    let second = support::run_op(&mut device, Op::Flush);
+    assert!(matches!(second, Err(DeviceError::Io { op: OpKind::Flush, .. })), "{second:?}");
+}

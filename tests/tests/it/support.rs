@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
 
 use kiseki_devices::constants::BLOCK_SIZE_MIN_BYTES;
 use kiseki_devices::{
@@ -57,19 +56,8 @@ pub fn open_uring(options: &OpenOptions) -> IoUringDevice {
     let dir = tempfile::tempdir_in(direct_io_dir()).expect("creating a temporary directory");
     let path = dir.path().join("device");
     let options = OpenOptions { create: true, ..options.clone() };
-    // Without CAP_IPC_LOCK, registered buffers count against RLIMIT_MEMLOCK, and the kernel
-    // releases a closed ring's buffers asynchronously: a device opened just after another
-    // was dropped may find the limit briefly used up. Wait for it, within reason.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match IoUringDevice::open(&path, &options) {
-            Ok(device) => return device,
-            Err(DeviceError::MemlockLimit { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("opening an io_uring device on {}: {e}", path.display()),
-        }
-    }
+    IoUringDevice::open(&path, &options)
+        .unwrap_or_else(|e| panic!("opening an io_uring device on {}: {e}", path.display()))
 }
 
 pub fn open_faulty_memory(options: &OpenOptions) -> FaultyDevice<MemoryDevice> {
