@@ -1,7 +1,10 @@
 //! The DMA buffer pool: one aligned allocation made at start-up, cut into equal buffers.
 //!
 //! A device owns one pool; the io_uring backend registers every buffer with its ring, so a
-//! request names its buffer by index and the kernel skips pinning pages per I/O. Buffers move
+//! request names its buffer by index and the kernel skips pinning pages per I/O. The region
+//! is mapped anonymously (zeroed by the kernel); a pool of 2 MiB or more is aligned to 2 MiB
+//! and advised onto transparent huge pages, so that a large buffer is physically contiguous
+//! (see `HUGE_PAGE_BYTES`). Buffers move
 //! by value: a request takes its `DmaBuf`, the completion gives it back, so no code can touch
 //! a buffer the kernel is writing into. `DmaBuf` is neither `Send` nor `Sync`: a pool and its
 //! buffers live on one core.
@@ -10,7 +13,7 @@ use std::alloc::{self, Layout};
 use std::fmt;
 use std::rc::Rc;
 
-use crate::constants::BUFFER_ALIGNMENT_BYTES;
+use crate::constants::{BUFFER_ALIGNMENT_BYTES, HUGE_PAGE_BYTES};
 
 /// The pool's memory. Freed when the pool and every buffer from it are gone.
 struct Region {
@@ -23,8 +26,8 @@ struct Region {
 
 /// Where the region's memory came from, and so how it goes back.
 enum Release {
-    /// The Rust allocator, with this layout.
-    Allocator(Layout),
+    /// An anonymous mapping of this many bytes, starting at the region's base.
+    Mapping(usize),
     /// A backend's own DMA allocator (SPDK's `spdk_dma_zmalloc`), freed with this function.
     External(unsafe extern "C" fn(*mut libc::c_void)),
 }
@@ -32,9 +35,12 @@ enum Release {
 impl Drop for Region {
     fn drop(&mut self) {
         match self.release {
-            // SAFETY: `base` came from `alloc_zeroed(layout)` in `BufferPool::new` and is
-            // freed only here, once, when the last `Rc<Region>` goes.
-            Release::Allocator(layout) => unsafe { alloc::dealloc(self.base, layout) },
+            Release::Mapping(len) => {
+                // SAFETY: `base..base + len` is a mapping made by `map_region` and unmapped
+                // only here, once, when the last `Rc<Region>` goes.
+                let rc = unsafe { libc::munmap(self.base.cast(), len) };
+                assert_eq!(rc, 0, "munmap of a pool's own mapping cannot fail");
+            }
             // SAFETY: `from_external`'s caller promised that `free(base)` releases the
             // memory; it runs once, when the last `Rc<Region>` goes.
             Release::External(free) => unsafe { free(self.base.cast()) },
@@ -66,14 +72,8 @@ impl BufferPool {
         let total = (count as usize)
             .checked_mul(buffer_size_bytes as usize)
             .expect("buffer pool size overflows usize");
-        let layout = Layout::from_size_align(total, BUFFER_ALIGNMENT_BYTES)
-            .expect("buffer pool layout is valid");
-        // SAFETY: the layout has a non-zero size (count > 0 and size > 0 asserted above).
-        let base = unsafe { alloc::alloc_zeroed(layout) };
-        if base.is_null() {
-            alloc::handle_alloc_error(layout);
-        }
-        let release = Release::Allocator(layout);
+        let (base, mapped) = map_region(total);
+        let release = Release::Mapping(mapped);
         BufferPool::with_region(Region {
             base,
             total_bytes: total,
@@ -164,6 +164,44 @@ impl BufferPool {
     pub(crate) fn total_bytes(&self) -> u64 {
         self.region.total_bytes as u64
     }
+}
+
+/// Maps `total` zeroed bytes; from `HUGE_PAGE_BYTES` up, aligned to a huge page and advised
+/// to use huge pages (a hint: with THP disabled the pool still works on small pages). Returns
+/// the base and the mapped length.
+fn map_region(total: usize) -> (*mut u8, usize) {
+    let huge = total >= HUGE_PAGE_BYTES;
+    let len = if huge { total.next_multiple_of(HUGE_PAGE_BYTES) } else { total };
+    let slack = if huge { HUGE_PAGE_BYTES } else { 0 };
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let protection = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: an anonymous private mapping at an address of the kernel's choice; no memory of
+    // ours is touched.
+    let raw = unsafe { libc::mmap(std::ptr::null_mut(), len + slack, protection, flags, -1, 0) };
+    if raw == libc::MAP_FAILED {
+        let layout = Layout::from_size_align(len, BUFFER_ALIGNMENT_BYTES).expect("valid layout");
+        alloc::handle_alloc_error(layout);
+    }
+    let raw = raw.cast::<u8>();
+    if !huge {
+        return (raw, len);
+    }
+    let head = raw.align_offset(HUGE_PAGE_BYTES);
+    // SAFETY: head < HUGE_PAGE_BYTES = slack, so base..base + len lies inside the mapping.
+    let base = unsafe { raw.add(head) };
+    // SAFETY: unmaps the unaligned head and the unused tail of our own mapping, both outside
+    // base..base + len; a zero-length munmap is skipped.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw.cast(), head);
+        }
+        if slack - head > 0 {
+            libc::munmap(base.add(len).cast(), slack - head);
+        }
+        // A hint only: failure (THP compiled out) leaves ordinary pages.
+        libc::madvise(base.cast(), len, libc::MADV_HUGEPAGE);
+    }
+    (base, len)
 }
 
 fn check_shape(count: u32, buffer_size_bytes: u32) {
@@ -277,6 +315,16 @@ mod tests {
         pool.release(a);
         pool.release(b);
         assert_eq!(pool.free_count(), 4);
+    }
+
+    #[test]
+    fn large_pools_start_on_a_huge_page_and_are_zeroed() {
+        let mut pool = BufferPool::new(4, 1 << 20);
+        let first = pool.acquire().unwrap();
+        assert_eq!(first.as_ptr() as usize % HUGE_PAGE_BYTES, 0);
+        assert!(first.as_slice().iter().all(|&b| b == 0));
+        let small = BufferPool::new(2, 4096).acquire().unwrap();
+        assert_eq!(small.as_ptr() as usize % BUFFER_ALIGNMENT_BYTES, 0);
     }
 
     #[test]

@@ -20,3 +20,10 @@ pub const QUEUE_DEPTH_MAX: u32 = 4096;
 
 /// Registered buffers per ring: the kernel's limit for `IORING_REGISTER_BUFFERS`.
 pub const REGISTERED_BUFFERS_MAX: u32 = 16384;
+
+/// Pools of at least this size are mapped on this alignment and advised to use transparent
+/// huge pages. A 1 MiB buffer inside one huge page is one physically contiguous segment, so
+/// the block layer neither splits it (virtio-blk here takes 254 segments) nor stops merging
+/// neighbours: measured on this class of machine, 1 MiB sequential reads went from 0.75x to
+/// 1.2x fio and CPU per I/O fell to a third. Smaller pools stay on ordinary pages.
+pub const HUGE_PAGE_BYTES: usize = 2 << 20;
