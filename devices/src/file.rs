@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::constants::{BLOCK_SIZE_MIN_BYTES, BUFFER_ALIGNMENT_BYTES};
+use crate::constants::{
+    BLOCK_SIZE_MIN_BYTES, BUFFER_ALIGNMENT_BYTES, IO_SIZE_MAX_BYTES, QUEUE_DEPTH_MAX,
+    REGISTERED_BUFFERS_MAX,
+};
 use crate::{DeviceError, Geometry};
 
 /// How to open a device. `Default` gives a read-write device of the whole file, 64 slots
@@ -47,6 +50,34 @@ impl Default for OpenOptions {
             sqpoll_idle_ms: None,
             register_buffers: true,
         }
+    }
+}
+
+impl OpenOptions {
+    /// Checks the queue and pool options every backend shares: depth, buffer count, and a
+    /// buffer size that is a multiple of the minimum block size up to the largest I/O.
+    pub(crate) fn check_queue_and_pool(&self) -> Result<(), DeviceError> {
+        let invalid = |reason: String| Err(DeviceError::InvalidOptions { reason });
+        if self.queue_depth == 0 || self.queue_depth > QUEUE_DEPTH_MAX {
+            return invalid(format!(
+                "queue depth {} not in 1..={QUEUE_DEPTH_MAX}",
+                self.queue_depth
+            ));
+        }
+        if self.buffer_count == 0 || self.buffer_count > REGISTERED_BUFFERS_MAX {
+            return invalid(format!(
+                "buffer count {} not in 1..={REGISTERED_BUFFERS_MAX}",
+                self.buffer_count
+            ));
+        }
+        let size = self.buffer_size_bytes;
+        if size == 0 || size > IO_SIZE_MAX_BYTES || !size.is_multiple_of(BLOCK_SIZE_MIN_BYTES) {
+            return invalid(format!(
+                "buffer size {size} is not a multiple of {BLOCK_SIZE_MIN_BYTES} up to \
+                 {IO_SIZE_MAX_BYTES}"
+            ));
+        }
+        Ok(())
     }
 }
 

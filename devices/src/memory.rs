@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::constants::{BLOCK_SIZE_MIN_BYTES, IO_SIZE_MAX_BYTES, QUEUE_DEPTH_MAX};
+use crate::constants::BLOCK_SIZE_MIN_BYTES;
 use crate::rng::SplitMix64;
 use crate::{
     BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Geometry, Op, OpenOptions, Rejected,
@@ -55,21 +55,8 @@ impl MemoryDevice {
                 reason: format!("memory device size {size_bytes} is not a multiple of {block}"),
             });
         }
+        options.check_queue_and_pool()?;
         let depth = options.queue_depth;
-        let buffer_size = options.buffer_size_bytes;
-        if depth == 0 || depth > QUEUE_DEPTH_MAX || options.buffer_count == 0 {
-            return Err(DeviceError::InvalidOptions {
-                reason: format!("queue depth {depth} and buffer count must be at least 1"),
-            });
-        }
-        if buffer_size == 0
-            || buffer_size > IO_SIZE_MAX_BYTES
-            || !buffer_size.is_multiple_of(BLOCK_SIZE_MIN_BYTES)
-        {
-            return Err(DeviceError::InvalidOptions {
-                reason: format!("buffer size {buffer_size} is not a multiple of 4096 up to 64 MiB"),
-            });
-        }
         let len = usize::try_from(size_bytes).map_err(|_| DeviceError::InvalidOptions {
             reason: format!("memory device of {size_bytes} bytes does not fit in memory"),
         })?;
@@ -82,7 +69,7 @@ impl MemoryDevice {
             batch_start_bytes: Vec::new(),
             queue: VecDeque::with_capacity(depth as usize),
             queue_depth: depth,
-            pool: BufferPool::new(options.buffer_count, buffer_size),
+            pool: BufferPool::new(options.buffer_count, options.buffer_size_bytes),
             read_only: options.read_only,
         })
     }

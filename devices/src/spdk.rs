@@ -43,10 +43,7 @@ use std::marker::{PhantomData, PhantomPinned};
 use std::ptr::{self, NonNull};
 use std::sync::OnceLock;
 
-use crate::constants::{
-    BLOCK_SIZE_MIN_BYTES, BUFFER_ALIGNMENT_BYTES, IO_SIZE_MAX_BYTES, QUEUE_DEPTH_MAX,
-    REGISTERED_BUFFERS_MAX,
-};
+use crate::constants::{BLOCK_SIZE_MIN_BYTES, BUFFER_ALIGNMENT_BYTES};
 use crate::{
     BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Geometry, Op, OpKind, OpenOptions,
     Rejected, Request, validate,
@@ -437,26 +434,7 @@ fn check_options(options: &OpenOptions) -> Result<(), DeviceError> {
     if options.sqpoll_idle_ms.is_some() {
         return invalid("SQPOLL is an io_uring option; SPDK always polls".to_owned());
     }
-    if options.queue_depth == 0 || options.queue_depth > QUEUE_DEPTH_MAX {
-        return invalid(format!(
-            "queue depth {} not in 1..={QUEUE_DEPTH_MAX}",
-            options.queue_depth
-        ));
-    }
-    if options.buffer_count == 0 || options.buffer_count > REGISTERED_BUFFERS_MAX {
-        return invalid(format!(
-            "buffer count {} not in 1..={REGISTERED_BUFFERS_MAX}",
-            options.buffer_count
-        ));
-    }
-    let size = options.buffer_size_bytes;
-    if size == 0 || size > IO_SIZE_MAX_BYTES || !size.is_multiple_of(BLOCK_SIZE_MIN_BYTES) {
-        return invalid(format!(
-            "buffer size {size} is not a multiple of {BLOCK_SIZE_MIN_BYTES} up to \
-             {IO_SIZE_MAX_BYTES}"
-        ));
-    }
-    Ok(())
+    options.check_queue_and_pool()
 }
 
 fn completion_result(kind: OpKind, status: i32, moved_bytes: u32) -> Result<u32, DeviceError> {

@@ -16,7 +16,6 @@ use std::path::Path;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use crate::constants::{QUEUE_DEPTH_MAX, REGISTERED_BUFFERS_MAX};
 use crate::file::{self, DeviceKind, OpenOptions, OpenedFile};
 use crate::{
     BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Geometry, Op, OpKind, Rejected,
@@ -63,7 +62,7 @@ impl IoUringDevice {
     /// Opens `path` (a regular file or block device) with O_DIRECT and sets up its ring and
     /// registered buffers. Fails, never falls back, when registration is refused.
     pub fn open(path: &Path, options: &OpenOptions) -> Result<IoUringDevice, DeviceError> {
-        check_options(options)?;
+        options.check_queue_and_pool()?;
         let file = file::open(path, options)?;
         if !options.buffer_size_bytes.is_multiple_of(file.geometry.block_size_bytes) {
             return Err(DeviceError::InvalidOptions {
@@ -267,27 +266,6 @@ impl Drop for IoUringDevice {
         }
         let _ = submitter.unregister_files();
     }
-}
-
-fn check_options(options: &OpenOptions) -> Result<(), DeviceError> {
-    let invalid = |reason: String| Err(DeviceError::InvalidOptions { reason });
-    if options.queue_depth == 0 || options.queue_depth > QUEUE_DEPTH_MAX {
-        return invalid(format!(
-            "queue depth {} not in 1..={QUEUE_DEPTH_MAX}",
-            options.queue_depth
-        ));
-    }
-    if options.buffer_count == 0 || options.buffer_count > REGISTERED_BUFFERS_MAX {
-        return invalid(format!(
-            "buffer count {} not in 1..={REGISTERED_BUFFERS_MAX}",
-            options.buffer_count
-        ));
-    }
-    let max = crate::constants::IO_SIZE_MAX_BYTES;
-    if options.buffer_size_bytes == 0 || options.buffer_size_bytes > max {
-        return invalid(format!("buffer size {} not in 1..={max}", options.buffer_size_bytes));
-    }
-    Ok(())
 }
 
 fn build_ring(options: &OpenOptions) -> Result<IoUring, DeviceError> {
