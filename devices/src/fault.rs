@@ -7,8 +7,8 @@ use std::io;
 
 use crate::rng::SplitMix64;
 use crate::{
-    BlockDevice, Completion, DeviceError, DmaBuf, Geometry, MemoryDevice, Op, OpKind, Rejected,
-    Request,
+    BlockDevice, Completion, DeviceError, DmaBuf, Doorbell, Geometry, MemoryDevice, Op, OpKind,
+    Rejected, Request,
 };
 
 /// What to inject. `Default` injects nothing.
@@ -185,5 +185,9 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
 
     fn queue_depth(&self) -> u32 {
         self.inner.queue_depth()
+    }
+
+    fn attach_doorbell(&mut self, doorbell: Doorbell) -> Result<(), DeviceError> {
+        self.inner.attach_doorbell(doorbell)
     }
 }

@@ -31,6 +31,7 @@ pub mod constants;
 pub mod rng;
 
 mod buffer;
+mod doorbell;
 mod error;
 mod fault;
 mod file;
@@ -40,6 +41,7 @@ mod spdk;
 mod uring;
 
 pub use buffer::{BufferPool, DmaBuf};
+pub use doorbell::{Doorbell, DoorbellRinger};
 pub use error::{DeviceError, Misalignment};
 pub use fault::{FaultPlan, FaultyDevice};
 pub use file::{DeviceKind, OpenOptions};
@@ -181,6 +183,14 @@ pub trait BlockDevice {
 
     /// Requests queued or in flight, not yet reaped.
     fn in_flight(&self) -> usize;
+
+    /// Keeps `doorbell` armed so that `submit_and_reap` also returns when it rings: then
+    /// `min_complete` may exceed what is in flight, and a call with nothing in flight sleeps
+    /// until a completion or a ring. Backends that cannot wait on one refuse it.
+    fn attach_doorbell(&mut self, doorbell: Doorbell) -> Result<(), DeviceError> {
+        drop(doorbell);
+        Err(DeviceError::InvalidOptions { reason: "this backend cannot wait on a doorbell".into() })
+    }
 
     /// How many requests may be in flight at once.
     fn queue_depth(&self) -> u32;

@@ -16,8 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use crate::constants::BLOCK_SIZE_MIN_BYTES;
 use crate::rng::SplitMix64;
 use crate::{
-    BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Geometry, Op, OpenOptions, Rejected,
-    Request, validate,
+    BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Doorbell, Geometry, Op, OpenOptions,
+    Rejected, Request, validate,
 };
 
 /// A device in memory. Requests complete in the order they were pushed, at the next reap.
@@ -36,6 +36,7 @@ pub struct MemoryDevice {
     queue_depth: u32,
     pool: BufferPool,
     read_only: bool,
+    doorbell: Option<Doorbell>,
 }
 
 impl MemoryDevice {
@@ -71,6 +72,7 @@ impl MemoryDevice {
             queue_depth: depth,
             pool: BufferPool::new(options.buffer_count, options.buffer_size_bytes),
             read_only: options.read_only,
+            doorbell: None,
         })
     }
 
@@ -197,11 +199,21 @@ impl BlockDevice for MemoryDevice {
         Ok(())
     }
 
+    /// Executes everything queued. With nothing queued, a doorbell attached and
+    /// `min_complete > 0`, sleeps until the doorbell rings.
     fn submit_and_reap(
         &mut self,
-        _min_complete: usize,
+        min_complete: usize,
         completions: &mut Vec<Completion>,
     ) -> Result<usize, DeviceError> {
+        if let Some(doorbell) = &self.doorbell
+            && self.queue.is_empty()
+            && min_complete > 0
+        {
+            doorbell
+                .wait()
+                .map_err(|source| DeviceError::Setup { what: "waiting on the doorbell", source })?;
+        }
         let count = self.queue.len();
         while let Some(request) = self.queue.pop_front() {
             let completion = self.execute(request);
@@ -218,6 +230,11 @@ impl BlockDevice for MemoryDevice {
 
     fn queue_depth(&self) -> u32 {
         self.queue_depth
+    }
+
+    fn attach_doorbell(&mut self, doorbell: Doorbell) -> Result<(), DeviceError> {
+        self.doorbell = Some(doorbell);
+        Ok(())
     }
 }
 

@@ -18,12 +18,15 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use crate::file::{self, DeviceKind, OpenOptions, OpenedFile};
 use crate::{
-    BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Geometry, Op, OpKind, Rejected,
-    Request, validate,
+    BlockDevice, BufferPool, Completion, DeviceError, DmaBuf, Doorbell, Geometry, Op, OpKind,
+    Rejected, Request, validate,
 };
 
 /// The registered file's index in the ring's file table.
 const FIXED_FILE: types::Fixed = types::Fixed(0);
+
+/// `user_data` of the doorbell's armed read; slots are numbered below `QUEUE_DEPTH_MAX`.
+const DOORBELL_USER_DATA: u64 = u64::MAX;
 
 /// A preallocated file or block device driven through io_uring with O_DIRECT.
 pub struct IoUringDevice {
@@ -36,6 +39,14 @@ pub struct IoUringDevice {
     read_only: bool,
     registered_buffers: bool,
     poisoned: Option<OpKind>,
+    doorbell: Option<ArmedDoorbell>,
+}
+
+/// A doorbell and the 8 bytes its armed read lands in (boxed: the kernel holds the address).
+struct ArmedDoorbell {
+    doorbell: Doorbell,
+    count: Box<u64>,
+    armed: bool,
 }
 
 /// What the device remembers of a request while the kernel has it.
@@ -91,6 +102,7 @@ impl IoUringDevice {
             read_only: options.read_only,
             registered_buffers: options.register_buffers,
             poisoned: None,
+            doorbell: None,
         })
     }
 
@@ -150,11 +162,30 @@ impl IoUringDevice {
         }
     }
 
+    /// Puts the doorbell's read back in the submission queue after it fired.
+    fn arm_doorbell(&mut self) {
+        let Some(bell) = self.doorbell.as_mut().filter(|bell| !bell.armed) else { return };
+        let fd = types::Fd(bell.doorbell.raw_fd());
+        let target: *mut u64 = &mut *bell.count;
+        let entry = opcode::Read::new(fd, target.cast(), 8).build().user_data(DOORBELL_USER_DATA);
+        // SAFETY: the read lands in `bell.count`, a heap box that lives as long as the device;
+        // `Drop` closes the ring (cancelling the read) before the box is freed.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        assert!(pushed.is_ok(), "submission ring has a spare entry for the doorbell");
+        bell.armed = true;
+    }
+
     fn reap(&mut self, completions: &mut Vec<Completion>) -> usize {
         let mut reaped = 0;
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
+            if cqe.user_data() == DOORBELL_USER_DATA {
+                if let Some(bell) = self.doorbell.as_mut() {
+                    bell.armed = false;
+                }
+                continue;
+            }
             let index = cqe.user_data() as usize;
             assert!(index < self.slots.len(), "completion for unknown slot {index}");
             let slot = &mut self.slots[index];
@@ -222,7 +253,9 @@ impl BlockDevice for IoUringDevice {
         min_complete: usize,
         completions: &mut Vec<Completion>,
     ) -> Result<usize, DeviceError> {
-        let want = min_complete.min(self.in_flight as usize);
+        self.arm_doorbell();
+        let waitable = self.in_flight as usize + usize::from(self.doorbell.is_some());
+        let want = min_complete.min(waitable);
         let queued = !self.ring.submission().is_empty();
         let ready = self.ring.completion().len();
         let task_work_pending = self.in_flight > 0 && self.ring.submission().taskrun();
@@ -238,6 +271,14 @@ impl BlockDevice for IoUringDevice {
 
     fn queue_depth(&self) -> u32 {
         self.slots.len() as u32
+    }
+
+    fn attach_doorbell(&mut self, doorbell: Doorbell) -> Result<(), DeviceError> {
+        if self.doorbell.is_some() {
+            return Err(DeviceError::InvalidOptions { reason: "a doorbell is attached".into() });
+        }
+        self.doorbell = Some(ArmedDoorbell { doorbell, count: Box::new(0), armed: false });
+        Ok(())
     }
 }
 
@@ -276,7 +317,8 @@ fn build_ring(options: &OpenOptions) -> Result<IoUring, DeviceError> {
         None => builder.setup_coop_taskrun().setup_taskrun_flag(),
     };
     builder.setup_submit_all();
-    let entries = options.queue_depth.next_power_of_two();
+    // One entry beyond the slots for the doorbell's read.
+    let entries = (options.queue_depth + 1).next_power_of_two();
     builder.build(entries).map_err(|source| DeviceError::Setup {
         what: "creating the io_uring (is io_uring disabled by sysctl kernel.io_uring_disabled?)",
         source,

@@ -10,6 +10,7 @@
 //! makes it the first seed run, which replays the failure.
 
 mod device_conformance;
+mod device_doorbell;
 mod device_open;
 mod device_poisoning;
 mod fault_injection;
