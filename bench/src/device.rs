@@ -242,7 +242,9 @@ fn run_job(
     start: &Barrier,
     counters: &JobCounters,
 ) -> Result<JobStats, String> {
-    pin_to_core(index);
+    if kiseki_devices::affinity::pin_current_thread(index).is_none() {
+        eprintln!("kiseki-bench: could not pin job {index} to a core; running unpinned");
+    }
     let options = OpenOptions {
         size_bytes: Some(plan.size_bytes),
         queue_depth: plan.args.iodepth,
@@ -443,29 +445,5 @@ impl Offsets {
             block
         };
         block * self.bs
-    }
-}
-
-/// Pins the calling thread to the `index`-th core it may run on (wrapping).
-fn pin_to_core(index: usize) {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = size_of::<libc::cpu_set_t>();
-    // SAFETY: sched_getaffinity writes at most `size` bytes into `allowed`.
-    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
-        return;
-    }
-    let cores: Vec<usize> =
-        // SAFETY: CPU_ISSET reads a bit of a valid cpu_set_t for an index below CPU_SETSIZE.
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
-            .collect();
-    let Some(&core) = cores.get(index % cores.len().max(1)) else { return };
-    // SAFETY: as above, an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `core` < CPU_SETSIZE, so CPU_SET writes inside `set`.
-    unsafe { libc::CPU_SET(core, &mut set) };
-    // SAFETY: sched_setaffinity reads `size` bytes from `set`, a valid cpu_set_t.
-    if unsafe { libc::sched_setaffinity(0, size, &set) } != 0 {
-        eprintln!("kiseki-bench: could not pin job {index} to core {core}; running unpinned");
     }
 }

@@ -27,6 +27,7 @@
 //! - after a failed write, flush or trim the device refuses to change data until reopened;
 //! - a device and its buffers stay on the thread that opened it (`DmaBuf` is `!Send`).
 
+pub mod affinity;
 pub mod constants;
 pub mod rng;
 
