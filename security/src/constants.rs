@@ -1,0 +1,60 @@
+//! Every limit and fixed value of the security crate, with the reason it has its value.
+//!
+//! The envelope's field offsets live beside its byte map in `envelope.rs`, where the
+//! compile-time checks can see them; this file holds what a reader tunes or cites.
+
+/// Length of every symmetric secret: master keys, tenant secrets, tenant id keys and DEKs.
+/// 32 bytes is AES-256's key, SHA-256's output (so HKDF-Expand runs one block), and the
+/// key length RFC 2104 recommends for HMAC-SHA256.
+pub const KEY_LEN: usize = 32;
+
+/// Length of a chunk id: a SHA-256 digest or an HMAC-SHA256 tag.
+pub const CHUNK_ID_LEN: usize = 32;
+
+/// Length of a tenant id: a UUID's 16 bytes. All zeros (the nil UUID) means "no tenant"
+/// in an envelope, so no tenant may have it.
+pub const TENANT_ID_LEN: usize = 16;
+
+/// AES-GCM nonce: 96 bits, the length GCM is specified for (other lengths are hashed into
+/// one and weaken the bounds). Random per seal, drawn by aws-lc itself.
+pub const NONCE_LEN: usize = 12;
+
+/// AES-GCM tag: the full 128 bits; truncated tags weaken forgery bounds and save nothing
+/// that matters next to a chunk.
+pub const TAG_LEN: usize = 16;
+
+/// HKDF `info` for chunk DEKs. Versioned so that a future derivation (another hash, more
+/// inputs) can never produce the same key as this one.
+pub const DEK_INFO: &[u8] = b"kiseki-chunk-dek-v1";
+
+/// First four bytes of every envelope: "KSKE", Kiseki envelope. Lets a scrubber or a human
+/// with `xxd` tell an envelope from garbage before any field is trusted.
+pub const ENVELOPE_MAGIC: [u8; 4] = *b"KSKE";
+
+/// The only envelope format this build writes and reads. A reader refuses any other
+/// version rather than guess at its layout.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+/// Algorithm id of AES-256-GCM, the only one defined. 0 is left unused so that a zeroed
+/// header never names a real algorithm.
+pub const ALGORITHM_AES_256_GCM: u8 = 1;
+
+/// Flag bit: the chunk belongs to a tenant that opted out of cross-tenant dedup; its id is
+/// an HMAC, its DEK takes the tenant secret, and the tenant id is authenticated.
+pub const FLAG_ISOLATED_TENANT: u8 = 0b0000_0001;
+
+/// Every flag bit this version defines. A reader refuses an envelope with any other bit
+/// set: an unknown flag may change how the chunk must be opened.
+pub const FLAGS_KNOWN: u8 = FLAG_ISOLATED_TENANT;
+
+/// Largest plaintext one envelope carries: 64 MiB. The engine's largest chunk and the
+/// device layer's largest single I/O (`IO_SIZE_MAX_BYTES`) are the same, so an envelope
+/// always fits one write; it also bounds what a parser accepts from a peer, and keeps far
+/// below AES-GCM's limit of 2^39 - 256 bits per nonce.
+pub const CHUNK_PLAINTEXT_MAX_BYTES: u32 = 64 << 20;
+
+/// Largest tenant-wrapped derivation parameters: 256 bytes. Today they are a 32-byte
+/// tenant secret wrapped under the tenant KEK (AES-GCM: 12 + 32 + 16 = 60 bytes); an
+/// external KMS's ciphertext blob for 32 bytes is under 200. 256 leaves room for either
+/// and for key ids, and keeps the authenticated header of a small chunk small.
+pub const WRAPPED_PARAMS_MAX_BYTES: u16 = 256;
