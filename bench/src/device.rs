@@ -110,12 +110,12 @@ impl Pattern {
         }
     }
 
-    fn random(self) -> bool {
+    pub(crate) fn is_random(self) -> bool {
         matches!(self, Pattern::RandRead | Pattern::RandWrite | Pattern::RandRw)
     }
 
     /// Percentage of reads.
-    fn read_percent(self, rwmixread: u8) -> u8 {
+    pub(crate) fn read_percent(self, rwmixread: u8) -> u8 {
         match self {
             Pattern::Read | Pattern::RandRead => 100,
             Pattern::Write | Pattern::RandWrite => 0,
@@ -429,7 +429,7 @@ impl Offsets {
         let bs = u64::from(plan.bs_bytes);
         Offsets {
             rng: SplitMix64::new(seed),
-            random: plan.args.rw.random(),
+            random: plan.args.rw.is_random(),
             blocks: (plan.size_bytes / bs).max(1),
             next_block: 0,
             bs,

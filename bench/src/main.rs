@@ -4,6 +4,7 @@
 
 mod clock;
 mod device;
+mod engine;
 mod layout;
 mod progress;
 mod report;
@@ -26,34 +27,50 @@ enum Command {
     /// Drive a file or block device through Kiseki's device layer with fio's job flags and
     /// print fio's normal or JSON report
     Device(device::DeviceArgs),
+    /// Drive the whole chunk path (chunk id, seal, durable put; get, CRC, open) through
+    /// Kiseki's engine with fio's job flags; --bs is the chunk size
+    Engine(engine::EngineArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Device(args) => run_device(args),
+        Command::Engine(args) => run_engine(args),
     }
 }
 
+fn run_engine(args: engine::EngineArgs) -> ExitCode {
+    let dedup_percentage = args.dedup_percentage;
+    let result = engine::plan(&args)
+        .and_then(|plan| Ok((engine::run(&plan, dedup_percentage)?, plan)))
+        .map(|(jobs, plan)| (plan, jobs));
+    report(result)
+}
+
 fn run_device(args: device::DeviceArgs) -> ExitCode {
-    let result = device::plan(args).and_then(|plan| {
-        let mut jobs = device::run(&plan)?;
-        if plan.args.group_reporting && jobs.len() > 1 {
-            let mut group = jobs.remove(0);
-            for job in &jobs {
-                group.merge(job);
-            }
-            jobs = vec![group];
-        }
-        Ok((plan, jobs))
-    });
-    let (plan, jobs) = match result {
+    let result = device::plan(args).and_then(|plan| Ok((device::run(&plan)?, plan)));
+    let result = result.map(|(jobs, plan)| (plan, jobs));
+    report(result)
+}
+
+/// Prints the report (or the error) and chooses the exit code; an I/O error in any job is a
+/// failure.
+fn report(result: Result<(device::Plan, Vec<stats::JobStats>), String>) -> ExitCode {
+    let (plan, mut jobs) = match result {
         Ok(done) => done,
         Err(message) => {
             eprintln!("kiseki-bench: {message}");
             return ExitCode::FAILURE;
         }
     };
+    if plan.args.group_reporting && jobs.len() > 1 {
+        let mut group = jobs.remove(0);
+        for job in &jobs {
+            group.merge(job);
+        }
+        jobs = vec![group];
+    }
     match plan.args.output_format {
         device::OutputFormat::Normal => print!("{}", report::normal(&plan, &jobs)),
         device::OutputFormat::Json => println!("{}", report::json(&plan, &jobs)),

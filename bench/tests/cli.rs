@@ -118,3 +118,72 @@ fn directory_is_not_a_device() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("neither a regular file nor a block device"));
 }
+
+fn engine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiseki-bench"))
+        .arg("engine")
+        .args(args)
+        .output()
+        .expect("kiseki-bench runs")
+}
+
+fn check_fio_json(output: &Output, rw: &str) {
+    assert!(output.status.success(), "kiseki-bench engine failed: {}", stderr(output));
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, &output.stdout).unwrap();
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fio_json_check.py");
+    let checked = Command::new("python3").arg(check).arg(&report).arg(rw).output().unwrap();
+    assert!(checked.status.success(), "fio JSON check failed: {}", stderr(&checked));
+}
+
+#[test]
+fn engine_write_and_read_report_as_fio_json() {
+    let common = ["--ioengine=memory", "--size=32M", "--iodepth=4", "--output-format=json"];
+    let mut write = common.to_vec();
+    write.extend(["--rw=write", "--bs=64k", "--runtime=300ms", "--time_based"]);
+    write.push("--dedup_percentage=20");
+    check_fio_json(&engine(&write), "write");
+    let mut read = common.to_vec();
+    read.extend(["--rw=randread", "--bs=4k", "--runtime=300ms", "--time_based"]);
+    let output = engine(&read);
+    check_fio_json(&output, "randread");
+    assert!(stderr(&output).contains("filling the store"), "a read job fills the store first");
+}
+
+/// On a file, the store persists: a second read job finds its chunks and fills nothing, and
+/// opens them with the key kept beside the store.
+#[test]
+fn engine_store_on_a_file_is_reused() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = dir.path().join("engine.dat");
+    let filename = format!("--filename={}", file.display());
+    let args = [&filename, "--size=16M", "--rw=randread", "--bs=16k", "--runtime=200ms"];
+    let first = engine(&[args.as_slice(), &["--time_based"]].concat());
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("filling the store"));
+    let key = dir.path().join("engine.dat.bench-key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the bench key is private");
+    let second = engine(&[args.as_slice(), &["--time_based"]].concat());
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("filling the store"), "{}", stderr(&second));
+}
+
+#[test]
+fn engine_refuses_what_it_cannot_run() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["--ioengine=memory", "--size=32M", "--rw=randwrite"], "write, read, randread"),
+        (&["--ioengine=spdk", "--filename=x"], "io_uring or memory"),
+        (&["--ioengine=memory", "--size=4M"], "under 8 MiB"),
+        (&["--ioengine=memory", "--size=32M", "--dedup_percentage=101"], "dedup_percentage"),
+    ];
+    for (args, expected) in cases {
+        let output = engine(args);
+        assert!(!output.status.success(), "{args:?} must fail");
+        let message = stderr(&output);
+        assert!(message.contains(expected), "{args:?}: expected {expected:?} in {message}");
+        assert!(!message.contains("panicked"), "{args:?} panicked: {message}");
+    }
+}

@@ -155,15 +155,14 @@ impl MemoryDevice {
     /// A flush: blocks changed only in earlier batches become durable as they are; blocks
     /// this batch changed become durable as they were when the batch began.
     fn flush_earlier_batches(&mut self) {
+        // The arenas keep their capacity: a busy device allocates nothing per flush.
         let block = self.geometry.block_size_bytes as usize;
-        let mut kept = Vec::with_capacity(self.batch_start.len() * block);
-        let mut pre_images = HashMap::with_capacity(self.batch_start.len());
+        self.pre_images.clear();
+        self.pre_image_bytes.clear();
         for (&number, &at) in &self.batch_start {
-            pre_images.insert(number, kept.len());
-            kept.extend_from_slice(&self.batch_start_bytes[at..at + block]);
+            self.pre_images.insert(number, self.pre_image_bytes.len());
+            self.pre_image_bytes.extend_from_slice(&self.batch_start_bytes[at..at + block]);
         }
-        self.pre_images = pre_images;
-        self.pre_image_bytes = kept;
     }
 }
 

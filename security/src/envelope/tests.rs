@@ -491,3 +491,20 @@ fn throughput_of_1_mib_chunks() {
         black_box(black_box(&envelope).open_verified(&dek, None).unwrap());
     });
 }
+
+#[test]
+fn seal_into_reuses_the_buffer_and_opens() {
+    let master = MasterKey::generate(1).unwrap();
+    let plaintext = vec![7u8; 10_000];
+    let id = ChunkId::of_plaintext(&plaintext);
+    let dek = Dek::derive(&master, &id, None);
+    let first = Envelope::seal(&plaintext, &SealParams::new(&dek)).unwrap();
+    let first_bytes = first.as_bytes().to_vec();
+    let buffer = first.into_bytes();
+    let address = buffer.as_ptr();
+    let second = Envelope::seal_into(&plaintext, &SealParams::new(&dek), buffer).unwrap();
+    assert_eq!(second.as_bytes().as_ptr(), address, "the buffer was reused");
+    assert_eq!(&*second.open(&dek).unwrap(), &plaintext[..]);
+    assert_ne!(second.as_bytes(), &first_bytes[..], "a fresh nonce");
+    assert_eq!(second.len(), first_bytes.len());
+}
