@@ -1,8 +1,9 @@
 //! `kiseki-bench`: fio-style benchmarks of Kiseki's layers, each side by side with the tool
-//! it must match (fio for devices). This release has `device`; `engine`, `fabric`, `s3` and
-//! `raft` come with the crates they measure.
+//! it must match: `device` (against fio), `engine` (against the device and crypto ceilings,
+//! which `device` and `crypto` measure). `fabric`, `s3` and `raft` come with their crates.
 
 mod clock;
+mod crypto;
 mod device;
 mod engine;
 mod layout;
@@ -30,6 +31,8 @@ enum Command {
     /// Drive the whole chunk path (chunk id, seal, durable put; get, CRC, open) through
     /// Kiseki's engine with fio's job flags; --bs is the chunk size
     Engine(engine::EngineArgs),
+    /// Measure the write path's crypto ceiling: chunk id, DEK derivation and seal per core
+    Crypto(crypto::CryptoArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Device(args) => run_device(args),
         Command::Engine(args) => run_engine(args),
+        Command::Crypto(args) => match crypto::run(&args) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("kiseki-bench: {message}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
