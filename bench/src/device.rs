@@ -260,7 +260,7 @@ fn run_job(
             open_then_drive(|| IoUringDevice::open(&name, &options), plan, index, start, counters)
         }
         Engine::Memory => {
-            let open = || MemoryDevice::new(plan.size_bytes, &options);
+            let open = || MemoryDevice::volatile(plan.size_bytes, &options);
             open_then_drive(open, plan, index, start, counters)
         }
         #[cfg(feature = "spdk")]

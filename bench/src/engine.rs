@@ -230,7 +230,7 @@ impl Job<'_> {
         let offset = region * self.index as u64;
         let options = self.device_options();
         let opened = match self.plan.args.ioengine {
-            Backend::Memory => MemoryDevice::new(region, &options)
+            Backend::Memory => MemoryDevice::volatile(region, &options)
                 .map_err(|e| e.to_string())
                 .and_then(|device| format_and_open(device, 0, region, true))
                 .map(JobShard::Memory),

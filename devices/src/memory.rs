@@ -37,6 +37,8 @@ pub struct MemoryDevice {
     pool: BufferPool,
     read_only: bool,
     doorbell: Option<Doorbell>,
+    /// Whether pre-images are kept for `power_cut` (off for benchmarks: see `volatile`).
+    tracks_durability: bool,
 }
 
 impl MemoryDevice {
@@ -73,13 +75,24 @@ impl MemoryDevice {
             pool: BufferPool::new(options.buffer_count, options.buffer_size_bytes),
             read_only: options.read_only,
             doorbell: None,
+            tracks_durability: true,
         })
+    }
+
+    /// A memory device that keeps no pre-images: every write costs one copy instead of
+    /// three, for benchmarks that measure what runs above the device. It cannot simulate a
+    /// power cut (`power_cut` panics).
+    pub fn volatile(size_bytes: u64, options: &OpenOptions) -> Result<MemoryDevice, DeviceError> {
+        let mut device = MemoryDevice::new(size_bytes, options)?;
+        device.tracks_durability = false;
+        Ok(device)
     }
 
     /// Simulates losing power: requests not yet reaped are lost (their buffers go back to
     /// the pool), each block changed since the last flush keeps its new contents or reverts
     /// to its durable ones by a coin seeded with `seed`.
     pub fn power_cut(&mut self, seed: u64) {
+        assert!(self.tracks_durability, "a volatile memory device cannot simulate a power cut");
         let mut rng = SplitMix64::new(seed);
         while let Some(request) = self.queue.pop_front() {
             if let Some(buf) = request.op.into_buf() {
@@ -137,6 +150,9 @@ impl MemoryDevice {
     /// Saves, for every block of the extent, its durable contents (if not yet changed since
     /// the last flush) and its contents at the start of this batch (if not yet changed in it).
     fn keep_pre_images(&mut self, offset: u64, len_bytes: u64) {
+        if !self.tracks_durability {
+            return;
+        }
         let block = self.geometry.block_size_bytes as usize;
         for number in offset / block as u64..(offset + len_bytes) / block as u64 {
             let start = number as usize * block;
@@ -299,5 +315,17 @@ mod tests {
             }
         }
         assert!(kept > 0 && lost > 0, "kept {kept}, lost {lost}: both must happen");
+    }
+
+    #[test]
+    fn volatile_device_reads_back_and_refuses_power_cuts() {
+        let size = 4 * u64::from(BLOCK_SIZE_MIN_BYTES);
+        let mut device = MemoryDevice::volatile(size, &OpenOptions::default()).unwrap();
+        write(&mut device, 0, 0xC);
+        reap(&mut device);
+        assert_eq!(first_byte(&device, 0), 0xC);
+        assert_eq!(device.unflushed_bytes(), 0, "no pre-images are kept");
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.power_cut(1)));
+        assert!(cut.is_err(), "a volatile device cannot pretend to lose power");
     }
 }
