@@ -4,6 +4,8 @@
 //!   backend in the build (memory, io_uring on a file, and `FaultyDevice` over each).
 //! - `device_open`: what the io_uring backend refuses to open, and how it says so.
 //! - `device_poisoning`: a failed write (injected, or real on io_uring) poisons a device.
+//! - `engine_at_rest`: a shard on a real device file holds only sealed envelopes, and every
+//!   changed byte of a stored one is an integrity error on read and in the scrubber.
 //! - `fault_injection`: the `FaultyDevice` and power-cut semantics the simulator relies on.
 //!
 //! Randomised tests name their seed in every failure message; `KISEKI_TEST_SEED=<seed>`
@@ -13,5 +15,6 @@ mod device_conformance;
 mod device_doorbell;
 mod device_open;
 mod device_poisoning;
+mod engine_at_rest;
 mod fault_injection;
 mod support;
