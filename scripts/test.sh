@@ -59,5 +59,8 @@ cargo test --workspace --features spdk
 step "cargo check --features spdk"
 cargo check --workspace --features spdk
 
+step "engine crash test: a writer killed with SIGKILL, then recovery and verification (20 runs)"
+scripts/crash-test.sh 20
+
 echo
 echo "scripts/test.sh: all checks passed"

@@ -49,6 +49,9 @@ pub struct EngineArgs {
 /// Share of a shard's data area a job's working set fills: well under the 85 % Critical
 /// threshold, with room for the chunks of a write window in flight.
 const WORKING_SET_PERCENT: u64 = 50;
+/// Fill level a write job stays under, below the 75 % Warning threshold: releases of the
+/// oldest chunks trail the puts by up to a queue's worth.
+const WRITE_CEILING_PERCENT: u64 = 70;
 /// The bench's identity on the device (a benchmark store is its own cluster).
 const BENCH_IDS: DeviceIds =
     DeviceIds { cluster_id: *b"kiseki-bench-clu", node_id: [1; 16], device_id: [2; 16] };
@@ -262,6 +265,13 @@ impl Job<'_> {
         if self.plan.read_percent > 0 {
             driver.fill(&mut shard)?;
         }
+        // Writes keep at most this many chunks of their own, in the room the store has left
+        // below the Warning threshold (a read set from an earlier run may fill half of it).
+        let stats = shard.stats();
+        let room = (stats.data_bytes_total * WRITE_CEILING_PERCENT / 100)
+            .saturating_sub(stats.data_bytes_used);
+        driver.write_window =
+            (room / (blocks * u64::from(BLOCK_SIZE_MIN_BYTES))).clamp(1, working_set);
         driver.measure(&mut shard)
     }
 }
@@ -313,8 +323,9 @@ struct Driver<'a> {
     plaintext: Vec<u8>,
     /// Chunks this job's reads use: the read set, keyed 0..working_set.
     working_set: u64,
-    /// Chunks put by this run's writes, oldest first, released to stay at the working set.
+    /// Chunks put by this run's writes, oldest first, released to stay within the window.
     written: VecDeque<ChunkId>,
+    write_window: u64,
     in_flight: HashMap<Ticket, InFlight>,
     acks: Vec<Ack>,
     /// The last envelope's buffer, sealed into again (the shard copies a put's bytes).
@@ -339,6 +350,7 @@ impl<'a> Driver<'a> {
             plaintext,
             working_set,
             written: VecDeque::with_capacity(working_set.min(1 << 20) as usize),
+            write_window: working_set,
             in_flight: HashMap::with_capacity(depth),
             acks: Vec::with_capacity(depth * 2),
             spare: Vec::new(),
@@ -477,7 +489,7 @@ impl<'a> Driver<'a> {
         self.spare = envelope.into_bytes();
         self.in_flight.insert(ticket?, InFlight { started, chunk_id, timed });
         self.written.push_back(chunk_id);
-        if self.written.len() as u64 > self.working_set {
+        if self.written.len() as u64 > self.write_window {
             let oldest = self.written.pop_front().expect("not empty");
             shard.release(*oldest.as_bytes())?;
         }
