@@ -201,16 +201,33 @@ fn required_filename(args: &DeviceArgs) -> Result<&Path, String> {
 
 /// Runs every job on its own pinned thread; returns one `JobStats` per job.
 pub fn run(plan: &Plan) -> Result<Vec<JobStats>, String> {
+    run_jobs(plan, |index, start, counters| run_job(plan, index, start, counters))
+}
+
+/// Starts `numjobs` threads, each pinned to its core, running `job(index, start, counters)`;
+/// `start` is a barrier every job passes once set up (and the caller too), so all start
+/// measuring together. Shows the progress line while they run.
+pub(crate) fn run_jobs(
+    plan: &Plan,
+    job: impl Fn(usize, &Barrier, &JobCounters) -> Result<JobStats, String> + Sync,
+) -> Result<Vec<JobStats>, String> {
     let jobs = plan.args.numjobs as usize;
     let counters: Vec<JobCounters> = (0..jobs).map(|_| JobCounters::default()).collect();
     let start = Barrier::new(jobs + 1);
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..jobs)
             .map(|index| {
-                let (start, counters) = (&start, &counters[index]);
+                let (start, counters, job) = (&start, &counters[index], &job);
                 std::thread::Builder::new()
                     .name(format!("{}-{index}", plan.args.name))
-                    .spawn_scoped(scope, move || run_job(plan, index, start, counters))
+                    .spawn_scoped(scope, move || {
+                        if kiseki_devices::affinity::pin_current_thread(index).is_none() {
+                            eprintln!("kiseki-bench: could not pin job {index}; running unpinned");
+                        }
+                        let outcome = job(index, start, counters);
+                        counters.done.store(true, Ordering::Release);
+                        outcome
+                    })
                     .expect("spawning a job thread")
             })
             .collect();
@@ -242,9 +259,6 @@ fn run_job(
     start: &Barrier,
     counters: &JobCounters,
 ) -> Result<JobStats, String> {
-    if kiseki_devices::affinity::pin_current_thread(index).is_none() {
-        eprintln!("kiseki-bench: could not pin job {index} to a core; running unpinned");
-    }
     let options = OpenOptions {
         size_bytes: Some(plan.size_bytes),
         queue_depth: plan.args.iodepth,
@@ -255,7 +269,7 @@ fn run_job(
         ..OpenOptions::default()
     };
     let name = plan.args.filename.as_deref().unwrap_or(Path::new("")).to_owned();
-    let outcome = match plan.args.ioengine {
+    match plan.args.ioengine {
         Engine::IoUring => {
             open_then_drive(|| IoUringDevice::open(&name, &options), plan, index, start, counters)
         }
@@ -274,9 +288,7 @@ fn run_job(
             let open = || Err::<MemoryDevice, _>(spdk_not_built());
             open_then_drive(open, plan, index, start, counters)
         }
-    };
-    counters.done.store(true, Ordering::Release);
-    outcome
+    }
 }
 
 /// Opens the job's device on the job's own thread, then waits for every other job so that

@@ -18,8 +18,8 @@ use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Barrier;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -109,39 +109,14 @@ fn region_bytes(size_bytes: u64, jobs: u32) -> u64 {
 
 /// Runs the jobs, one pinned thread and one shard each.
 pub fn run(plan: &Plan, dedup_percentage: u8) -> Result<Vec<JobStats>, String> {
-    let jobs = plan.args.numjobs as usize;
-    let key = Arc::new(bench_key(plan)?);
+    let key = bench_key(plan)?;
     if let (Backend::IoUring, Some(path)) = (plan.args.ioengine, &plan.args.filename) {
         create_file(path, plan.size_bytes)?;
     }
-    let counters: Vec<JobCounters> = (0..jobs).map(|_| JobCounters::default()).collect();
-    let start = Barrier::new(jobs + 1);
-    let results = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..jobs)
-            .map(|index| {
-                let (start, counters, key) = (&start, &counters[index], Arc::clone(&key));
-                std::thread::Builder::new()
-                    .name(format!("{}-{index}", plan.args.name))
-                    .spawn_scoped(scope, move || {
-                        let _ = kiseki_devices::affinity::pin_current_thread(index);
-                        let job = Job { plan, index, key: &key, dedup_percentage, counters };
-                        let outcome = job.open_and_run(start);
-                        counters.done.store(true, Ordering::Release);
-                        outcome
-                    })
-                    .expect("spawning a job thread")
-            })
-            .collect();
-        start.wait();
-        let mut progress = crate::progress::Progress::new(plan, &counters);
-        while !handles.iter().all(|handle| handle.is_finished()) {
-            progress.tick();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        progress.finish();
-        handles.into_iter().map(|h| h.join().expect("job thread panicked")).collect::<Vec<_>>()
-    });
-    results.into_iter().collect()
+    crate::device::run_jobs(plan, |index, start, counters| {
+        let job = Job { plan, index, key: &key, dedup_percentage, counters };
+        job.open_and_run(start)
+    })
 }
 
 /// The master key the bench seals with: from `FILE.bench-key` when the store has one, else
