@@ -64,6 +64,16 @@ impl<D: BlockDevice> FaultyDevice<D> {
         &mut self.inner
     }
 
+    /// The plan, to arm a fault at a chosen moment (e.g. after a store was opened).
+    pub fn plan_mut(&mut self) -> &mut FaultPlan {
+        &mut self.plan
+    }
+
+    /// Requests accepted so far (the numbering `fail_request_number` uses).
+    pub fn requests_pushed(&self) -> u64 {
+        self.requests_pushed
+    }
+
     /// How many reads came back with a flipped bit.
     pub fn bits_flipped(&self) -> u64 {
         self.bits_flipped

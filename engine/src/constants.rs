@@ -72,3 +72,7 @@ pub const REACTOR_QUEUE_CAPACITY: usize = 1024;
 /// Requests a reactor takes from its queue per loop turn before it polls its device again,
 /// so that a full queue cannot delay completions (and the acks behind them) indefinitely.
 pub const REACTOR_COMMAND_BATCH: usize = 64;
+
+/// State changes a shard remembers for the audit log. Changes are rare (a device degrades or
+/// fails a few times in its life); 64 keeps every one between two audit exports.
+pub const DEVICE_STATE_HISTORY_MAX: usize = 64;

@@ -6,6 +6,7 @@ use std::fmt;
 use kiseki_devices::{DeviceError, OpKind};
 
 use crate::ChunkId;
+use crate::device_state::DeviceState;
 
 /// What a shard can refuse or fail with.
 ///
@@ -30,6 +31,10 @@ pub enum EngineError {
     Busy { queue: &'static str },
     /// The engine is shut down (or its reactor died): no request is taken.
     Stopped,
+    /// The device's state machine does not allow this change.
+    DeviceStateChange { from: DeviceState, to: DeviceState },
+    /// The device takes no new chunks in its state (evacuating, failed, removed).
+    DeviceNotWritable { device_id: [u8; 16], state: DeviceState },
     /// A reactor thread could not start or run.
     Reactor { index: usize, reason: String },
     /// The shard's data area is filled past the Critical threshold: puts are refused, reads
@@ -95,6 +100,12 @@ impl fmt::Display for EngineError {
             NotFound { chunk_id } => write!(f, "chunk {} not found", hex(chunk_id)),
             Busy { queue } => write!(f, "busy: the {queue} is full; retry after a poll"),
             Stopped => write!(f, "the engine is stopped"),
+            DeviceStateChange { from, to } => {
+                write!(f, "a {from} device cannot become {to}")
+            }
+            DeviceNotWritable { device_id, state } => {
+                write!(f, "device {} is {state}: it takes no new chunks", hex(device_id))
+            }
             Reactor { index, reason } => write!(f, "reactor {index}: {reason}"),
             CapacityCritical { device_id, fill_percent, critical_percent } => write!(
                 f,

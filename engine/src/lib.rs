@@ -46,10 +46,12 @@ pub mod constants;
 pub mod format;
 
 mod allocator;
+mod device_state;
 mod error;
 mod reactor;
 mod shard;
 
+pub use device_state::{DeviceState, Transition};
 pub use error::{DecodeError, EngineError};
 pub use format::DeviceIds;
 pub use reactor::{Engine, EngineHandle, ShardOpener};

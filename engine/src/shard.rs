@@ -22,6 +22,7 @@ use crate::constants::{
     DEVICE_SLOTS_RESERVED, FORMAT_VERSION, JOURNAL_GROUP_BLOCKS_MAX, JOURNAL_RECORDS_PER_BLOCK,
     PENDING_OPS_MAX, READS_IN_FLIGHT_MAX,
 };
+use crate::device_state::{DeviceState, DeviceStates, Transition};
 use crate::error::DecodeError;
 use crate::format::{
     Checkpoint, CheckpointEntry, CheckpointHeader, DeviceIds, Extent, JOURNAL_HEADER_SIZE_BYTES,
@@ -100,6 +101,7 @@ pub struct Stats {
     pub pending_ops: usize,
     pub checkpoints_written: u64,
     pub max_chunk_bytes: u32,
+    pub device_state: DeviceState,
 }
 
 /// A crash-safe, content-addressed chunk store on one region of a [`BlockDevice`].
@@ -145,6 +147,8 @@ pub struct Shard<D: BlockDevice> {
     integrity_errors: u64,
     scrub_reads: u64,
     checkpoints_written: u64,
+    /// Healthy → Degraded → Evacuating → Failed → Removed, with the changes' history.
+    states: DeviceStates,
 }
 
 /// The in-memory index: a slab of entries and a map from chunk id to slab position.
@@ -350,6 +354,7 @@ impl<D: BlockDevice> Shard<D> {
         Ok(Shard {
             device,
             superblock,
+            states: DeviceStates::default(),
             max_chunk_bytes: buffer_bytes.min(CHUNK_SIZE_MAX_BYTES),
             group_blocks_max: layout.journal_group_blocks.min(buffer_bytes / BLOCK_SIZE_BYTES),
             index: Index {
@@ -394,6 +399,13 @@ impl<D: BlockDevice> Shard<D> {
     pub fn put(&mut self, chunk_id: ChunkId, bytes: &[u8]) -> Result<Ticket, EngineError> {
         if let Some(failed) = self.failed {
             return Err(EngineError::ShardFailed { failed });
+        }
+        let state = self.states.state();
+        if !state.takes_puts() {
+            return Err(EngineError::DeviceNotWritable {
+                device_id: self.superblock.ids.device_id,
+                state,
+            });
         }
         if bytes.is_empty() || bytes.len() > self.max_chunk_bytes as usize {
             let max_bytes = self.max_chunk_bytes;
@@ -557,7 +569,29 @@ impl<D: BlockDevice> Shard<D> {
             pending_ops: self.ops.len(),
             checkpoints_written: self.checkpoints_written,
             max_chunk_bytes: self.max_chunk_bytes,
+            device_state: self.states.state(),
         }
+    }
+
+    /// Where the device is in its life (see `device_state.rs`).
+    pub fn device_state(&self) -> DeviceState {
+        self.states.state()
+    }
+
+    /// The device's state changes, oldest first, each with its reason and time.
+    pub fn device_state_history(&self) -> impl Iterator<Item = &Transition> {
+        self.states.history()
+    }
+
+    /// An operator's (or the control plane's) change of the device's state: evacuate it,
+    /// mark it healthy after a repair, or remove it. Refused when the state machine does
+    /// not allow it.
+    pub fn change_device_state(
+        &mut self,
+        to: DeviceState,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        self.states.change(to, reason)
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -941,6 +975,7 @@ impl<D: BlockDevice> Shard<D> {
     /// shard. Every queued op's outcome is now unknown (recovery decides).
     fn fail(&mut self, kind: OpKind, acks: &mut Vec<Ack>) {
         self.failed.get_or_insert(kind);
+        self.states.change_if_allowed(DeviceState::Failed, &format!("a {kind} failed"));
         let failed = self.failed.expect("just set");
         while let Some(op) = self.ops.pop_front() {
             self.first_op_number += 1;
@@ -999,6 +1034,10 @@ impl<D: BlockDevice> Shard<D> {
                     Ok(slot.ticket.map(|_| payload.to_vec()).unwrap_or_default())
                 } else {
                     self.integrity_errors += 1;
+                    let reason = "an extent failed its checksum on read";
+                    if self.states.state() == DeviceState::Healthy {
+                        self.states.change_if_allowed(DeviceState::Degraded, reason);
+                    }
                     Err(EngineError::Integrity {
                         chunk_id: slot.chunk_id,
                         expected_crc32c: slot.payload_crc32c,
