@@ -21,7 +21,7 @@ use kiseki_devices::{
 
 use crate::layout;
 use crate::progress::Progress;
-use crate::stats::{JobStats, ThreadUsage};
+use crate::stats::{JobStats, Window};
 use crate::units::{parse_duration, parse_size};
 
 /// Flags with fio's names and meanings.
@@ -337,12 +337,7 @@ fn drive<D: BlockDevice>(
         buffers.push(buf);
     }
 
-    let started = Instant::now();
-    let ramp_end = started + plan.ramp;
-    let end = plan.args.runtime.map(|runtime| ramp_end + runtime);
-    let mut measuring = plan.ramp.is_zero();
-    let mut window_start = started;
-    let mut usage_start = ThreadUsage::now();
+    let mut window = Window::new(plan.ramp, plan.args.runtime, plan.io_limit_bytes);
     let mut issued_bytes = 0u64;
     let mut stopping = false;
 
@@ -351,18 +346,11 @@ fn drive<D: BlockDevice>(
         push(&mut device, tag, op)?;
         issued_bytes += u64::from(plan.bs_bytes);
     }
-    let mut now = started;
+    let mut now = Instant::now();
     while device.in_flight() > 0 {
         device.submit_and_reap(1, &mut completions).map_err(|e| e.to_string())?;
         now = Instant::now();
-        if !measuring && now >= ramp_end {
-            stats.read.clear();
-            stats.write.clear();
-            (measuring, window_start, usage_start) = (true, now, ThreadUsage::now());
-        }
-        let over_time = end.is_some_and(|end| now >= end);
-        let over_size = plan.io_limit_bytes.is_some_and(|limit| issued_bytes >= limit);
-        stopping |= over_time || over_size;
+        stopping |= window.turn(now, issued_bytes, &mut stats);
         let (mut turn_ios, mut turn_read, mut turn_write) = (0, 0, 0);
         for completion in completions.drain(..) {
             let tag = completion.tag as usize;
@@ -376,7 +364,7 @@ fn drive<D: BlockDevice>(
                     continue;
                 }
             };
-            if measuring {
+            if window.measuring() {
                 let latency_ns = now.duration_since(issued_at[tag]).as_nanos() as u64;
                 match completion.kind {
                     OpKind::Read => stats.read.record(bytes, latency_ns),
@@ -401,8 +389,7 @@ fn drive<D: BlockDevice>(
         counters.read_bytes.fetch_add(turn_read, Ordering::Relaxed);
         counters.write_bytes.fetch_add(turn_write, Ordering::Relaxed);
     }
-    stats.runtime = now.duration_since(window_start);
-    stats.usage = ThreadUsage::now().since(usage_start);
+    window.finish(now, &mut stats);
     Ok(stats)
 }
 

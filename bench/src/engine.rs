@@ -33,7 +33,7 @@ use kiseki_security::{ChunkId, Dek, Envelope, MasterKey, SealParams};
 use zeroize::Zeroizing;
 
 use crate::device::{DeviceArgs, Engine as Backend, JobCounters, Pattern, Plan};
-use crate::stats::{JobStats, ThreadUsage};
+use crate::stats::{JobStats, Window};
 
 /// `kiseki-bench engine` flags: fio's, with `--bs` the chunk size.
 #[derive(Args, Debug, Clone)]
@@ -396,22 +396,12 @@ impl<'a> Driver<'a> {
         let plan = self.job.plan;
         let depth = plan.args.iodepth as usize;
         let mut stats = JobStats::new(&plan.args.name);
-        let started = Instant::now();
-        let ramp_end = started + plan.ramp;
-        let end = plan.args.runtime.map(|runtime| ramp_end + runtime);
-        let (mut measuring, mut window_start) = (plan.ramp.is_zero(), started);
-        let mut usage_start = ThreadUsage::now();
+        let mut window = Window::new(plan.ramp, plan.args.runtime, plan.io_limit_bytes);
         let mut issued_bytes = 0u64;
         loop {
-            let now = Instant::now();
-            if !measuring && now >= ramp_end {
-                stats.read.clear();
-                stats.write.clear();
-                (measuring, window_start, usage_start) = (true, now, ThreadUsage::now());
-            }
-            let over_time = end.is_some_and(|end| now >= end);
-            let over_size = plan.io_limit_bytes.is_some_and(|limit| issued_bytes >= limit);
-            let stopping = over_time || over_size || stats.error.is_some();
+            let over = window.turn(Instant::now(), issued_bytes, &mut stats);
+            let stopping = over || stats.error.is_some();
+            let measuring = window.measuring();
             if stopping && self.in_flight.is_empty() {
                 break;
             }
@@ -438,8 +428,7 @@ impl<'a> Driver<'a> {
             self.reap_into(shard, &mut stats)?;
         }
         self.release_written(shard)?;
-        stats.runtime = Instant::now().duration_since(window_start);
-        stats.usage = ThreadUsage::now().since(usage_start);
+        window.finish(Instant::now(), &mut stats);
         Ok(stats)
     }
 

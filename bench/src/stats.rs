@@ -1,7 +1,7 @@
 //! What a job measures: per direction a latency histogram, bytes and I/Os; per job its
 //! measured wall time and the CPU its thread used.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -172,12 +172,63 @@ mod tests {
     fn thread_usage_grows_with_work() {
         let before = ThreadUsage::now();
         let mut x = 0u64;
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         while start.elapsed() < Duration::from_millis(30) {
             x = x.wrapping_mul(31).wrapping_add(1);
         }
         std::hint::black_box(x);
         let used = ThreadUsage::now().since(before);
         assert!(used.user + used.system >= Duration::from_millis(10), "{used:?}");
+    }
+}
+
+/// A job's measured window: a ramp-up whose figures are dropped, then the run until its
+/// runtime or its byte limit. One `turn` per loop turn, with that turn's clock reading.
+#[derive(Debug)]
+pub struct Window {
+    ramp_end: Instant,
+    end: Option<Instant>,
+    io_limit_bytes: Option<u64>,
+    measuring: bool,
+    start: Instant,
+    usage_start: ThreadUsage,
+}
+
+impl Window {
+    pub fn new(ramp: Duration, runtime: Option<Duration>, io_limit_bytes: Option<u64>) -> Window {
+        let start = Instant::now();
+        let ramp_end = start + ramp;
+        Window {
+            ramp_end,
+            end: runtime.map(|runtime| ramp_end + runtime),
+            io_limit_bytes,
+            measuring: ramp.is_zero(),
+            start,
+            usage_start: ThreadUsage::now(),
+        }
+    }
+
+    /// Starts measuring when the ramp ends (dropping what `stats` gathered so far), and says
+    /// whether the job is over: past its runtime or past its byte limit.
+    pub fn turn(&mut self, now: Instant, issued_bytes: u64, stats: &mut JobStats) -> bool {
+        if !self.measuring && now >= self.ramp_end {
+            stats.read.clear();
+            stats.write.clear();
+            (self.measuring, self.start, self.usage_start) = (true, now, ThreadUsage::now());
+        }
+        let over_time = self.end.is_some_and(|end| now >= end);
+        let over_size = self.io_limit_bytes.is_some_and(|limit| issued_bytes >= limit);
+        over_time || over_size
+    }
+
+    /// Whether completions now count.
+    pub fn measuring(&self) -> bool {
+        self.measuring
+    }
+
+    /// Sets the job's runtime and CPU usage to the measured window's, ending `now`.
+    pub fn finish(&self, now: Instant, stats: &mut JobStats) {
+        stats.runtime = now.duration_since(self.start);
+        stats.usage = ThreadUsage::now().since(self.usage_start);
     }
 }
