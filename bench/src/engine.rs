@@ -298,6 +298,9 @@ struct Driver<'a> {
     plaintext: Vec<u8>,
     /// Chunks this job's reads use: the read set, keyed 0..working_set.
     working_set: u64,
+    /// The read set's chunk ids, computed once by `fill` so that a measured read does not
+    /// hash its chunk again.
+    read_ids: Vec<ChunkId>,
     /// Chunks put by this run's writes, oldest first, released to stay within the window.
     written: VecDeque<ChunkId>,
     write_window: u64,
@@ -324,6 +327,7 @@ impl<'a> Driver<'a> {
             rng,
             plaintext,
             working_set,
+            read_ids: Vec::new(),
             written: VecDeque::with_capacity(working_set.min(1 << 20) as usize),
             write_window: working_set,
             in_flight: HashMap::with_capacity(depth),
@@ -352,8 +356,9 @@ impl<'a> Driver<'a> {
 
     /// Puts every chunk of the read set the store lacks.
     fn fill<D: BlockDevice>(&mut self, shard: &mut Shard<D>) -> Result<(), String> {
+        self.read_ids = (0..self.working_set).map(|key| self.chunk(key)).collect();
         let missing: Vec<u64> = (0..self.working_set)
-            .filter(|&key| !shard.contains(self.chunk(key).as_bytes()))
+            .filter(|&key| !shard.contains(self.read_ids[key as usize].as_bytes()))
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -379,13 +384,7 @@ impl<'a> Driver<'a> {
                 eprint!("\rfilling: {:5.1}%", done as f64 * 100.0 / missing.len() as f64);
             }
         }
-        let mut acks = Vec::new();
-        shard.run_until_idle(&mut acks).map_err(|e| e.to_string())?;
-        for ack in acks {
-            if let Outcome::Put(Err(e)) = ack.outcome {
-                return Err(format!("filling the store: {e}"));
-            }
-        }
+        self.settle(shard).map_err(|e| format!("filling the store: {e}"))?;
         if terminal {
             eprint!("\r\x1b[2K");
         }
@@ -472,16 +471,31 @@ impl<'a> Driver<'a> {
             self.next_read_key = (self.next_read_key + 1) % self.working_set;
             self.next_read_key
         };
-        let chunk_id = self.chunk(key);
+        let chunk_id = self.read_ids[key as usize];
         let ticket = shard.get(*chunk_id.as_bytes())?;
         self.in_flight.insert(ticket, InFlight { started, chunk_id, timed });
         Ok(())
     }
 
-    /// One turn of the shard, waiting for a completion when requests are in flight.
+    /// One unmeasured turn of the shard (filling, cleaning up): waits for a completion and
+    /// fails on the first put or release that failed.
     fn reap<D: BlockDevice>(&mut self, shard: &mut Shard<D>) -> Result<(), String> {
         shard.poll_wait(&mut self.acks).map_err(|e| e.to_string())?;
-        self.acks.clear();
+        self.check_acks()
+    }
+
+    /// Runs the shard until nothing is in flight, failing on any put or release that failed.
+    fn settle<D: BlockDevice>(&mut self, shard: &mut Shard<D>) -> Result<(), String> {
+        shard.run_until_idle(&mut self.acks).map_err(|e| e.to_string())?;
+        self.check_acks()
+    }
+
+    fn check_acks(&mut self) -> Result<(), String> {
+        for ack in self.acks.drain(..) {
+            if let Outcome::Put(Err(e)) | Outcome::Release(Err(e)) = ack.outcome {
+                return Err(format!("chunk {}: {e}", ChunkId::from_bytes(ack.chunk_id)));
+            }
+        }
         Ok(())
     }
 
@@ -494,7 +508,13 @@ impl<'a> Driver<'a> {
         let bs = self.job.plan.bs_bytes;
         let (mut read_bytes, mut write_bytes, mut ios) = (0, 0, 0);
         for ack in std::mem::take(&mut self.acks) {
-            let Some(op) = self.in_flight.remove(&ack.ticket) else { continue };
+            let Some(op) = self.in_flight.remove(&ack.ticket) else {
+                // Releases that keep the store at its window are not timed, but may fail.
+                if let Outcome::Release(Err(e)) = ack.outcome {
+                    stats.error.get_or_insert((libc::EIO, format!("release: {e}")));
+                }
+                continue;
+            };
             let result = match ack.outcome {
                 Outcome::Put(result) => result.map(|()| false).map_err(|e| e.to_string()),
                 Outcome::Get(result) => result
@@ -549,8 +569,6 @@ impl<'a> Driver<'a> {
                 }
             }
         }
-        shard.run_until_idle(&mut self.acks).map_err(|e| e.to_string())?;
-        self.acks.clear();
-        Ok(())
+        self.settle(shard)
     }
 }
