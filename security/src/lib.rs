@@ -42,6 +42,7 @@ mod envelope;
 mod error;
 mod ids;
 mod keys;
+mod role;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -50,3 +51,4 @@ pub use envelope::{ChunkTenant, Envelope, Plaintext, SealParams};
 pub use error::{CryptoError, DekBinding, MalformedEnvelope};
 pub use ids::{ChunkId, Tenancy, TenantId};
 pub use keys::{Dek, MasterKey, TenantKey, TenantSecret};
+pub use role::{InvalidOrgId, OrgId, Role, ou};
