@@ -159,7 +159,8 @@ fn fill_random(bytes: &mut [u8]) -> Result<(), String> {
     urandom.read_exact(bytes).map_err(|e| format!("/dev/urandom: {e}"))
 }
 
-/// Creates a missing store file (preallocated, zeroed); a shorter one is refused.
+/// Creates a missing store file, every block written with zeros (see `layout`); a shorter
+/// one is refused.
 fn create_file(path: &Path, size_bytes: u64) -> Result<(), String> {
     match fs::metadata(path) {
         Ok(metadata) if metadata.len() >= size_bytes => Ok(()),
@@ -168,11 +169,7 @@ fn create_file(path: &Path, size_bytes: u64) -> Result<(), String> {
             path.display(),
             metadata.len()
         )),
-        Err(_) => {
-            let options =
-                DeviceOptions { create: true, size_bytes: Some(size_bytes), ..Default::default() };
-            IoUringDevice::open(path, &options).map(drop).map_err(|e| e.to_string())
-        }
+        Err(_) => crate::layout::create(path, size_bytes, crate::layout::Content::Zeros),
     }
 }
 

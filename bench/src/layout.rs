@@ -1,6 +1,12 @@
 //! Laying out the test file, as fio does: a missing file is created at `--size` and filled
 //! with random data (so reads hit the disk, not unwritten extents); a short one is extended
 //! and the new part filled. Progress goes to stderr.
+//!
+//! An engine store's file is laid out with zeros instead (a blank store is formatted by the
+//! engine). Either way every block is written once before it is measured: a preallocated
+//! but never-written file has unwritten extents, and on ext4 the first write to each one
+//! converts it in the filesystem journal, so every flush of a fresh file also commits a
+//! journal transaction. A real device has no such cost; a benchmark must not pay it.
 
 use std::fs;
 use std::io::{self, IsTerminal, Write};
@@ -31,7 +37,7 @@ pub fn prepare(path: &Path, size: Option<u64>) -> Result<u64, String> {
         let size =
             size.ok_or_else(|| format!("{shown} does not exist; give --size to create it"))?;
         let size = round_up_to_block(size);
-        create(path, size)?;
+        create(path, size, Content::Random)?;
         return Ok(size);
     };
     let file_type = metadata.file_type();
@@ -54,7 +60,7 @@ pub fn prepare(path: &Path, size: Option<u64>) -> Result<u64, String> {
             fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{shown}: {e}"))?;
         file.set_len(wanted).map_err(|e| format!("{shown}: extending: {e}"))?;
         drop(file);
-        fill(path, from, wanted)?;
+        fill(path, from, wanted, Content::Random)?;
         return Ok(wanted);
     }
     Ok(wanted)
@@ -71,16 +77,25 @@ fn device_size(path: &Path) -> Result<u64, String> {
     Ok(device.geometry().size_bytes)
 }
 
-fn create(path: &Path, size: u64) -> Result<(), String> {
+/// What a fill writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Random,
+    Zeros,
+}
+
+/// Creates `path` with `size` bytes of `content`, written and flushed; on failure the
+/// partial file is removed.
+pub fn create(path: &Path, size: u64, content: Content) -> Result<(), String> {
     let options = OpenOptions { create: true, size_bytes: Some(size), ..Default::default() };
     drop(IoUringDevice::open(path, &options).map_err(|e| e.to_string())?);
-    fill(path, 0, size).inspect_err(|_| {
+    fill(path, 0, size, content).inspect_err(|_| {
         let _ = fs::remove_file(path);
     })
 }
 
-/// Writes random data over `from..to` through io_uring and flushes it.
-fn fill(path: &Path, from: u64, to: u64) -> Result<(), String> {
+/// Writes `content` over `from..to` through io_uring and flushes it.
+fn fill(path: &Path, from: u64, to: u64, content: Content) -> Result<(), String> {
     let options = OpenOptions {
         queue_depth: FILL_DEPTH,
         buffer_count: FILL_DEPTH,
@@ -91,7 +106,10 @@ fn fill(path: &Path, from: u64, to: u64) -> Result<(), String> {
     let mut rng = SplitMix64::new(from ^ to);
     let mut buffers = Vec::with_capacity(FILL_DEPTH as usize);
     while let Some(mut buf) = device.acquire_buffer() {
-        rng.fill(buf.as_mut_slice());
+        match content {
+            Content::Random => rng.fill(buf.as_mut_slice()),
+            Content::Zeros => buf.as_mut_slice().fill(0),
+        }
         buffers.push(buf);
     }
     let mut progress = FillProgress::new(path, to - from);

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use kiseki_devices::{DeviceError, OpKind};
+use kiseki_security::CryptoError;
 
 use crate::ChunkId;
 use crate::device_state::DeviceState;
@@ -25,6 +26,11 @@ pub enum EngineError {
     Interrupted { failed: OpKind },
     /// A stored extent does not match its checksum.
     Integrity { chunk_id: ChunkId, expected_crc32c: u32, actual_crc32c: u32 },
+    /// A stored extent passes its checksum but is not a well-formed envelope (it was
+    /// stored through the shard's raw interface, or the format is newer than this build).
+    NotAnEnvelope { chunk_id: ChunkId, source: CryptoError },
+    /// A stored extent holds the envelope of another chunk id.
+    ChunkIdMismatch { chunk_id: ChunkId, found: ChunkId },
     /// No such chunk (or its put is not yet acknowledged).
     NotFound { chunk_id: ChunkId },
     /// A bounded queue is full; poll and retry.
@@ -97,6 +103,12 @@ impl fmt::Display for EngineError {
                  {actual_crc32c:#010x}",
                 hex(chunk_id)
             ),
+            NotAnEnvelope { chunk_id, source } => {
+                write!(f, "chunk {} is stored but is not an envelope: {source}", hex(chunk_id))
+            }
+            ChunkIdMismatch { chunk_id, found } => {
+                write!(f, "chunk {} holds the envelope of chunk {}", hex(chunk_id), hex(found))
+            }
             NotFound { chunk_id } => write!(f, "chunk {} not found", hex(chunk_id)),
             Busy { queue } => write!(f, "busy: the {queue} is full; retry after a poll"),
             Stopped => write!(f, "the engine is stopped"),
@@ -163,6 +175,7 @@ impl std::error::Error for EngineError {
         match self {
             EngineError::Device { source, .. } => Some(source),
             EngineError::Decode { source, .. } => Some(source),
+            EngineError::NotAnEnvelope { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -8,6 +8,12 @@
 //! reactor costs senders no system call. Replies travel on tokio oneshots, so callers await
 //! them from async code or block on them from plain threads.
 //!
+//! Typed at this boundary: a front end puts an [`Envelope`] (made only by sealing or by a
+//! checked parse, so plaintext cannot be stored by mistake) and gets one back; the bytes a
+//! get reads must parse as an envelope naming the chunk id asked for, or the read is an
+//! integrity error (a CRC-clean extent holding another chunk's envelope is a bug or an
+//! attack, never data to hand out).
+//!
 //! Routing: a chunk belongs to shard `u64::from_le_bytes(chunk_id[..8]) % shards`; chunk ids
 //! are SHA-256 or HMAC outputs, so the low bytes are uniform.
 
@@ -19,6 +25,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use kiseki_devices::{BlockDevice, Doorbell, DoorbellRinger, affinity};
+use kiseki_security::Envelope;
 use tokio::sync::oneshot;
 
 use crate::constants::{REACTOR_COMMAND_BATCH, REACTOR_QUEUE_CAPACITY};
@@ -50,8 +57,8 @@ struct Lane {
 }
 
 enum Command {
-    Put { chunk_id: ChunkId, bytes: Vec<u8>, reply: oneshot::Sender<Result<(), EngineError>> },
-    Get { chunk_id: ChunkId, reply: oneshot::Sender<Result<Vec<u8>, EngineError>> },
+    Put { envelope: Envelope, reply: oneshot::Sender<Result<(), EngineError>> },
+    Get { chunk_id: ChunkId, reply: oneshot::Sender<Result<Envelope, EngineError>> },
     Release { chunk_id: ChunkId, reply: oneshot::Sender<Result<(), EngineError>> },
     Contains { chunk_id: ChunkId, reply: oneshot::Sender<bool> },
     Stats { reply: oneshot::Sender<Stats> },
@@ -123,15 +130,17 @@ impl Engine {
 }
 
 impl EngineHandle {
-    /// Stores `bytes` (a sealed envelope) under `chunk_id`; resolves once durable. Storing
-    /// an id already present adds a reference.
-    pub async fn put(&self, chunk_id: ChunkId, bytes: Vec<u8>) -> Result<(), EngineError> {
-        let reply = self.call(&chunk_id, |reply| Command::Put { chunk_id, bytes, reply })?;
+    /// Stores `envelope` under its own chunk id; resolves once durable. Storing an id
+    /// already present adds a reference.
+    pub async fn put(&self, envelope: Envelope) -> Result<(), EngineError> {
+        let chunk_id = *envelope.chunk_id().as_bytes();
+        let reply = self.call(&chunk_id, |reply| Command::Put { envelope, reply })?;
         reply.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// The stored bytes, CRC-checked.
-    pub async fn get(&self, chunk_id: ChunkId) -> Result<Vec<u8>, EngineError> {
+    /// The stored envelope, CRC-checked, parsed and naming `chunk_id` (opening it, which
+    /// checks the GCM tag, is the caller's: the engine holds no key).
+    pub async fn get(&self, chunk_id: ChunkId) -> Result<Envelope, EngineError> {
         let reply = self.call(&chunk_id, |reply| Command::Get { chunk_id, reply })?;
         reply.await.map_err(|_| EngineError::Stopped)?
     }
@@ -163,12 +172,13 @@ impl EngineHandle {
     }
 
     /// Blocking forms, for threads outside an async runtime (tools, tests, the bench).
-    pub fn put_blocking(&self, chunk_id: ChunkId, bytes: Vec<u8>) -> Result<(), EngineError> {
-        let reply = self.call(&chunk_id, |reply| Command::Put { chunk_id, bytes, reply })?;
+    pub fn put_blocking(&self, envelope: Envelope) -> Result<(), EngineError> {
+        let chunk_id = *envelope.chunk_id().as_bytes();
+        let reply = self.call(&chunk_id, |reply| Command::Put { envelope, reply })?;
         reply.blocking_recv().map_err(|_| EngineError::Stopped)?
     }
 
-    pub fn get_blocking(&self, chunk_id: ChunkId) -> Result<Vec<u8>, EngineError> {
+    pub fn get_blocking(&self, chunk_id: ChunkId) -> Result<Envelope, EngineError> {
         let reply = self.call(&chunk_id, |reply| Command::Get { chunk_id, reply })?;
         reply.blocking_recv().map_err(|_| EngineError::Stopped)?
     }
@@ -198,7 +208,7 @@ impl EngineHandle {
     pub fn get_nowait(
         &self,
         chunk_id: ChunkId,
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>, EngineError>>, EngineError> {
+    ) -> Result<oneshot::Receiver<Result<Envelope, EngineError>>, EngineError> {
         self.call(&chunk_id, |reply| Command::Get { chunk_id, reply })
     }
 
@@ -233,6 +243,17 @@ impl Lane {
     }
 }
 
+/// The bytes a get read, as the envelope of `chunk_id`: anything else is an integrity error.
+fn as_envelope(chunk_id: ChunkId, bytes: Vec<u8>) -> Result<Envelope, EngineError> {
+    let envelope = Envelope::parse_owned(bytes)
+        .map_err(|source| EngineError::NotAnEnvelope { chunk_id, source })?;
+    let found = *envelope.chunk_id().as_bytes();
+    if found != chunk_id {
+        return Err(EngineError::ChunkIdMismatch { chunk_id, found });
+    }
+    Ok(envelope)
+}
+
 fn shard_of(chunk_id: &ChunkId, shards: usize) -> usize {
     let low = u64::from_le_bytes(chunk_id[..8].try_into().expect("8 bytes"));
     (low % shards as u64) as usize
@@ -245,7 +266,7 @@ fn reactor_died(index: usize) -> EngineError {
 /// A reply waiting for its shard's acknowledgement.
 enum Waiting {
     Done(oneshot::Sender<Result<(), EngineError>>),
-    Bytes(oneshot::Sender<Result<Vec<u8>, EngineError>>),
+    Envelope(ChunkId, oneshot::Sender<Result<Envelope, EngineError>>),
 }
 
 fn reactor_main<D: BlockDevice>(
@@ -322,13 +343,16 @@ impl<D: BlockDevice> Reactor<'_, D> {
     /// A caller that went away is no error, so send results are ignored.
     fn accept(&mut self, command: Command) {
         let (started, reply) = match command {
-            Command::Put { chunk_id, bytes, reply } => {
-                (self.shard.put(chunk_id, &bytes), Waiting::Done(reply))
+            Command::Put { envelope, reply } => {
+                let chunk_id = *envelope.chunk_id().as_bytes();
+                (self.shard.put(chunk_id, envelope.as_bytes()), Waiting::Done(reply))
             }
             Command::Release { chunk_id, reply } => {
                 (self.shard.release(chunk_id), Waiting::Done(reply))
             }
-            Command::Get { chunk_id, reply } => (self.shard.get(chunk_id), Waiting::Bytes(reply)),
+            Command::Get { chunk_id, reply } => {
+                (self.shard.get(chunk_id), Waiting::Envelope(chunk_id, reply))
+            }
             Command::Contains { chunk_id, reply } => {
                 let _ = reply.send(self.shard.contains(&chunk_id));
                 return;
@@ -346,7 +370,7 @@ impl<D: BlockDevice> Reactor<'_, D> {
             (Err(error), Waiting::Done(reply)) => {
                 let _ = reply.send(Err(error));
             }
-            (Err(error), Waiting::Bytes(reply)) => {
+            (Err(error), Waiting::Envelope(_, reply)) => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -360,8 +384,8 @@ impl<D: BlockDevice> Reactor<'_, D> {
                 (Waiting::Done(reply), Outcome::Put(result) | Outcome::Release(result)) => {
                     let _ = reply.send(result);
                 }
-                (Waiting::Bytes(reply), Outcome::Get(result)) => {
-                    let _ = reply.send(result);
+                (Waiting::Envelope(chunk_id, reply), Outcome::Get(result)) => {
+                    let _ = reply.send(result.and_then(|bytes| as_envelope(chunk_id, bytes)));
                 }
                 (_, outcome) => unreachable!("ack {outcome:?} for another kind of request"),
             }

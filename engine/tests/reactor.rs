@@ -8,30 +8,51 @@ use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
 use kiseki_engine::{
     ChunkId, DeviceIds, Engine, EngineError, FormatOptions, OpenOptions, Shard, ShardOpener,
 };
+use kiseki_security::{Dek, Envelope, MasterKey, SealParams};
+use zeroize::Zeroizing;
 
 const IDS: DeviceIds =
     DeviceIds { cluster_id: [0xC1; 16], node_id: [0x11; 16], device_id: [0xD1; 16] };
 
 fn memory_shards(size_bytes: u64) -> Arc<ShardOpener<MemoryDevice>> {
-    Arc::new(move |_index| {
-        let options = DeviceOptions {
-            queue_depth: 64,
-            buffer_count: 32,
-            buffer_size_bytes: 256 << 10,
-            ..DeviceOptions::default()
-        };
-        let mut device = MemoryDevice::new(size_bytes, &options).expect("memory device");
-        let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
-        Shard::format(&mut device, &format)?;
-        Shard::open(device, &OpenOptions::default())
-    })
+    Arc::new(move |_index| open_memory_shard(size_bytes))
 }
 
-fn chunk(key: u64) -> (ChunkId, Vec<u8>) {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&key.to_le_bytes());
-    let bytes = (0..(1000 + key as usize * 37)).map(|i| (i as u64 ^ key) as u8).collect();
-    (id, bytes)
+fn open_memory_shard(size_bytes: u64) -> Result<Shard<MemoryDevice>, EngineError> {
+    let options = DeviceOptions {
+        queue_depth: 64,
+        buffer_count: 32,
+        buffer_size_bytes: 256 << 10,
+        ..DeviceOptions::default()
+    };
+    let mut device = MemoryDevice::new(size_bytes, &options).expect("memory device");
+    let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
+    Shard::format(&mut device, &format)?;
+    Shard::open(device, &OpenOptions::default())
+}
+
+fn master_key() -> MasterKey {
+    MasterKey::from_bytes(1, Zeroizing::new([0x4B; 32]))
+}
+
+fn plaintext(key: u64) -> Vec<u8> {
+    (0..(1000 + key as usize * 37)).map(|i| (i as u64 ^ key) as u8).collect()
+}
+
+/// Chunk `key`, sealed: its id (SHA-256 of the plaintext) and its envelope.
+fn chunk(key: u64) -> (ChunkId, Envelope) {
+    let plaintext = plaintext(key);
+    let id = kiseki_security::ChunkId::of_plaintext(&plaintext);
+    let dek = Dek::derive(&master_key(), &id, None);
+    let envelope = Envelope::seal(&plaintext, &SealParams::new(&dek)).expect("seal");
+    (*id.as_bytes(), envelope)
+}
+
+/// Opens what a get returned and checks it is chunk `key`.
+fn assert_is_chunk(envelope: &Envelope, key: u64) {
+    let dek = Dek::derive(&master_key(), &envelope.chunk_id(), None);
+    let opened = envelope.open_verified(&dek, None).expect("the envelope opens");
+    assert_eq!(&*opened, &plaintext(key)[..], "chunk {key}");
 }
 
 #[test]
@@ -39,15 +60,15 @@ fn put_get_release_through_two_reactors() {
     let engine = Engine::start(2, memory_shards(16 << 20)).expect("engine starts");
     let handle = engine.handle();
     for key in 0..64 {
-        let (id, bytes) = chunk(key);
-        handle.put_blocking(id, bytes).expect("put");
+        let (_, envelope) = chunk(key);
+        handle.put_blocking(envelope).expect("put");
     }
     for key in 0..64 {
-        let (id, bytes) = chunk(key);
-        assert_eq!(handle.get_blocking(id).expect("get"), bytes, "chunk {key}");
+        let (id, _) = chunk(key);
+        assert_is_chunk(&handle.get_blocking(id).expect("get"), key);
         assert!(handle.contains_blocking(id).unwrap());
     }
-    // Both shards got chunks (routing by the id's low bytes: keys 0..64 cover both).
+    // Both shards got chunks (routing by the id's low bytes, uniform for SHA-256 ids).
     let stats = handle.stats_blocking().unwrap();
     assert_eq!(stats.len(), 2);
     assert!(stats.iter().all(|s| s.chunks > 0), "{stats:?}");
@@ -67,9 +88,9 @@ fn many_threads_share_one_handle() {
             let handle = engine.handle();
             std::thread::spawn(move || {
                 for key in (t * 100)..(t * 100 + 50) {
-                    let (id, bytes) = chunk(key);
-                    handle.put_blocking(id, bytes.clone()).unwrap();
-                    assert_eq!(handle.get_blocking(id).unwrap(), bytes);
+                    let (id, envelope) = chunk(key);
+                    handle.put_blocking(envelope).unwrap();
+                    assert_is_chunk(&handle.get_blocking(id).unwrap(), key);
                 }
             })
         })
@@ -88,9 +109,9 @@ fn a_request_wakes_an_idle_reactor() {
     let engine = Engine::start(1, memory_shards(8 << 20)).unwrap();
     let handle = engine.handle();
     std::thread::sleep(Duration::from_millis(100));
-    let (id, bytes) = chunk(1);
+    let (_, envelope) = chunk(1);
     let (done_tx, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done_tx.send(handle.put_blocking(id, bytes)).unwrap());
+    std::thread::spawn(move || done_tx.send(handle.put_blocking(envelope)).unwrap());
     let result = done.recv_timeout(Duration::from_secs(10)).expect("the reactor woke up");
     result.expect("put");
     engine.shutdown().unwrap();
@@ -101,8 +122,8 @@ fn after_shutdown_requests_are_refused() {
     let engine = Engine::start(1, memory_shards(8 << 20)).unwrap();
     let handle = engine.handle();
     engine.shutdown().unwrap();
-    let (id, bytes) = chunk(2);
-    assert!(matches!(handle.put_blocking(id, bytes), Err(EngineError::Stopped)));
+    let (id, envelope) = chunk(2);
+    assert!(matches!(handle.put_blocking(envelope), Err(EngineError::Stopped)));
     assert!(matches!(handle.get_blocking(id), Err(EngineError::Stopped)));
 }
 
@@ -121,8 +142,8 @@ fn a_shard_that_fails_to_open_fails_the_start() {
 fn a_flood_gets_busy_not_an_unbounded_queue() {
     let engine = Engine::start(1, memory_shards(64 << 20)).unwrap();
     let handle = engine.handle();
-    let (id, bytes) = chunk(3);
-    handle.put_blocking(id, bytes).unwrap();
+    let (id, envelope) = chunk(3);
+    handle.put_blocking(envelope).unwrap();
     // Fire many gets without waiting for replies: some must be refused as Busy, and every
     // accepted one must still be answered correctly.
     let mut accepted = Vec::new();
@@ -140,8 +161,8 @@ fn a_flood_gets_busy_not_an_unbounded_queue() {
     let mut served = 0;
     for reply in accepted {
         match reply.blocking_recv().expect("every accepted request is answered") {
-            Ok(bytes) => {
-                assert_eq!(bytes, chunk(3).1);
+            Ok(envelope) => {
+                assert_is_chunk(&envelope, 3);
                 served += 1;
             }
             Err(EngineError::Busy { .. }) => {}
@@ -149,5 +170,42 @@ fn a_flood_gets_busy_not_an_unbounded_queue() {
         }
     }
     assert!(served > 0, "no get was served");
+    engine.shutdown().unwrap();
+}
+
+/// Stores raw bytes through the shard's own interface before the reactor starts: the only
+/// way anything but a sealed envelope can reach the device.
+fn shard_with_raw(chunk_id: ChunkId, bytes: Vec<u8>) -> Arc<ShardOpener<MemoryDevice>> {
+    Arc::new(move |_index| {
+        let mut shard = open_memory_shard(8 << 20)?;
+        shard.put(chunk_id, &bytes)?;
+        let mut acks = Vec::new();
+        shard.run_until_idle(&mut acks)?;
+        assert_eq!(acks.len(), 1, "the raw put was acknowledged");
+        Ok(shard)
+    })
+}
+
+#[test]
+fn a_stored_chunk_that_is_not_an_envelope_is_an_error_not_data() {
+    let (id, _) = chunk(7);
+    let engine = Engine::start(1, shard_with_raw(id, plaintext(7))).unwrap();
+    let error = engine.handle().get_blocking(id).expect_err("plaintext is not an envelope");
+    assert!(matches!(error, EngineError::NotAnEnvelope { .. }), "{error}");
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn an_envelope_stored_under_another_id_is_refused() {
+    let (id, _) = chunk(8);
+    let (other_id, other) = chunk(9);
+    let engine = Engine::start(1, shard_with_raw(id, other.into_bytes())).unwrap();
+    match engine.handle().get_blocking(id) {
+        Err(EngineError::ChunkIdMismatch { chunk_id, found }) => {
+            assert_eq!(chunk_id, id);
+            assert_eq!(found, other_id);
+        }
+        other => panic!("expected ChunkIdMismatch, got {other:?}"),
+    }
     engine.shutdown().unwrap();
 }
