@@ -58,3 +58,49 @@ pub const CHUNK_PLAINTEXT_MAX_BYTES: u32 = 64 << 20;
 /// external KMS's ciphertext blob for 32 bytes is under 200. 256 leaves room for either
 /// and for key ids, and keeps the authenticated header of a small chunk small.
 pub const WRAPPED_PARAMS_MAX_BYTES: u16 = 256;
+
+/// Longest SPIFFE id accepted: 2048 bytes, the X.509-SVID standard's limit (URIs longer
+/// than that are not portable across SPIFFE implementations).
+pub const SPIFFE_ID_MAX_BYTES: usize = 2048;
+
+/// Longest SPIFFE trust domain accepted: 255 bytes, the SPIFFE-ID standard's limit (a DNS
+/// name's length).
+pub const TRUST_DOMAIN_MAX_BYTES: usize = 255;
+
+/// How often the CRL file is re-read by default: 60 s. A revocation takes effect within a
+/// minute without a restart; reading a CRL file of a few kilobytes once a minute costs
+/// nothing measurable.
+pub const CRL_RELOAD_INTERVAL_DEFAULT_SECS: u64 = 60;
+
+/// Largest CRL file read: 16 MiB. One revoked entry is about 40 bytes, so this holds some
+/// 400,000 revocations, far beyond one cluster's certificates, while a runaway or hostile
+/// file cannot make a reload allocate without bound.
+pub const CRL_FILE_MAX_BYTES: u64 = 16 << 20;
+
+/// Largest certificate or key file read: 1 MiB. A PEM chain of a leaf and a few
+/// intermediates is a few kilobytes.
+pub const PEM_FILE_MAX_BYTES: u64 = 1 << 20;
+
+/// Random bytes in a certificate serial number: 16 (128 bits, top bit cleared so the DER
+/// integer stays positive). RFC 5280 allows up to 20 octets and asks for unpredictable
+/// serials; 120+ random bits make a collision between two issued certificates negligible.
+pub const SERIAL_LEN: usize = 16;
+
+/// Default life of an issued leaf certificate: 365 days, the seed's openssl example.
+pub const LEAF_VALIDITY_DEFAULT_DAYS: u32 = 365;
+
+/// Longest life of an issued leaf certificate: 3650 days. Longer than the default CA life
+/// makes no sense, and a typo like `--days 36500` should be caught rather than honoured.
+pub const LEAF_VALIDITY_MAX_DAYS: u32 = 3650;
+
+/// Default life of the cluster CA: 3650 days, the seed's openssl example.
+pub const CA_VALIDITY_DEFAULT_DAYS: u32 = 3650;
+
+/// How far before "now" an issued certificate's `notBefore` is set: 5 minutes, so a peer
+/// whose clock runs a little behind the issuer's does not see a fresh certificate as not
+/// yet valid.
+pub const CERT_BACKDATE_SECS: u64 = 300;
+
+/// How far ahead a CRL's `nextUpdate` is set: 30 days. Verifiers here do not enforce it
+/// (a stale CRL still revokes what it lists); it tells other tools when to expect the next.
+pub const CRL_NEXT_UPDATE_DAYS: u32 = 30;

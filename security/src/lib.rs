@@ -1,4 +1,5 @@
-//! Kiseki's security primitives. This part: chunk ids, keys and the sealed envelope.
+//! Kiseki's security primitives: chunk ids, keys and the sealed envelope (the crypto
+//! core); and the cluster's certificates, the one TLS configuration, and peer identities.
 //!
 //! A chunk is named by its content and encrypted once:
 //! - [`ChunkId`]: SHA-256 of the plaintext, or HMAC-SHA256 under a [`TenantKey`] for
@@ -14,11 +15,24 @@
 //!   [`Envelope::open_verified`] also checks the plaintext against its chunk id, which
 //!   catches a chunk sealed under another chunk's id (a poisoned dedup entry).
 //!
-//! What this crate does not do: no I/O, no network, no clock, no threads, no logging. It
-//! does not store or fetch keys (the key manager, to come, does: it generates master keys
-//! and tenant KEKs, wraps and unwraps, and hands keys in through `from_bytes`), and it does
-//! not decide who may open what (roles and policies, also to come). All cryptography is
-//! aws-lc-rs's; this crate only arranges it.
+//! Certificates and TLS:
+//! - [`CertificateAuthority`] (`pki.rs`): the cluster CA, role certificates whose OU names
+//!   the role, CRLs with a growing number; what `kiseki-server ca|cert` runs.
+//! - [`TlsBuilder`] / [`TlsContext`] (`tls.rs`): rustls on aws-lc-rs, TLS 1.3, client
+//!   certificates required, one verifier per context that reloads the CRL without a restart.
+//! - [`PeerIdentity`] (`identity.rs`): role and org from the OU, or a SPIFFE id checked by the
+//!   X.509-SVID rules, or a UUID v5 of the fingerprint; and the KES identity of every peer.
+//!
+//! Where the I/O is: the crypto core (ids, keys, envelopes, identities) does no I/O, keeps
+//! no clock, starts no thread and logs nothing. `pki` and `tls` read and write certificate,
+//! key and CRL files; `tls` reads the clock through rustls, logs CRL reloads and rejected
+//! peers with `tracing`, and may start one CRL-reload thread. Neither opens a socket: callers
+//! hand the rustls configurations to their own listeners and connectors.
+//!
+//! What the crypto core does not do: it does not store or fetch keys (the key manager, to
+//! come, does: it generates master keys and tenant KEKs, wraps and unwraps, and hands keys
+//! in through `from_bytes`), and it does not decide who may open what (roles and policies).
+//! All cryptography is aws-lc-rs's, TLS's included; this crate only arranges it.
 //!
 //! Invariants:
 //! - an [`Envelope`] exists only as the output of a seal or of a parse that checked every
@@ -32,7 +46,8 @@
 //!   billion times;
 //! - secrets sit in heap `Zeroizing` buffers, are zeroed on drop, are not `Clone`, and
 //!   never appear in `Debug` output or in an error; opened [`Plaintext`] is zeroed on drop
-//!   too.
+//!   too; private keys read or generated for certificates pass through `Zeroizing` buffers
+//!   and are written only to new files of mode 0600.
 
 #![forbid(unsafe_code)]
 
@@ -40,15 +55,33 @@ pub mod constants;
 
 mod envelope;
 mod error;
+mod identity;
 mod ids;
 mod keys;
+mod pki;
+mod pki_error;
 mod role;
+mod tls;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
 pub use envelope::{ChunkTenant, Envelope, Plaintext, SealParams};
 pub use error::{CryptoError, DekBinding, MalformedEnvelope};
+pub use identity::{
+    FINGERPRINT_NAMESPACE, IdentityRules, KesIdentity, PeerIdentity, Principal, SpiffeId,
+    TrustDomain,
+};
 pub use ids::{ChunkId, Tenancy, TenantId};
 pub use keys::{Dek, MasterKey, TenantKey, TenantSecret};
+pub use pki::{
+    CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertificateAuthority, IssueRequest, IssuedCertificate,
+    RevokeOutcome, SubjectAltName, Validity, check_leaf_days, file_stem, organizational_unit,
+    read_certificates, read_private_key,
+};
+pub use pki_error::{IdentityError, PkiError, SpiffeIdError};
 pub use role::{InvalidOrgId, OrgId, Role, ou};
+pub use tls::{
+    CrlPoller, CrlReload, ENV_CA_PATH, ENV_CERT_PATH, ENV_CRL_PATH, ENV_CRL_RELOAD_SECS,
+    ENV_KEY_PATH, ENV_TRUST_DOMAIN, TlsBuilder, TlsContext, TlsPaths,
+};
