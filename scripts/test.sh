@@ -4,9 +4,9 @@
 #
 #   scripts/test.sh          everything
 #
-# Needs: Rust (rustup with cargo, rustfmt, clippy) and python3; as root it installs the
-# Debian packages it misses. Tests that need root (a ramfs mount for the O_DIRECT refusal)
-# run only as root, as CI does.
+# Needs: Rust (rustup with cargo, rustfmt, clippy), python3 and openssl (the mTLS tests run
+# the seed's openssl commands); as root it installs the Debian packages it misses. Tests
+# that need root (a ramfs mount for the O_DIRECT refusal) run only as root, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +32,7 @@ if ! have cargo; then
     exit 1
 fi
 have python3 || apt_install python3
+have openssl || apt_install openssl
 if have rustup; then
     installed=$(rustup component list --installed)
     for component in rustfmt clippy; do
@@ -40,6 +41,7 @@ if have rustup; then
 fi
 cargo --version
 python3 --version
+openssl version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
