@@ -51,6 +51,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod constants;
 
 mod envelope;
