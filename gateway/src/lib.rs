@@ -5,3 +5,5 @@
 //! `admission-token`) are thin shells over the `kiseki-security` crate.
 
 #![forbid(unsafe_code)]
+
+pub mod cli;

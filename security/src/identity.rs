@@ -176,6 +176,13 @@ impl fmt::Display for PeerIdentity {
 pub struct KesIdentity([u8; 32]);
 
 impl KesIdentity {
+    /// The KES identity of a DER certificate, with no identity rule checked (for tools
+    /// that show it even for a certificate a peer would be refused with).
+    pub fn of_certificate(der: &[u8]) -> Option<KesIdentity> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        Some(KesIdentity(sha256(cert.public_key().raw)))
+    }
+
     /// Parses 64 hex digits (either case).
     pub fn parse_hex(text: &str) -> Option<KesIdentity> {
         let bytes = text.as_bytes();

@@ -305,6 +305,11 @@ impl CertificateAuthority {
             return Err(PkiError::NotIssuedByCa);
         }
         cert.verify_signature(Some(ca.public_key())).map_err(|_| PkiError::NotIssuedByCa)?;
+        if cert.is_ca() {
+            return Err(PkiError::InvalidRequest {
+                reason: "a CA certificate cannot be revoked in its own CRL".to_owned(),
+            });
+        }
         Ok(minimal_serial(cert.raw_serial()).to_vec())
     }
 

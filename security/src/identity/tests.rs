@@ -97,6 +97,8 @@ fn kes_identity_is_sha256_of_the_public_key_info_in_lowercase_hex() {
     let identity = identity(&der).unwrap();
     let expected = sha256(&key.subject_public_key_info());
     assert_eq!(identity.kes_identity().as_bytes(), &expected);
+    assert_eq!(KesIdentity::of_certificate(&der), Some(*identity.kes_identity()));
+    assert_eq!(KesIdentity::of_certificate(b"junk"), None);
     let hex = identity.kes_identity().to_string();
     assert_eq!(hex.len(), 64);
     assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{hex}");

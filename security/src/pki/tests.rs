@@ -283,6 +283,8 @@ fn revoke_creates_a_missing_crl_and_refuses_foreign_material() {
     fs::write(&garbage, b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
     let error = ca.revoke(leaf.certificate_der(), &garbage).unwrap_err();
     assert!(matches!(error, PkiError::Malformed { .. }), "{error}");
+    let error = ca.revoke(ca.certificate_der(), &crl_path).unwrap_err();
+    assert!(matches!(error, PkiError::InvalidRequest { .. }), "{error}");
     let error = ca.revoke(b"not a certificate", &crl_path).unwrap_err();
     assert!(matches!(error, PkiError::NotIssuedByCa), "{error}");
 }

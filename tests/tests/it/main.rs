@@ -9,6 +9,10 @@
 //! - `engine_at_rest`: a shard on a real device file holds only sealed envelopes, and every
 //!   changed byte of a stored one is an integrity error on read and in the scrubber.
 //! - `fault_injection`: the `FaultyDevice` and power-cut semantics the simulator relies on.
+//! - `mtls`: mutual TLS on 127.0.0.1 through `TlsBuilder`: every refusal of the negative
+//!   matrix (no certificate, other CA, expired, not yet valid, revoked before and after a CRL
+//!   reload, key usage, two URI SANs, malformed SPIFFE id, wrong trust domain), every role,
+//!   SPIFFE and fingerprint identities, and the seed's openssl certificates.
 //!
 //! Randomised tests name their seed in every failure message; `KISEKI_TEST_SEED=<seed>`
 //! makes it the first seed run, which replays the failure.
@@ -20,4 +24,5 @@ mod device_open;
 mod device_poisoning;
 mod engine_at_rest;
 mod fault_injection;
+mod mtls;
 mod support;

@@ -1,0 +1,152 @@
+//! The `kiseki-server` command line: parsing, dispatch, and how failures are reported.
+//!
+//! Subcommands today are the cluster's certificate tools (`ca`, `cert`, `identity`, in
+//! `cli/pki.rs`); the node itself (`dev`, `run`) and the other admin tools
+//! (`admission-token`, `s3-credentials`) join [`Command`] as they are built.
+//!
+//! Invariants: [`main`] never panics on bad input; every failure is one line on stderr
+//! naming what failed, and a non-zero exit code (2 for a usage error, 1 for the rest);
+//! nothing secret is printed: private keys go only to files of mode 0600.
+
+mod pki;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiseki_security::{IdentityError, PkiError};
+
+const ABOUT: &str = "Kiseki's storage node, and the tools that set up its cluster's security";
+
+const LONG_ABOUT: &str = "\
+Kiseki's storage node, and the tools that set up its cluster's security.
+
+Every Kiseki connection is mutually authenticated against one cluster CA. Set one up:
+
+  kiseki-server ca init --out /etc/kiseki/ca
+  kiseki-server cert issue --ca /etc/kiseki/ca --role server --name node1.example.com \\
+      --san node1.example.com --san 10.0.0.1 --out /etc/kiseki/tls
+  kiseki-server cert issue --ca /etc/kiseki/ca --role tenant --org acme-corp \\
+      --name workload-1 --out ./acme
+  kiseki-server cert revoke --ca /etc/kiseki/ca --cert ./acme/workload-1.crt
+  kiseki-server identity of ./acme/workload-1.crt
+
+Nodes and clients then read KISEKI_CA_PATH, KISEKI_CERT_PATH, KISEKI_KEY_PATH and
+(optionally) KISEKI_CRL_PATH, re-read every 60 s (KISEKI_CRL_RELOAD_SECS), and
+KISEKI_SPIFFE_TRUST_DOMAIN when peers present SPIFFE ids.";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "kiseki-server", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Every subcommand. Node start-up (`dev`, `run`) and the other admin tools come later.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the cluster CA.
+    #[command(subcommand)]
+    Ca(pki::CaCommand),
+    /// Issue and revoke certificates signed by the cluster CA.
+    #[command(subcommand)]
+    Cert(pki::CertCommand),
+    /// Show the identities a certificate gives its holder.
+    #[command(subcommand)]
+    Identity(pki::IdentityCommand),
+}
+
+/// What a subcommand can fail with.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CliError {
+    /// Arguments that parse but do not make sense together.
+    Usage(String),
+    Pki(PkiError),
+    Identity(IdentityError),
+    /// Writing the command's output failed.
+    Output(io::Error),
+}
+
+/// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
+/// errors and help on bad usage to `err`. Returns the process exit code.
+pub fn main(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version arrive here too, with exit code 0.
+            let target: &mut dyn Write = if error.use_stderr() { err } else { out };
+            let _ = write!(target, "{}", error.render());
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let _ = writeln!(err, "kiseki-server: {error}");
+            ExitCode::from(match error {
+                CliError::Usage(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    match cli.command {
+        Command::Ca(command) => pki::ca(command, out),
+        Command::Cert(command) => pki::cert(command, out),
+        Command::Identity(command) => pki::identity(command, out),
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(message) => f.write_str(message),
+            CliError::Pki(error) => write!(f, "{error}"),
+            CliError::Identity(error) => write!(f, "{error}"),
+            CliError::Output(error) => write!(f, "cannot write output: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Usage(_) => None,
+            CliError::Pki(error) => Some(error),
+            CliError::Identity(error) => Some(error),
+            CliError::Output(error) => Some(error),
+        }
+    }
+}
+
+impl From<PkiError> for CliError {
+    fn from(error: PkiError) -> CliError {
+        CliError::Pki(error)
+    }
+}
+
+impl From<IdentityError> for CliError {
+    fn from(error: IdentityError) -> CliError {
+        CliError::Identity(error)
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(error: io::Error) -> CliError {
+        CliError::Output(error)
+    }
+}
+
+#[cfg(test)]
+mod tests;
