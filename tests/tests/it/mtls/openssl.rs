@@ -110,6 +110,54 @@ async fn seed_openssl_certificates_work_like_ours() {
     assert_eq!(error, rustls::Error::InvalidCertificate(CertificateError::Revoked));
 }
 
+#[tokio::test]
+async fn seed_style_v1_leaves_of_other_cas_are_rejected() {
+    require_openssl();
+    let temp = tempfile::tempdir().unwrap();
+    let [ours, impostor, other] = ["ours", "impostor", "other"].map(|name| {
+        let dir = temp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    });
+    run_bash(&ours, SEED_COMMANDS);
+    // The seed's commands again: another CA of the same name.
+    run_bash(&impostor, SEED_COMMANDS);
+    run_bash(&other, &SEED_COMMANDS.replace("/CN=Kiseki Cluster CA", "/CN=Some Other CA"));
+    let paths = TlsPaths {
+        ca: ours.join("ca.crt"),
+        cert: ours.join("server.crt"),
+        key: ours.join("server.key"),
+        crl: None,
+    };
+    let server_context = TlsBuilder::new(paths).build().unwrap();
+    let mut server = Server::start_named(server_context, "node1.example.com").await;
+    server.assert_accepted(v1_client(&ours, &ours)).await;
+    let error = server.assert_rejected(v1_client(&ours, &impostor)).await;
+    assert_eq!(error, rustls::Error::InvalidCertificate(CertificateError::BadSignature));
+    let error = server.assert_rejected(v1_client(&ours, &other)).await;
+    assert_eq!(error, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+}
+
+/// A raw rustls client trusting `trust`'s CA and presenting `present`'s seed tenant
+/// certificate (a v1 certificate, which rustls' own `with_client_auth_cert` cannot load).
+fn v1_client(trust: &Path, present: &Path) -> ClientConfig {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let chain = kiseki_security::read_certificates(&present.join("tenant.crt")).unwrap();
+    let key = kiseki_security::read_private_key(&present.join("tenant.key")).unwrap();
+    let key = provider.key_provider.load_private_key(key.clone_key()).unwrap();
+    let resolver =
+        rustls::sign::SingleCertAndKey::from(rustls::sign::CertifiedKey::new(chain, key));
+    let mut roots = RootCertStore::empty();
+    for ca in kiseki_security::read_certificates(&trust.join("ca.crt")).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(resolver))
+}
+
 /// Fails the test with instructions when the `openssl` CLI cannot run.
 fn require_openssl() {
     let found = Command::new("openssl").arg("version").output();
