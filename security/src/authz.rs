@@ -61,6 +61,8 @@ pub use kes::{ApiPattern, KesPolicies, KesPolicy, KesVerdict};
 pub use rbac::{Assigned, Permission, PolicyFile, RoleFiles, ScopeFile, ScopeIdentity};
 pub use table::{Reach, RoleKind};
 
+pub(crate) use error::shorten;
+
 use crate::constants::API_PATH_MAX_BYTES;
 use crate::role::{OrgId, Role};
 

@@ -164,3 +164,44 @@ pub const ACCESS_REQUEST_PENDING_MAX_S: u64 = 72 * 3600;
 /// Most access requests pending or active at once: far above real use, and a bound on the
 /// memory a misbehaving admin client can take.
 pub const ACCESS_REQUESTS_MAX: usize = 4096;
+
+// JWT second stage (`jwt`).
+
+/// Longest token accepted: 8 KiB. IdP tokens with a few custom claims are well under 2 KiB;
+/// the bound keeps a peer from making us base64-decode and parse megabytes per request.
+pub const JWT_MAX_BYTES: usize = 8 * 1024;
+
+/// Default clock skew allowed on `exp`, `nbf` and `iat`: 30 s, what NTP-synchronised
+/// hosts need with margin, and short next to token lifetimes (minutes to an hour).
+pub const JWT_LEEWAY_DEFAULT_S: u64 = 30;
+
+/// Largest configurable leeway: 5 minutes (Kerberos's classic skew limit). More would
+/// quietly extend every token's life.
+pub const JWT_LEEWAY_MAX_S: u64 = 300;
+
+/// Shortest HS256 secret: 32 bytes, SHA-256's output length (RFC 7518 section 3.2 requires
+/// a key at least as long as the hash output).
+pub const HS256_SECRET_MIN_BYTES: usize = 32;
+
+/// Smallest RSA modulus a JWKS key may have: 2048 bits, the floor aws-lc's RS256
+/// verification enforces anyway; checked when the set is read so a weak key is skipped.
+pub const JWT_RSA_MODULUS_MIN_BITS: usize = 2048;
+
+/// Largest JWKS document: 64 KiB. A set of a dozen 4096-bit RSA keys is about 10 KiB.
+pub const JWKS_MAX_BYTES: usize = 64 * 1024;
+
+/// Most keys in one JWKS: 32. IdPs publish two or three (current, next, previous).
+pub const JWKS_KEYS_MAX: usize = 32;
+
+/// Default age at which cached JWKS keys are refreshed: 15 minutes. IdPs announce new keys
+/// well ahead of use, and a token with an unknown `kid` triggers a refresh anyway.
+pub const JWKS_MAX_AGE_DEFAULT_S: u64 = 15 * 60;
+
+/// Default minimum time between two JWKS fetches: 60 s. Bounds what a flood of tokens with
+/// made-up `kid`s can cost the IdP: one fetch a minute per node.
+pub const JWKS_MIN_REFRESH_INTERVAL_DEFAULT_S: u64 = 60;
+
+/// Default age after which cached JWKS keys are no longer used when refreshes keep
+/// failing: 24 hours. The data path must not depend on the IdP being up at every moment
+/// (seed 000), but a key the IdP may have withdrawn is not trusted for ever.
+pub const JWKS_MAX_STALE_DEFAULT_S: u64 = 24 * 3600;

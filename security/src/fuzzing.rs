@@ -105,3 +105,5 @@ mod identity_tests;
 mod tests;
 
 // The authorization files' entry points.
+mod policy_files;
+pub use policy_files::{parse_kes_policy_file, parse_policy_file, parse_scope_file};

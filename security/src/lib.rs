@@ -23,6 +23,14 @@
 //! - [`PeerIdentity`] (`identity.rs`): role and org from the OU, or a SPIFFE id checked by the
 //!   X.509-SVID rules, or a UUID v5 of the fingerprint; and the KES identity of every peer.
 //!
+//! Authorization and the second authentication stage:
+//! - [`authz`]: may this caller call this API path on this target? The built-in role table,
+//!   KES-style glob policies, policy and scope files, and the cluster admin's access grants
+//!   approved by the tenant; every decision carries its audit record.
+//! - [`jwt`]: the tenant IdP's JWT (RS256/ES256 against a cached JWKS, HS256), checked
+//!   against the tenant of the peer's certificate. It reads a JWKS file when its cache
+//!   refreshes ([`jwt::JwksFile`]); `authz` reads nothing and takes the time as an input.
+//!
 //! Where the I/O is: the crypto core (ids, keys, envelopes, identities) does no I/O, keeps
 //! no clock, starts no thread and logs nothing. `pki` and `tls` read and write certificate,
 //! key and CRL files; `tls` reads the clock through rustls, logs CRL reloads and rejected
@@ -53,6 +61,7 @@
 
 pub mod authz;
 pub mod constants;
+pub mod jwt;
 
 mod envelope;
 mod error;
