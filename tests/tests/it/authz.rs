@@ -6,8 +6,8 @@
 use kiseki_security::OrgId;
 use kiseki_security::Role;
 use kiseki_security::authz::{
-    AllowedBy, Api, ApiPath, Argument, Authorizer, Caller, DenyReason, GrantScope, ObjectType,
-    Permission, Target,
+    AllowedBy, Api, ApiPath, Argument, AuditAction, Authorizer, Caller, DenyReason, GrantScope,
+    ObjectType, Permission, Target,
 };
 
 /// Where an expectation says a role may call a path.
@@ -273,8 +273,9 @@ fn every_role_and_api_path_of_the_built_in_table() {
                 // The record names the caller, the path and the target.
                 let audit = decision.audit_event();
                 assert_eq!(audit.time_unix_s, T0);
-                assert_eq!(audit.actor.roles, [role.clone()]);
+                assert_eq!(audit.actor.roles, std::slice::from_ref(role));
                 assert_eq!(audit.target, target);
+                assert_eq!(audit.action, AuditAction::Call { path: path.as_str().to_owned() });
                 checked += 1;
             }
         }
