@@ -1,0 +1,34 @@
+//! Kiseki's wire formats: the fabric's frames and the chunk service's payloads.
+//!
+//! Every message between nodes, and between nodes and HPC clients, is a [`FrameHeader`]
+//! (24 bytes, little-endian, versioned; byte map in `frame.rs`) followed by its payload.
+//! Requests and responses share the header; the request id pairs them, so many requests
+//! can be in flight on one connection and answered in any order.
+//!
+//! What this crate does not do: I/O, TLS, allocation from a length it has not checked, or
+//! any interpretation of chunk bytes (they are sealed envelopes, opaque here). Decoders take
+//! byte slices and return typed errors; they never panic on any input (a `cargo fuzz`
+//! target, `fuzz/fuzz_targets/frame_decode.rs`, runs them on arbitrary bytes).
+//!
+//! Invariants:
+//! - every on-wire struct has a compile-time size check beside it;
+//! - a header is rejected before its payload is read if its magic, version, kind, op or
+//!   reserved bits are unknown, or its length is over the reader's limit;
+//! - payload decoders check every length against the bytes present and against the limits
+//!   in [`constants`] before they slice or allocate.
+
+#![forbid(unsafe_code)]
+
+pub mod constants;
+
+mod chunk;
+mod frame;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use chunk::{
+    ChunkRequest, ChunkResponse, HasChunksBitmap, PayloadError, TenantRef, decode_error_message,
+    error_message,
+};
+pub use frame::{FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameKind, Op, Status};
