@@ -1,0 +1,35 @@
+//! Kiseki's fabric: chunks between nodes, and between nodes and HPC clients, as framed,
+//! multiplexed requests over TCP+mTLS or RDMA.
+//!
+//! Layers, bottom up:
+//! - [`Transport`]: sends a request to a peer and resolves with its response; many requests
+//!   in flight per connection, bounded; frames as `kiseki_proto` defines them, with a hard
+//!   payload limit (a larger frame closes the connection, counted and logged).
+//! - the TCP transport (always present): TLS 1.3, mutual authentication with the cluster
+//!   CA through `kiseki_security`'s one TLS builder, pooled persistent connections,
+//!   TCP_NODELAY. The RDMA transport (feature `rdma`): verbs, set up over the TCP+mTLS
+//!   channel so RDMA peers are authenticated by the same certificates; without a device it
+//!   says so and is not offered.
+//! - the FabricSelector: per peer, RDMA when both ends have it and it is healthy, else TCP;
+//!   a circuit breaker per (peer, transport).
+//! - the chunk service: a node serves `put_chunk`/`get_chunk`/`has_chunks` from its
+//!   `EngineHandle`, checking the caller's role and tenant; clients (gateway, bench, HPC
+//!   clients) use the same library API; replicated writes over R nodes.
+//!
+//! What it does not do: encryption of chunks (they arrive sealed and leave sealed; the
+//! fabric never holds a chunk key), or placement decisions beyond rendezvous hashing over
+//! the live nodes it is given.
+//!
+//! Invariants:
+//! - nothing but a verified mTLS peer ever gets a byte of a response;
+//! - every queue and every in-flight table is bounded (`constants.rs`);
+//! - an unreferenced chunk answers exactly like an absent one.
+
+#![forbid(unsafe_code)]
+
+pub mod constants;
+mod transport;
+
+pub use transport::{
+    BoxFuture, Endpoint, FabricRequest, FabricResponse, Transport, TransportError, TransportKind,
+};
