@@ -2,8 +2,8 @@
 //!
 //! An administrator mints a token for one named node (`kiseki-server admission-token create
 //! --node NAME`). The node presents it once, over TLS that authenticates the server (the
-//! node has no certificate yet: this is the one listener that does not ask for a client
-//! certificate, and the token is what authenticates the client), and receives a
+//! node has no certificate yet: this is the one listener where a client certificate is
+//! optional, and the token is what authenticates the client), and receives a
 //! certificate-granting certificate (OU `kiseki-cgc`); with that it requests its role
 //! certificates and their renewals. The CGC is good for nothing else: authorization gives
 //! `Role::CertGranting` only the `/v1/admission/...` paths.
@@ -11,7 +11,8 @@
 //! What this module does: mint tokens, keep the [`TokenStore`] of their hashes, and redeem a
 //! token at most once. It does no I/O: the store serializes to JSON and its owner persists
 //! it (0600) before answering the node, so a crash cannot make a redeemed token usable
-//! again.
+//! again. The owner is the gateway's admission service (`kiseki_gateway::admission`), which
+//! also signs the node's certificates (`CertificateAuthority::issue_for_csr`).
 //!
 //! Invariants:
 //! - a token is 256 bits from the system CSPRNG; only its SHA-256 is ever stored, so a copy
@@ -81,7 +82,7 @@ pub struct TokenStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AdmissionError {
-    /// The node name is not a DNS name of 1 to 253 bytes.
+    /// The node name is not a DNS name of 1 to 64 bytes (`NODE_NAME_MAX_BYTES`).
     BadNodeName,
     /// The lifetime is zero or over the limit.
     BadTtl { ttl_secs: u64, max_secs: u64 },
@@ -336,7 +337,7 @@ mod tests {
     #[test]
     fn bad_names_lifetimes_and_stores_are_refused() {
         let mut store = TokenStore::new();
-        for name in ["", "Node1", "node_1", "-node", "a..b", &"a".repeat(254)] {
+        for name in ["", "Node1", "node_1", "-node", "a..b", &"a".repeat(NODE_NAME_MAX_BYTES + 1)] {
             assert_eq!(store.mint(name, 60, NOW).unwrap_err(), AdmissionError::BadNodeName);
         }
         assert!(matches!(store.mint("node1", 0, NOW), Err(AdmissionError::BadTtl { .. })));

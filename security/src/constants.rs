@@ -165,6 +165,49 @@ pub const ACCESS_REQUEST_PENDING_MAX_S: u64 = 72 * 3600;
 /// memory a misbehaving admin client can take.
 pub const ACCESS_REQUESTS_MAX: usize = 4096;
 
+/// Bytes of randomness in an admission token: 256 bits, twice the 128 the issue asks for,
+/// so that guessing one within its lifetime is out of reach even at millions of tries a
+/// second.
+pub const ADMISSION_TOKEN_BYTES: usize = 32;
+const _: () = assert!(ADMISSION_TOKEN_BYTES * 8 >= 128, "at least 128 bits of entropy");
+
+/// Longest lifetime of an admission token: a week covers shipping a node to a site; a
+/// token is meant to be used within hours.
+pub const ADMISSION_TOKEN_TTL_MAX_SECS: u64 = 7 * 24 * 3600;
+
+/// Default lifetime of an admission token: long enough to rack and install a node.
+pub const ADMISSION_TOKEN_TTL_DEFAULT_SECS: u64 = 24 * 3600;
+const _: () = assert!(ADMISSION_TOKEN_TTL_DEFAULT_SECS <= ADMISSION_TOKEN_TTL_MAX_SECS);
+
+/// Most tokens the store keeps (unredeemed, or expired less than a day ago). Bounds the
+/// store and the time a redemption spends comparing hashes; 1024 admits a large rack row.
+pub const ADMISSION_TOKENS_MAX: usize = 1024;
+
+/// Longest node name: 64 bytes. The name becomes the common name of the node's
+/// certificates, and X.520 bounds a CN at 64 characters (a node name is ASCII, so bytes and
+/// characters agree); a longer DNS name would mint a token no certificate could honour.
+pub const NODE_NAME_MAX_BYTES: usize = 64;
+
+/// Life of a certificate-granting certificate: 30 days. A CGC can only ask the admission
+/// service for its node's role certificates and for its own renewal, which a node does
+/// well within a month; a CGC left behind (a node retired without a revocation, a copied
+/// key) stops working by itself within weeks. An expired CGC cannot renew itself: the node
+/// is admitted again with a new token.
+pub const ADMISSION_CGC_VALIDITY_DAYS: u32 = 30;
+
+/// Life of a role certificate issued through admission: 30 days, the CGC's. The node renews
+/// both with the same CGC on the same schedule, and a stolen role key is good for weeks,
+/// not the year a hand-issued certificate gets ([`LEAF_VALIDITY_DEFAULT_DAYS`]).
+pub const ADMISSION_ROLE_CERT_VALIDITY_DAYS: u32 = 30;
+
+/// Most subject alternative names one admission request may ask for: a node has a name
+/// and a few addresses; the bound keeps one request's certificate small.
+pub const ADMISSION_SANS_MAX: usize = 16;
+
+/// Largest PEM certificate signing request accepted: 16 KiB. A P-256 CSR is under 1 KiB
+/// even with a long subject; the bound is checked before anything is parsed.
+pub const CSR_PEM_MAX_BYTES: usize = 16 * 1024;
+
 // JWT second stage (`jwt`).
 
 /// Longest token accepted: 8 KiB. IdP tokens with a few custom claims are well under 2 KiB;

@@ -17,9 +17,15 @@
 //!
 //! Certificates and TLS:
 //! - [`CertificateAuthority`] (`pki.rs`): the cluster CA, role certificates whose OU names
-//!   the role, CRLs with a growing number; what `kiseki-server ca|cert` runs.
+//!   the role, CRLs with a growing number; what `kiseki-server ca|cert` runs. For admission
+//!   it also signs a node's CSR ([`CertificateAuthority::issue_for_csr`]), and
+//!   [`CertificateRequest`] is the node's side.
+//! - [`admission`]: single-use admission tokens for new nodes (seed 003); the service that
+//!   redeems them over the network is the gateway's.
 //! - [`TlsBuilder`] / [`TlsContext`] (`tls.rs`): rustls on aws-lc-rs, TLS 1.3, client
-//!   certificates required, one verifier per context that reloads the CRL without a restart.
+//!   certificates required (optional only on the admission listener, where a token
+//!   authenticates the client), one verifier per context that reloads the CRL without a
+//!   restart.
 //! - [`PeerIdentity`] (`identity.rs`): role and org from the OU, or a SPIFFE id checked by the
 //!   X.509-SVID rules, or a UUID v5 of the fingerprint; and the KES identity of every peer.
 //!
@@ -59,6 +65,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod authz;
 pub mod constants;
 pub mod jwt;
@@ -85,13 +92,13 @@ pub use identity::{
 pub use ids::{ChunkId, Tenancy, TenantId};
 pub use keys::{Dek, MasterKey, TenantKey, TenantSecret};
 pub use pki::{
-    CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertificateAuthority, IssueRequest, IssuedCertificate,
-    RevokeOutcome, SubjectAltName, Validity, check_leaf_days, file_stem, organizational_unit,
-    read_certificates, read_private_key,
+    CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertificateAuthority, CertificateRequest, IssueRequest,
+    IssuedCertificate, RevokeOutcome, SignedCertificate, SubjectAltName, Validity, check_leaf_days,
+    file_stem, organizational_unit, read_certificates, read_private_key, replace_file_atomically,
 };
 pub use pki_error::{IdentityError, PkiError, SpiffeIdError};
 pub use role::{InvalidOrgId, OrgId, Role, ou};
 pub use tls::{
     CrlPoller, CrlReload, ENV_CA_PATH, ENV_CERT_PATH, ENV_CRL_PATH, ENV_CRL_RELOAD_SECS,
-    ENV_KEY_PATH, ENV_TRUST_DOMAIN, TlsBuilder, TlsContext, TlsPaths,
+    ENV_KEY_PATH, ENV_TRUST_DOMAIN, TlsBuilder, TlsContext, TlsPaths, admission_client_config,
 };

@@ -1,6 +1,12 @@
 //! The cluster CA's tooling: create the CA, issue role certificates, revoke them in a CRL;
 //! and the PEM file helpers the TLS configuration reads with.
 //!
+//! Admission (seed 003) adds two halves of one exchange: a node makes a key and a PKCS#10
+//! request for it ([`CertificateRequest`]) and keeps the key; the CA signs the request's
+//! public key into a leaf that says only what the CA's [`IssueRequest`] says
+//! ([`CertificateAuthority::issue_for_csr`]); the node checks the certificate carries its key
+//! ([`CertificateRequest::complete`]).
+//!
 //! Certificates follow the seed's hierarchy: one P-256 cluster CA (`CA=true`, path length
 //! 0, keyCertSign and cRLSign) signs leaves whose OU names their role (`kiseki-server`,
 //! `kiseki-keyserver`, `kiseki-admin`, `kiseki-sre`, `tenant-{org}`, and `kiseki-cgc` for
@@ -13,10 +19,14 @@
 //!   directories this module creates are 0700; keys pass through `Zeroizing` buffers only;
 //! - `ca init` refuses to run where a CA certificate or key already exists;
 //! - every issued serial is 128 random bits (top bit clear); the issuer never reuses one;
+//! - a certificate signed for a CSR carries the CSR's public key and nothing else of it: the
+//!   CSR's signature must verify (the requester holds the private key) and its key must be
+//!   P-256; its subject, extensions and SANs are never read;
 //! - a CRL is only ever replaced whole (written beside, then renamed), so a reader polling
 //!   the file sees the old CRL or the new one, never half of one; its CRL number grows by
 //!   one with every change, and an existing CRL is extended only if this CA signed it.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -28,18 +38,23 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
+    SignatureAlgorithm,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, CertificateSigningRequestDer, PrivateKeyDer,
+};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 use zeroize::Zeroizing;
 
 use crate::constants::{
-    CERT_BACKDATE_SECS, CRL_FILE_MAX_BYTES, CRL_NEXT_UPDATE_DAYS, LEAF_VALIDITY_MAX_DAYS,
-    PEM_FILE_MAX_BYTES, SERIAL_LEN,
+    CERT_BACKDATE_SECS, CRL_FILE_MAX_BYTES, CRL_NEXT_UPDATE_DAYS, CSR_PEM_MAX_BYTES,
+    LEAF_VALIDITY_MAX_DAYS, PEM_FILE_MAX_BYTES, SERIAL_LEN,
 };
 use crate::identity::SpiffeId;
 use crate::pki_error::PkiError;
@@ -154,6 +169,82 @@ impl IssuedCertificate {
     }
 }
 
+/// A leaf signed for a certificate signing request: the certificate only; its private key
+/// never left the requester.
+#[derive(Debug, Clone)]
+pub struct SignedCertificate {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+impl SignedCertificate {
+    pub fn certificate_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    pub fn certificate_pem(&self) -> &str {
+        &self.cert_pem
+    }
+}
+
+/// A new P-256 key and a PKCS#10 request for it, signed by it: what a node sends the CA
+/// (through admission) to get a certificate without its private key leaving the node.
+pub struct CertificateRequest {
+    csr_pem: String,
+    public_key_info: Vec<u8>,
+    key_pem: Zeroizing<String>,
+}
+
+impl fmt::Debug for CertificateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateRequest").finish_non_exhaustive()
+    }
+}
+
+impl CertificateRequest {
+    /// Makes a new P-256 key and a CSR naming `common_name`. The CA ignores the name (it
+    /// decides what goes in the certificate); it is there for humans reading the request.
+    pub fn generate(common_name: &str) -> Result<CertificateRequest, PkiError> {
+        check_common_name(common_name)?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate_error)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        let csr = params.serialize_request(&key).map_err(generate_error)?;
+        Ok(CertificateRequest {
+            csr_pem: csr.pem().map_err(generate_error)?,
+            public_key_info: key.subject_public_key_info(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+
+    /// The PKCS#10 request in PEM; public.
+    pub fn csr_pem(&self) -> &str {
+        &self.csr_pem
+    }
+
+    /// Pairs the key with the certificate the CA returned (PEM, leaf first), after checking
+    /// the certificate carries this request's public key; write it with
+    /// [`IssuedCertificate::write_files`].
+    pub fn complete(self, cert_pem: &str) -> Result<IssuedCertificate, PkiError> {
+        let response = Path::new("<certificate returned for the request>");
+        let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| PkiError::Malformed { path: response.into(), what: "no certificate" })?;
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|_| PkiError::Malformed { path: response.into(), what: "bad X.509" })?;
+        if cert.public_key().raw != self.public_key_info.as_slice() {
+            return Err(PkiError::KeyDoesNotMatchCertificate { path: response.into() });
+        }
+        Ok(IssuedCertificate {
+            cert_pem: pem_encode("CERTIFICATE", &cert_der),
+            cert_der,
+            key_pem: self.key_pem,
+        })
+    }
+}
+
 /// What [`CertificateAuthority::revoke`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeOutcome {
@@ -169,8 +260,8 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
 }
 
-impl std::fmt::Debug for CertificateAuthority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertificateAuthority").finish_non_exhaustive()
     }
 }
@@ -266,6 +357,22 @@ impl CertificateAuthority {
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
+    }
+
+    /// Issues a leaf for `request` over the public key of the PKCS#10 request `csr_pem`:
+    /// what admission signs for a node that keeps its private key. The request's signature
+    /// must verify with its own key (proof that the requester holds the private key), and
+    /// that key must be P-256. Nothing else of the CSR is read: subject, OU, SANs, key
+    /// usages and validity all come from `request`.
+    pub fn issue_for_csr(
+        &self,
+        request: &IssueRequest,
+        csr_pem: &str,
+    ) -> Result<SignedCertificate, PkiError> {
+        let public_key = csr_public_key(csr_pem)?;
+        let params = leaf_params(request)?;
+        let cert = params.signed_by(&public_key, &self.issuer).map_err(generate_error)?;
+        Ok(SignedCertificate { cert_der: cert.der().clone(), cert_pem: cert.pem() })
     }
 
     /// Adds the certificate `cert_der` (which this CA must have issued) to the CRL at
@@ -496,6 +603,50 @@ fn leaf_params(request: &IssueRequest) -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
+/// The public key of a CSR: a P-256 point, taken only once the CSR's signature verifies.
+struct CsrPublicKey {
+    point: Vec<u8>,
+}
+
+impl PublicKeyData for CsrPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+fn csr_public_key(csr_pem: &str) -> Result<CsrPublicKey, PkiError> {
+    let refuse = |reason: &str| PkiError::InvalidRequest { reason: reason.to_owned() };
+    if csr_pem.len() > CSR_PEM_MAX_BYTES {
+        return Err(refuse("the certificate signing request is too large"));
+    }
+    let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|_| refuse("no PEM certificate signing request"))?;
+    let (rest, csr) = X509CertificationRequest::from_der(der.as_ref())
+        .map_err(|_| refuse("malformed certificate signing request"))?;
+    if !rest.is_empty() {
+        return Err(refuse("bytes after the certificate signing request"));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki.algorithm.parameters.as_ref().and_then(|params| params.as_oid().ok());
+    let point = spki.subject_public_key.data.as_ref();
+    // An uncompressed P-256 point: 0x04, then 32 bytes of x and 32 of y.
+    let p256 = spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && curve == Some(OID_EC_P256)
+        && spki.subject_public_key.unused_bits == 0
+        && point.len() == 65
+        && point[0] == 0x04;
+    if !p256 {
+        return Err(refuse("the requested key is not an uncompressed P-256 key"));
+    }
+    csr.verify_signature()
+        .map_err(|_| refuse("the certificate signing request's signature does not verify"))?;
+    Ok(CsrPublicKey { point: point.to_vec() })
+}
+
 fn check_common_name(common_name: &str) -> Result<(), PkiError> {
     // 64 characters is X.520's upper bound for a CN.
     let ok = !common_name.is_empty()
@@ -579,14 +730,17 @@ fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> 
     file.sync_all().map_err(PkiError::io(path))
 }
 
-/// Replaces `path` whole: writes a temporary file beside it, flushes, renames over it.
-fn replace_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+/// Replaces `path` whole: writes a temporary file (mode `mode`) beside it, flushes it,
+/// renames it over `path`, and flushes the directory; a reader sees the old bytes or the
+/// new ones, never a mix. Two writers of one path must be serialized by the caller (the
+/// temporary file's name is fixed per process).
+pub fn replace_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     let name = path.file_name().ok_or_else(|| PkiError::InvalidSetting {
-        name: "CRL path",
+        name: "path",
         reason: format!("{} names no file", path.display()),
     })?;
     let temporary = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));

@@ -12,7 +12,14 @@
 //! Invariants:
 //! - rustls with the aws-lc-rs provider only, TLS 1.3 only;
 //! - every server requires a client certificate chaining to the cluster CA; every client
-//!   verifies the server's chain and name;
+//!   verifies the server's chain and name. One exception, the admission listener
+//!   ([`TlsContext::admission_server_config`]): a node that comes to be admitted has no
+//!   certificate yet (seed 003), so there the client certificate is optional and the
+//!   single-use admission token authenticates the client instead. A certificate that is
+//!   presented there is verified exactly as everywhere else (chain, CRL, identity rules),
+//!   and the admission service serves a client without one nothing but token redemption.
+//!   The node's side of that first step is [`admission_client_config`]: it verifies the
+//!   server like every client and presents no certificate;
 //! - after the chain, the verifier derives the peer's [`PeerIdentity`]; a certificate that
 //!   breaks an identity rule (see `identity.rs`) fails the handshake like a bad chain;
 //! - no session resumption and no early data: every connection verifies the peer's
@@ -29,7 +36,7 @@
 mod verifier;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
@@ -46,7 +53,7 @@ use crate::constants::CRL_RELOAD_INTERVAL_DEFAULT_SECS;
 use crate::identity::{IdentityRules, PeerIdentity, TrustDomain};
 use crate::pki::{read_certificates, read_private_key};
 use crate::pki_error::{IdentityError, PkiError};
-use verifier::PeerVerifier;
+use verifier::{OptionalClientCert, PeerVerifier};
 
 /// The CA bundle: PEM certificates of the CAs whose leaves are trusted.
 pub const ENV_CA_PATH: &str = "KISEKI_CA_PATH";
@@ -158,14 +165,7 @@ impl TlsBuilder {
     /// configured) reads and is signed by a configured CA.
     pub fn build(self) -> Result<TlsContext, PkiError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let anchors = read_certificates(&self.paths.ca)?;
-        let mut roots = RootCertStore::empty();
-        for anchor in &anchors {
-            roots.add(anchor.clone()).map_err(|_| PkiError::Malformed {
-                path: self.paths.ca.clone(),
-                what: "a CA certificate rustls cannot use as a trust anchor",
-            })?;
-        }
+        let (anchors, roots) = trust_anchors(&self.paths.ca)?;
         let chain = read_certificates(&self.paths.cert)?;
         let local_identity = PeerIdentity::from_der(&chain[0], &self.rules)?;
         let key_der = read_private_key(&self.paths.key)?;
@@ -232,6 +232,25 @@ impl TlsContext {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_error)?
             .with_client_cert_verifier(shared.verifier.clone())
+            .with_cert_resolver(shared.certified.clone());
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        config.max_early_data_size = 0;
+        Ok(config)
+    }
+
+    /// The admission listener's server configuration: like [`Self::server_config`], except
+    /// that a client may present no certificate (see the module's invariants for why this
+    /// one listener may). A presented certificate is verified against the CA, the current
+    /// CRL and the identity rules, and a bad one fails the handshake as anywhere else; the
+    /// caller must treat a connection without a peer certificate as unauthenticated.
+    pub fn admission_server_config(&self) -> Result<ServerConfig, PkiError> {
+        let shared = &self.shared;
+        let verifier = Arc::new(OptionalClientCert::new(Arc::clone(&shared.verifier)));
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&shared.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(shared.certified.clone());
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
@@ -311,6 +330,43 @@ impl Drop for CrlPoller {
             let _ = thread.join();
         }
     }
+}
+
+/// The client configuration of admission's first step, for a node that has no certificate
+/// yet: TLS 1.3, the server's chain and name verified against the CA certificates in
+/// `ca_path` and the server's certificate against the identity rules, no certificate
+/// presented, no resumption. Every later connection uses a [`TlsContext`] built from the
+/// certificate it earned.
+pub fn admission_client_config(ca_path: &Path) -> Result<ClientConfig, PkiError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (anchors, roots) = trust_anchors(ca_path)?;
+    let rules = IdentityRules::default();
+    let verifier =
+        Arc::new(PeerVerifier::new(Arc::clone(&provider), Arc::new(roots), anchors, rules, None)?);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// The CA certificates of a bundle file, and the same as rustls trust anchors.
+fn trust_anchors(
+    ca_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, RootCertStore), PkiError> {
+    let anchors = read_certificates(ca_path)?;
+    let mut roots = RootCertStore::empty();
+    for anchor in &anchors {
+        roots.add(anchor.clone()).map_err(|_| PkiError::Malformed {
+            path: ca_path.to_owned(),
+            what: "a CA certificate rustls cannot use as a trust anchor",
+        })?;
+    }
+    Ok((anchors, roots))
 }
 
 fn tls_error(error: rustls::Error) -> PkiError {

@@ -47,7 +47,7 @@ fn init_writes_a_private_ca_and_an_empty_crl() {
     assert!(usage.key_cert_sign() && usage.crl_sign());
     let algorithm = &cert.public_key().algorithm;
     let curve = algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
-    assert_eq!(curve, x509_parser::oid_registry::OID_EC_P256, "a P-256 key");
+    assert_eq!(curve, OID_EC_P256, "a P-256 key");
     let crl_bytes = fs::read(dir.join(CRL_FILE)).unwrap();
     let crl_der = &crls_from_bytes(&crl_bytes, Path::new("crl")).unwrap()[0];
     let (_, crl) = CertificateRevocationList::from_der(crl_der).unwrap();
@@ -331,4 +331,139 @@ fn file_stems_and_days() {
     assert_eq!(check_leaf_days(LEAF_VALIDITY_MAX_DAYS).unwrap(), LEAF_VALIDITY_MAX_DAYS);
     assert!(check_leaf_days(0).is_err());
     assert!(check_leaf_days(LEAF_VALIDITY_MAX_DAYS + 1).is_err());
+}
+
+// Certificates for CSRs (admission).
+
+/// A CSR made by `key` that asks for everything a requester should not get: another name,
+/// the admin OU, a SAN, CA powers.
+fn greedy_csr(key: &KeyPair) -> String {
+    let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "root");
+    params.distinguished_name.push(DnType::OrganizationalUnitName, ou::ADMIN);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn csr_der(pem: &str) -> Vec<u8> {
+    CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec()
+}
+
+fn csr_pem(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE REQUEST", der)
+}
+
+fn refused_reason(result: Result<SignedCertificate, PkiError>) -> String {
+    match result {
+        Err(PkiError::InvalidRequest { reason }) => reason,
+        other => panic!("expected a refused request, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_csr_gives_its_key_and_nothing_else() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca = new_ca(temp.path());
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut request = request(Role::Server, "node1");
+    request.subject_alt_names = vec![SubjectAltName::parse("node1").unwrap()];
+    let signed = ca.issue_for_csr(&request, &greedy_csr(&key)).unwrap();
+    let (_, cert) = X509Certificate::from_der(signed.certificate_der()).unwrap();
+    assert_eq!(cert.public_key().raw, key.subject_public_key_info().as_slice());
+    let names: Vec<_> = cert.subject().iter_common_name().map(|cn| cn.as_str().unwrap()).collect();
+    assert_eq!(names, ["node1"]);
+    let units: Vec<_> =
+        cert.subject().iter_organizational_unit().map(|u| u.as_str().unwrap()).collect();
+    assert_eq!(units, [ou::SERVER]);
+    assert!(!cert.is_ca());
+    let sans = cert.subject_alternative_name().unwrap().unwrap().value;
+    assert_eq!(sans.general_names, [GeneralName::DNSName("node1")]);
+    let identity = PeerIdentity::from_der(signed.certificate_der(), &IdentityRules::default());
+    assert_eq!(identity.unwrap().role(), Some(&Role::Server));
+    let (_, ca_cert) = X509Certificate::from_der(ca.certificate_der()).unwrap();
+    cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+    assert!(signed.certificate_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+}
+
+#[test]
+fn a_csr_whose_signature_does_not_verify_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca = new_ca(temp.path());
+    let request = request(Role::Server, "node1");
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let good = csr_der(&greedy_csr(&key));
+    assert!(ca.issue_for_csr(&request, &csr_pem(&good)).is_ok());
+
+    // A flipped bit in the signature.
+    let mut forged = good.clone();
+    *forged.last_mut().unwrap() ^= 0x01;
+    let reason = refused_reason(ca.issue_for_csr(&request, &csr_pem(&forged)));
+    assert!(reason.contains("signature"), "{reason}");
+
+    // Someone else's public key under this key's signature: no proof of possession.
+    let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mine = key.subject_public_key_info();
+    let theirs = other.subject_public_key_info();
+    assert_eq!(mine.len(), theirs.len());
+    let at = good.windows(mine.len()).position(|window| window == mine.as_slice()).unwrap();
+    let mut swapped = good.clone();
+    swapped[at..at + mine.len()].copy_from_slice(&theirs);
+    let reason = refused_reason(ca.issue_for_csr(&request, &csr_pem(&swapped)));
+    assert!(reason.contains("signature"), "{reason}");
+}
+
+#[test]
+fn malformed_or_non_p256_csrs_are_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca = new_ca(temp.path());
+    let request = request(Role::Server, "node1");
+    let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    for key in [p384, ed25519] {
+        let reason = refused_reason(ca.issue_for_csr(&request, &greedy_csr(&key)));
+        assert!(reason.contains("P-256"), "{reason}");
+    }
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let good = csr_der(&greedy_csr(&key));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let cert_pem = ca.certificate_pem();
+    let huge = format!("{}\n{}", "x".repeat(CSR_PEM_MAX_BYTES), csr_pem(&good));
+    for bad in [String::new(), cert_pem, csr_pem(&good[..good.len() - 3]), csr_pem(&trailing), huge]
+    {
+        assert!(
+            matches!(ca.issue_for_csr(&request, &bad), Err(PkiError::InvalidRequest { .. })),
+            "{bad:.60}"
+        );
+    }
+    // The profile rules still hold: a tenant admin is never a certificate.
+    let admin =
+        IssueRequest { role: Role::TenantAdmin { org: OrgId::parse("a").unwrap() }, ..request };
+    assert!(ca.issue_for_csr(&admin, &csr_pem(&good)).is_err());
+}
+
+#[test]
+fn a_certificate_request_completes_only_with_its_own_key() {
+    let temp = tempfile::tempdir().unwrap();
+    let ca = new_ca(temp.path());
+    let request = request(Role::CertGranting, "node1");
+    let mine = CertificateRequest::generate("node1").unwrap();
+    let theirs = CertificateRequest::generate("node1").unwrap();
+    assert!(!format!("{mine:?}").contains("PRIVATE"));
+    let signed = ca.issue_for_csr(&request, theirs.csr_pem()).unwrap();
+    assert!(matches!(
+        mine.complete(signed.certificate_pem()),
+        Err(PkiError::KeyDoesNotMatchCertificate { .. })
+    ));
+    let mine = CertificateRequest::generate("node1").unwrap();
+    let signed = ca.issue_for_csr(&request, mine.csr_pem()).unwrap();
+    let issued = mine.complete(signed.certificate_pem()).unwrap();
+    assert_eq!(issued.certificate_der(), signed.certificate_der());
+    assert!(issued.private_key_pem().contains("PRIVATE KEY"));
+    let (cert_path, key_path) = issued.write_files(&temp.path().join("node"), "cgc").unwrap();
+    assert_eq!(mode(&key_path), 0o600);
+    let identity =
+        PeerIdentity::from_der(&read_certificates(&cert_path).unwrap()[0], &Default::default());
+    assert_eq!(identity.unwrap().role(), Some(&Role::CertGranting));
 }

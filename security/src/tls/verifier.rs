@@ -250,6 +250,64 @@ impl ServerCertVerifier for PeerVerifier {
     }
 }
 
+/// The admission listener's client verifier: a client may present no certificate; one
+/// that is presented goes through every check of the [`PeerVerifier`] it wraps.
+#[derive(Debug)]
+pub(super) struct OptionalClientCert {
+    inner: Arc<PeerVerifier>,
+}
+
+impl OptionalClientCert {
+    pub(super) fn new(inner: Arc<PeerVerifier>) -> OptionalClientCert {
+        OptionalClientCert { inner }
+    }
+}
+
+impl ClientCertVerifier for OptionalClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        ClientCertVerifier::root_hint_subjects(self.inner.as_ref())
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ClientCertVerifier::verify_tls12_signature(self.inner.as_ref(), message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        ClientCertVerifier::verify_tls13_signature(self.inner.as_ref(), message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ClientCertVerifier::supported_verify_schemes(self.inner.as_ref())
+    }
+}
+
 impl CrlSet {
     fn read(path: &Path, anchors: &[CertificateDer<'static>]) -> Result<CrlSet, PkiError> {
         CrlSet::parse(&read_bounded(path, CRL_FILE_MAX_BYTES)?, path, anchors)
