@@ -1,13 +1,15 @@
 //! The `kiseki-server` command line: parsing, dispatch, and how failures are reported.
 //!
 //! Subcommands today are the cluster's certificate tools (`ca`, `cert`, `identity`, in
-//! `cli/pki.rs`); the node itself (`dev`, `run`) and the other admin tools
-//! (`admission-token`, `s3-credentials`) join [`Command`] as they are built.
+//! `cli/pki.rs`) and admission (`admission-token`, `admission serve`, `join`, in
+//! `cli/admission.rs`); the node itself (`dev`, `run`) and the other admin tools
+//! (`s3-credentials`) join [`Command`] as they are built.
 //!
 //! Invariants: [`main`] never panics on bad input; every failure is one line on stderr
 //! naming what failed, and a non-zero exit code (2 for a usage error, 1 for the rest);
 //! nothing secret is printed: private keys go only to files of mode 0600.
 
+mod admission;
 mod pki;
 
 use std::ffi::OsString;
@@ -17,6 +19,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kiseki_security::{IdentityError, PkiError};
+
+use crate::admission::AdmissionServiceError;
 
 const ABOUT: &str = "Kiseki's storage node, and the tools that set up its cluster's security";
 
@@ -32,6 +36,15 @@ Every Kiseki connection is mutually authenticated against one cluster CA. Set on
       --name workload-1 --out ./acme
   kiseki-server cert revoke --ca /etc/kiseki/ca --cert ./acme/workload-1.crt
   kiseki-server identity of ./acme/workload-1.crt
+
+Admit a new node with a single-use token (it gets a certificate-granting certificate,
+then its role certificates, without its private keys ever leaving it):
+
+  kiseki-server admission-token create --node node2 --store /etc/kiseki/tokens.json
+  kiseki-server admission serve --ca /etc/kiseki/ca --cert /etc/kiseki/tls/node1.crt \
+      --key /etc/kiseki/tls/node1.key --store /etc/kiseki/tokens.json --listen 0.0.0.0:7443
+  kiseki-server join --server node1:7443 --server-name node1 --ca-cert ca.crt \
+      --token-file token --node node2 --role server --out /etc/kiseki/tls
 
 Nodes and clients then read KISEKI_CA_PATH, KISEKI_CERT_PATH, KISEKI_KEY_PATH and
 (optionally) KISEKI_CRL_PATH, re-read every 60 s (KISEKI_CRL_RELOAD_SECS), and
@@ -57,6 +70,15 @@ enum Command {
     /// Show the identities a certificate gives its holder.
     #[command(subcommand)]
     Identity(pki::IdentityCommand),
+    /// Mint single-use admission tokens for new nodes.
+    #[command(subcommand)]
+    AdmissionToken(admission::AdmissionTokenCommand),
+    /// Run the admission service that turns tokens into certificates.
+    #[command(subcommand)]
+    Admission(admission::AdmissionCommand),
+    /// Join this node to the cluster with an admission token (or renew its certificates
+    /// with its certificate-granting certificate): writes its keys and certificates.
+    Join(admission::JoinArgs),
 }
 
 /// What a subcommand can fail with.
@@ -69,6 +91,10 @@ pub enum CliError {
     Identity(IdentityError),
     /// Writing the command's output failed.
     Output(io::Error),
+    /// Admission: the token store, the service, or joining.
+    Admission(AdmissionServiceError),
+    /// The async runtime, a signal handler or the listener failed.
+    Runtime(io::Error),
 }
 
 /// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
@@ -105,6 +131,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Ca(command) => pki::ca(command, out),
         Command::Cert(command) => pki::cert(command, out),
         Command::Identity(command) => pki::identity(command, out),
+        Command::AdmissionToken(command) => admission::admission_token(command, out),
+        Command::Admission(command) => admission::admission(command, out),
+        Command::Join(args) => admission::join_cluster(args, out),
     }
 }
 
@@ -115,6 +144,8 @@ impl fmt::Display for CliError {
             CliError::Pki(error) => write!(f, "{error}"),
             CliError::Identity(error) => write!(f, "{error}"),
             CliError::Output(error) => write!(f, "cannot write output: {error}"),
+            CliError::Admission(error) => write!(f, "{error}"),
+            CliError::Runtime(error) => write!(f, "{error}"),
         }
     }
 }
@@ -126,6 +157,8 @@ impl std::error::Error for CliError {
             CliError::Pki(error) => Some(error),
             CliError::Identity(error) => Some(error),
             CliError::Output(error) => Some(error),
+            CliError::Admission(error) => Some(error),
+            CliError::Runtime(error) => Some(error),
         }
     }
 }
@@ -139,6 +172,12 @@ impl From<PkiError> for CliError {
 impl From<IdentityError> for CliError {
     fn from(error: IdentityError) -> CliError {
         CliError::Identity(error)
+    }
+}
+
+impl From<AdmissionServiceError> for CliError {
+    fn from(error: AdmissionServiceError) -> CliError {
+        CliError::Admission(error)
     }
 }
 

@@ -3,7 +3,13 @@
 //! This crate is the top of the dependency graph: it may know about HTTP, gRPC and S3; the
 //! crates below it do not. Its admin subcommands (`ca`, `cert`, `identity`,
 //! `admission-token`) are thin shells over the `kiseki-security` crate.
+//!
+//! [`admission`] is the first network service here: the admission listener (seed 003) and
+//! the node's `join`, over tokio and tokio-rustls with the TLS configurations of
+//! `kiseki-security`. Its limits are in [`constants`].
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cli;
+pub mod constants;

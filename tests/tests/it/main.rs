@@ -17,6 +17,7 @@
 //! Randomised tests name their seed in every failure message; `KISEKI_TEST_SEED=<seed>`
 //! makes it the first seed run, which replays the failure.
 
+mod admission;
 mod authz;
 mod device_conformance;
 mod device_doorbell;
