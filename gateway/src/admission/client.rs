@@ -26,6 +26,7 @@ use kiseki_security::{
 };
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -172,6 +173,12 @@ impl AdmissionClient {
         checked(request.complete(&pem)?, &Role::CertGranting, name)
     }
 
+    /// Ends the connection cleanly (TLS close_notify).
+    pub async fn close(mut self) {
+        let io_timeout = Duration::from_secs(ADMISSION_IO_TIMEOUT_SECS);
+        let _ = timeout(io_timeout, self.stream.shutdown()).await;
+    }
+
     async fn certificate(&mut self, request: Request) -> Result<String, AdmissionServiceError> {
         match self.call(request).await? {
             Response::Certificate { certificate_pem } => Ok(certificate_pem),
@@ -194,6 +201,7 @@ pub async fn join(
     let config = Arc::new(admission_client_config(&server.ca_cert)?);
     let mut client = AdmissionClient::connect(server, config).await?;
     let cgc = client.admit(token, node, CertificateRequest::generate(node)?).await?;
+    client.close().await;
     let (cgc_cert, cgc_key) = cgc.write_files(out, CGC_FILE_STEM)?;
     let mut written = vec![cgc_cert.clone(), cgc_key.clone()];
     written.extend(role_certificates(server, &cgc_cert, &cgc_key, roles, out, false).await?);
@@ -252,6 +260,7 @@ async fn role_certificates(
         let (cert, key) = issued.write_files(out, role_stem(*role))?;
         written.extend([cert, key]);
     }
+    client.close().await;
     Ok(written)
 }
 

@@ -134,7 +134,7 @@ pub struct Secret(Zeroizing<String>);
 /// Why a frame could not be read.
 #[derive(Debug)]
 pub enum FrameError {
-    /// The peer closed the connection between frames.
+    /// The peer closed the connection between frames (with or without TLS close_notify).
     Closed,
     /// A length of zero or over [`ADMISSION_FRAME_MAX_BYTES`]; nothing more was read.
     BadLength {
@@ -237,6 +237,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             Ok(0) if filled == 0 => return Err(FrameError::Closed),
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(read) => filled += read,
+            // Between frames, a TLS peer that hangs up without close_notify has only left.
+            Err(error) if filled == 0 && error.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(FrameError::Closed);
+            }
             Err(error) => return Err(FrameError::Io(error)),
         }
     }
