@@ -13,3 +13,4 @@
 pub mod admission;
 pub mod cli;
 pub mod constants;
+pub mod jwks_https;
