@@ -132,8 +132,8 @@ mod tests {
     /// A one-shot HTTPS server on 127.0.0.1 answering every request with `status` and
     /// `body`; returns its port and the CA that signed its certificate.
     fn serve_once(status: &'static str, body: Vec<u8>) -> (u16, CertificateAuthority) {
-        let ca = CertificateAuthority::generate("idp test ca", Validity::days_from_now(1))
-            .expect("ca");
+        let ca =
+            CertificateAuthority::generate("idp test ca", Validity::days_from_now(1)).expect("ca");
         let request = IssueRequest {
             role: Role::Server,
             common_name: "idp.test".to_owned(),
