@@ -25,10 +25,28 @@
 //! - every queue and every in-flight table is bounded (`constants.rs`);
 //! - an unreferenced chunk answers exactly like an absent one.
 
-#![forbid(unsafe_code)]
+// RDMA verbs are a C API: `rdma.rs` needs `unsafe` (each block says why it holds) when the
+// `rdma` feature builds it; every other build forbids it.
+#![cfg_attr(not(feature = "rdma"), forbid(unsafe_code))]
 
+pub mod breaker;
 pub mod constants;
+pub mod metrics;
+pub mod rdma;
+pub mod replication;
+
+mod client;
+mod selector;
 mod transport;
+
+#[cfg(test)]
+mod testing;
+
+pub use breaker::{BreakerConfig, BreakerState, Clock, ManualClock, SystemClock};
+pub use client::{ChunkClient, ClientError};
+pub use metrics::{FabricMetricsSnapshot, TransportMetricsSnapshot};
+pub use replication::{Replicated, ReplicationConfig, ReplicationError, Replicator, placement};
+pub use selector::{FabricSelector, PeerHealth, SelectorError};
 
 pub use transport::{
     BoxFuture, Endpoint, FabricRequest, FabricResponse, Transport, TransportError, TransportKind,
