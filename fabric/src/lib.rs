@@ -36,7 +36,11 @@ pub mod rdma;
 pub mod replication;
 
 mod client;
+mod connection;
+mod frame;
 mod selector;
+mod service;
+mod tcp;
 mod transport;
 
 #[cfg(test)]
@@ -44,9 +48,15 @@ mod testing;
 
 pub use breaker::{BreakerConfig, BreakerState, Clock, ManualClock, SystemClock};
 pub use client::{ChunkClient, ClientError};
+pub use connection::{
+    ClientConnection, ConnectionCounters, ConnectionLimits, ConnectionStats, Handler, Peer,
+    PendingResponse, TryCallError, serve_connection,
+};
 pub use metrics::{FabricMetricsSnapshot, TransportMetricsSnapshot};
 pub use replication::{Replicated, ReplicationConfig, ReplicationError, Replicator, placement};
 pub use selector::{FabricSelector, PeerHealth, SelectorError};
+pub use service::{ChunkService, TenantRefs, engine_status};
+pub use tcp::{ServerStartError, TcpConfig, TcpServer, TcpServerConfig, TcpTransport};
 
 pub use transport::{
     BoxFuture, Endpoint, FabricRequest, FabricResponse, Transport, TransportError, TransportKind,

@@ -1,0 +1,499 @@
+//! The chunk service: a node answers `PutChunk`, `GetChunk`, `HasChunks` and `Ping` from
+//! its [`EngineHandle`], deciding first who may ask.
+//!
+//! Who may ask, by the role of the peer's verified certificate:
+//! - a storage node (`kiseki-server`) may do everything: it replicates, repairs and reads
+//!   for the tenants whose requests it already authorized. Its calls are authorized as
+//!   `/v1/replica/replicate/<chunk id>` (put) and `/v1/replica/repair/<chunk id>` (get and
+//!   has) on the cluster;
+//! - a tenant workload (`tenant-{org}` or a SPIFFE workload) may act only for its own org:
+//!   its request must name that org as the tenant, authorized as `/v1/chunk/put/<id>` and
+//!   `/v1/chunk/get/<id>` on the tenant (has-chunks is a read of existence, authorized
+//!   once per batch as `/v1/chunk/get/has`); and it may read, or learn of, only chunks its
+//!   org references;
+//! - every other role (cluster admin, SRE, key server, certificate-granting, none) is
+//!   denied everything, Ping included.
+//!
+//! The [`Authorizer`] decides each call on top of the role rule (so KES deny policies and
+//! policy files apply); every decision goes to the log as an audit event (target
+//! `kiseki::audit`: denials at warn, allowed calls at debug, since this is the data path).
+//!
+//! Tenant references: chunks are shared across tenants by dedup, so a put by a tenant, or
+//! by a node on a tenant's behalf, records a reference (org, chunk id) in a per-node
+//! [`TenantRefs`] index, and a tenant's get and has consult it. An unreferenced chunk
+//! answers exactly like an absent one: the same status (`NotFound`), the same payload, a 0
+//! bit in a has-chunks bitmap, and without asking the engine. The index is the stand-in
+//! until the consensus issue keeps references; it is bounded ([`TenantRefs::new`]), and a
+//! put whose reference does not fit is refused as `Unavailable` before it is stored.
+//!
+//! What it does not do: open or check envelopes beyond their format (the engine holds no
+//! key and neither does the fabric), release chunks (no op yet), or prove that a tenant
+//! putting chunk id X knows X's plaintext: with cross-tenant dedup, a tenant that learns a
+//! shared chunk's id can claim a reference to it. Tenants that opt out of cross-tenant
+//! dedup get HMAC chunk ids, which no other tenant can compute.
+//!
+//! Remote errors are generic (the status's word); details go to the log.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kiseki_engine::{ChunkId, EngineError, EngineHandle};
+use kiseki_proto::{ChunkRequest, HasChunksBitmap, Op, Status, error_message};
+use kiseki_security::authz::{Api, Authorizer, Caller, Target};
+use kiseki_security::{Envelope, OrgId, Role};
+
+use crate::connection::{Handler, Peer};
+use crate::transport::{BoxFuture, FabricRequest, FabricResponse};
+
+/// The chunk service of one node; see the module's notes.
+#[derive(Debug)]
+pub struct ChunkService {
+    engine: EngineHandle,
+    authorizer: RwLock<Authorizer>,
+    refs: TenantRefs,
+}
+
+/// A node's tenant reference index: how many times each org has put each chunk.
+#[derive(Debug)]
+pub struct TenantRefs {
+    max_entries: usize,
+    table: Mutex<RefTable>,
+}
+
+#[derive(Debug, Default)]
+struct RefTable {
+    entries: usize,
+    by_org: HashMap<String, HashMap<ChunkId, RefCount>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct RefCount {
+    /// Puts that succeeded: the org may see the chunk while this is above zero.
+    committed: u64,
+    /// Puts under way: they hold the entry's place, and show nothing.
+    pending: u32,
+}
+
+/// A reference being recorded: committed after the put succeeds, dropped otherwise.
+#[derive(Debug)]
+struct RefReservation<'a> {
+    refs: &'a TenantRefs,
+    org: String,
+    chunk_id: ChunkId,
+    committed: bool,
+}
+
+/// Who is asking, by certificate role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Asker {
+    Node,
+    Tenant(OrgId),
+}
+
+impl ChunkService {
+    /// A service over `engine`, authorizing with `authorizer`, with a reference index of
+    /// at most `tenant_refs_max` entries
+    /// ([`TENANT_REFS_MAX_DEFAULT`](crate::constants::TENANT_REFS_MAX_DEFAULT) unless
+    /// configured).
+    pub fn new(engine: EngineHandle, authorizer: Authorizer, tenant_refs_max: usize) -> Self {
+        ChunkService {
+            engine,
+            authorizer: RwLock::new(authorizer),
+            refs: TenantRefs::new(tenant_refs_max),
+        }
+    }
+
+    /// Swaps in a reloaded authorizer (policy files, grants).
+    pub fn replace_authorizer(&self, authorizer: Authorizer) {
+        *self.authorizer.write().unwrap_or_else(PoisonError::into_inner) = authorizer;
+    }
+
+    pub fn tenant_refs(&self) -> &TenantRefs {
+        &self.refs
+    }
+
+    async fn serve(&self, peer: &Peer, request: FabricRequest) -> FabricResponse {
+        let Some(asker) = Asker::of(peer) else {
+            tracing::warn!(
+                target: "kiseki::audit",
+                %peer,
+                op = ?request.op,
+                "chunk service denied: the peer's role may not use it"
+            );
+            return status_response(Status::Denied);
+        };
+        match request.op {
+            Op::Ping => FabricResponse { status: Status::Ok, payload: Vec::new() },
+            Op::PutChunk => self.put(peer, &asker, request.payload).await,
+            Op::GetChunk | Op::HasChunks => self.read(peer, &asker, request).await,
+        }
+    }
+
+    async fn put(&self, peer: &Peer, asker: &Asker, mut payload: Vec<u8>) -> FabricResponse {
+        let (tenant, header_len) = match ChunkRequest::decode(Op::PutChunk, &payload) {
+            Ok(request @ ChunkRequest::Put { envelope, .. }) => {
+                let tenant = request.tenant().as_str().map(str::to_owned);
+                (tenant, request.encoded_len() - envelope.len())
+            }
+            Ok(_) => unreachable!("a put payload decodes as a put"),
+            Err(error) => return bad_request(peer, Op::PutChunk, &error),
+        };
+        payload.drain(..header_len);
+        let envelope = match Envelope::parse_owned(payload) {
+            Ok(envelope) => envelope,
+            Err(error) => return bad_request(peer, Op::PutChunk, &error),
+        };
+        let chunk_id = *envelope.chunk_id().as_bytes();
+        let tenant = tenant.as_deref();
+        if let Err(denied) = self.authorize(peer, asker, Op::PutChunk, tenant, &hex(&chunk_id)) {
+            return denied;
+        }
+        let reservation = match tenant {
+            None => None,
+            Some(org) => match self.refs.reserve(org, chunk_id) {
+                Some(reservation) => Some(reservation),
+                None => {
+                    tracing::warn!(%peer, "tenant reference index full; put refused");
+                    return status_response(Status::Unavailable);
+                }
+            },
+        };
+        match self.engine.put(envelope).await {
+            Ok(()) => {
+                if let Some(reservation) = reservation {
+                    reservation.commit();
+                }
+                FabricResponse { status: Status::Ok, payload: Vec::new() }
+            }
+            Err(error) => engine_failure(peer, Op::PutChunk, &chunk_id, &error),
+        }
+    }
+
+    async fn read(&self, peer: &Peer, asker: &Asker, request: FabricRequest) -> FabricResponse {
+        let op = request.op;
+        let decoded = match ChunkRequest::decode(op, &request.payload) {
+            Ok(decoded) => decoded,
+            Err(error) => return bad_request(peer, op, &error),
+        };
+        let tenant = decoded.tenant().as_str();
+        match decoded {
+            ChunkRequest::Get { chunk_id, .. } => {
+                if let Err(denied) = self.authorize(peer, asker, op, tenant, &hex(&chunk_id)) {
+                    return denied;
+                }
+                self.get(peer, asker, chunk_id).await
+            }
+            ChunkRequest::Has { .. } => {
+                if let Err(denied) = self.authorize(peer, asker, op, tenant, "has") {
+                    return denied;
+                }
+                self.has(peer, asker, &decoded).await
+            }
+            ChunkRequest::Put { .. } => unreachable!("reads decode as gets or has"),
+        }
+    }
+
+    async fn get(&self, peer: &Peer, asker: &Asker, chunk_id: ChunkId) -> FabricResponse {
+        if !self.may_see(asker, &chunk_id) {
+            return status_response(Status::NotFound);
+        }
+        match self.engine.get(chunk_id).await {
+            Ok(envelope) => FabricResponse { status: Status::Ok, payload: envelope.into_bytes() },
+            Err(error) => engine_failure(peer, Op::GetChunk, &chunk_id, &error),
+        }
+    }
+
+    async fn has(&self, peer: &Peer, asker: &Asker, request: &ChunkRequest<'_>) -> FabricResponse {
+        // At most HAS_CHUNKS_IDS_MAX flags: the decoder checked the count.
+        let mut held = Vec::with_capacity(request.chunk_ids().count());
+        for chunk_id in request.chunk_ids() {
+            let holds = if self.may_see(asker, &chunk_id) {
+                match self.engine.contains(chunk_id).await {
+                    Ok(holds) => holds,
+                    Err(error) => return engine_failure(peer, Op::HasChunks, &chunk_id, &error),
+                }
+            } else {
+                false
+            };
+            held.push(holds);
+        }
+        let mut payload = Vec::new();
+        HasChunksBitmap::encode_into(held.into_iter(), &mut payload);
+        FabricResponse { status: Status::Ok, payload }
+    }
+
+    /// Whether `asker` may learn anything of `chunk_id`: nodes always, tenants only for
+    /// chunks their org references.
+    fn may_see(&self, asker: &Asker, chunk_id: &ChunkId) -> bool {
+        match asker {
+            Asker::Node => true,
+            Asker::Tenant(org) => self.refs.contains(org.as_str(), chunk_id),
+        }
+    }
+
+    /// The authorizer's decision for this call, logged as an audit event; `Err` holds the
+    /// response a denied caller gets.
+    fn authorize(
+        &self,
+        peer: &Peer,
+        asker: &Asker,
+        op: Op,
+        tenant: Option<&str>,
+        argument: &str,
+    ) -> Result<(), FabricResponse> {
+        let denied = || status_response(Status::Denied);
+        let (api, target) = match asker {
+            Asker::Node => {
+                let api =
+                    if op == Op::PutChunk { Api::ReplicaReplicate } else { Api::ReplicaRepair };
+                (api, Target::Cluster)
+            }
+            Asker::Tenant(own) => {
+                let org = tenant.and_then(|tenant| OrgId::parse(tenant).ok());
+                let Some(org) = org.filter(|org| org == own) else {
+                    tracing::warn!(
+                        target: "kiseki::audit",
+                        %peer,
+                        ?op,
+                        ?tenant,
+                        "chunk service denied: a tenant acts only for its own org"
+                    );
+                    return Err(denied());
+                };
+                let api = if op == Op::PutChunk { Api::ChunkPut } else { Api::ChunkGet };
+                (api, Target::Tenant(org))
+            }
+        };
+        let identity = &peer.identity;
+        let key_identity = identity.kes_identity().to_string();
+        let roles = identity.role().cloned();
+        let caller = Caller::new(identity.common_name().unwrap_or(""), &key_identity, roles)
+            .map_err(|error| {
+                tracing::warn!(%peer, %error, "peer cannot be an authorization caller");
+                denied()
+            })?;
+        let path = format!("{}/{argument}", api.path_prefix());
+        let decision = self.authorizer.read().unwrap_or_else(PoisonError::into_inner).authorize(
+            &caller,
+            &path,
+            &target,
+            unix_now_s(),
+        );
+        if decision.is_allowed() {
+            tracing::debug!(target: "kiseki::audit", %peer, event = %decision.audit_event());
+            Ok(())
+        } else {
+            tracing::warn!(target: "kiseki::audit", %peer, event = %decision.audit_event());
+            Err(denied())
+        }
+    }
+}
+
+impl Handler for ChunkService {
+    fn handle<'a>(
+        &'a self,
+        peer: &'a Peer,
+        request: FabricRequest,
+    ) -> BoxFuture<'a, FabricResponse> {
+        Box::pin(self.serve(peer, request))
+    }
+}
+
+impl Asker {
+    fn of(peer: &Peer) -> Option<Asker> {
+        match peer.identity.role()? {
+            Role::Server => Some(Asker::Node),
+            Role::Workload { org } => Some(Asker::Tenant(org.clone())),
+            Role::ClusterAdmin
+            | Role::Sre
+            | Role::TenantAdmin { .. }
+            | Role::KeyServer
+            | Role::CertGranting => None,
+        }
+    }
+}
+
+impl TenantRefs {
+    /// An empty index of at most `max_entries` (org, chunk) pairs.
+    pub fn new(max_entries: usize) -> TenantRefs {
+        TenantRefs { max_entries, table: Mutex::new(RefTable::default()) }
+    }
+
+    /// Whether `org` holds a reference to `chunk_id` from a put that succeeded.
+    pub fn contains(&self, org: &str, chunk_id: &ChunkId) -> bool {
+        self.count(org, chunk_id) > 0
+    }
+
+    /// How many successful puts of `chunk_id` `org` has made.
+    pub fn count(&self, org: &str, chunk_id: &ChunkId) -> u64 {
+        let table = self.lock();
+        table.by_org.get(org).and_then(|chunks| chunks.get(chunk_id)).map_or(0, |c| c.committed)
+    }
+
+    /// (org, chunk) pairs held, pending ones included.
+    pub fn len(&self) -> usize {
+        self.lock().entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Holds a place for a reference of `org` to `chunk_id`; `None` if the index is full.
+    fn reserve(&self, org: &str, chunk_id: ChunkId) -> Option<RefReservation<'_>> {
+        let mut table = self.lock();
+        let exists = table.by_org.get(org).is_some_and(|chunks| chunks.contains_key(&chunk_id));
+        if !exists {
+            if table.entries >= self.max_entries {
+                return None;
+            }
+            table.entries += 1;
+        }
+        let count = table.by_org.entry(org.to_owned()).or_default().entry(chunk_id).or_default();
+        count.pending = count.pending.checked_add(1)?;
+        Some(RefReservation { refs: self, org: org.to_owned(), chunk_id, committed: false })
+    }
+
+    /// Ends a reservation: counts it if `committed`, and drops an entry left with nothing.
+    fn finish(&self, org: &str, chunk_id: &ChunkId, committed: bool) {
+        let mut table = self.lock();
+        let table = &mut *table;
+        let Some(chunks) = table.by_org.get_mut(org) else { return };
+        let Some(count) = chunks.get_mut(chunk_id) else { return };
+        assert!(count.pending > 0, "a reservation ends that was made");
+        count.pending -= 1;
+        if committed {
+            count.committed = count.committed.saturating_add(1);
+        }
+        if count.pending == 0 && count.committed == 0 {
+            chunks.remove(chunk_id);
+            table.entries -= 1;
+            if chunks.is_empty() {
+                table.by_org.remove(org);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RefTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RefReservation<'_> {
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for RefReservation<'_> {
+    fn drop(&mut self) {
+        self.refs.finish(&self.org, &self.chunk_id, self.committed);
+    }
+}
+
+/// The status an engine error gives the remote caller.
+pub fn engine_status(error: &EngineError) -> Status {
+    match error {
+        EngineError::NotFound { .. } => Status::NotFound,
+        EngineError::Busy { .. } => Status::Busy,
+        EngineError::CapacityCritical { .. }
+        | EngineError::NoSpace { .. }
+        | EngineError::DeviceNotWritable { .. }
+        | EngineError::IndexFull { .. }
+        | EngineError::ShardFailed { .. }
+        | EngineError::Stopped => Status::Unavailable,
+        EngineError::Integrity { .. }
+        | EngineError::NotAnEnvelope { .. }
+        | EngineError::ChunkIdMismatch { .. } => Status::Integrity,
+        EngineError::BadChunkSize { .. } => Status::BadRequest,
+        _ => Status::Internal,
+    }
+}
+
+/// A response with `status` and its generic word as the message: the one shape every
+/// error of a kind has, whatever its cause (an absent and an unreferenced chunk alike).
+fn status_response(status: Status) -> FabricResponse {
+    let payload = error_message(&status.to_string()).as_bytes().to_vec();
+    FabricResponse { status, payload }
+}
+
+fn bad_request(peer: &Peer, op: Op, error: &dyn std::fmt::Display) -> FabricResponse {
+    tracing::info!(%peer, ?op, %error, "chunk request refused as malformed");
+    status_response(Status::BadRequest)
+}
+
+fn engine_failure(peer: &Peer, op: Op, chunk_id: &ChunkId, error: &EngineError) -> FabricResponse {
+    let status = engine_status(error);
+    if status == Status::NotFound {
+        tracing::debug!(%peer, ?op, chunk = %hex(chunk_id), "chunk not found");
+    } else {
+        tracing::warn!(%peer, ?op, chunk = %hex(chunk_id), %error, ?status, "chunk request failed");
+    }
+    status_response(status)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_count_only_committed_puts_and_are_bounded() {
+        let refs = TenantRefs::new(2);
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let pending = refs.reserve("acme", a).unwrap();
+        assert!(!refs.contains("acme", &a), "a pending put shows nothing");
+        pending.commit();
+        assert!(refs.contains("acme", &a));
+        assert!(!refs.contains("other", &a), "references are per org");
+        refs.reserve("acme", a).unwrap().commit();
+        assert_eq!(refs.count("acme", &a), 2);
+        drop(refs.reserve("acme", b).unwrap());
+        assert!(!refs.contains("acme", &b), "a failed put leaves no reference");
+        assert_eq!(refs.len(), 1, "and no entry");
+        refs.reserve("zeta", b).unwrap().commit();
+        assert!(refs.reserve("acme", c).is_none(), "full");
+        assert!(refs.reserve("acme", a).is_some(), "an existing pair still counts when full");
+    }
+
+    #[test]
+    fn engine_errors_map_to_statuses() {
+        let id = [7u8; 32];
+        let cases = [
+            (EngineError::NotFound { chunk_id: id }, Status::NotFound),
+            (EngineError::Busy { queue: "reactor queue" }, Status::Busy),
+            (EngineError::NoSpace { blocks: 4 }, Status::Unavailable),
+            (EngineError::IndexFull { capacity: 9 }, Status::Unavailable),
+            (EngineError::Stopped, Status::Unavailable),
+            (
+                EngineError::Integrity { chunk_id: id, expected_crc32c: 1, actual_crc32c: 2 },
+                Status::Integrity,
+            ),
+            (EngineError::ChunkIdMismatch { chunk_id: id, found: [8; 32] }, Status::Integrity),
+            (EngineError::BadChunkSize { len_bytes: 0, max_bytes: 1 }, Status::BadRequest),
+            (EngineError::Geometry { reason: "x".to_owned() }, Status::Internal),
+        ];
+        for (error, status) in cases {
+            assert_eq!(engine_status(&error), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn absent_and_unreferenced_share_one_shape() {
+        assert_eq!(status_response(Status::NotFound), status_response(Status::NotFound));
+        assert_eq!(status_response(Status::NotFound).payload, b"not found");
+    }
+}
