@@ -33,6 +33,13 @@ if ! have cargo; then
 fi
 have python3 || apt_install python3
 have openssl || apt_install openssl
+# The `rdma` feature builds rdma-sys: bindgen needs libclang, and the verbs libraries are
+# found through pkg-config. No device is needed to build or test it.
+rdma_debs=()
+for deb in libibverbs-dev librdmacm-dev libclang-dev pkg-config; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q 'ok installed' || rdma_debs+=("$deb")
+done
+[ "${#rdma_debs[@]}" = 0 ] || apt_install "${rdma_debs[@]}"
 if have rustup; then
     installed=$(rustup component list --installed)
     for component in rustfmt clippy; do
@@ -56,14 +63,24 @@ SPDK_CRATES=(-p kiseki-devices -p kiseki-bench)
 step "cargo clippy with every hardware feature (spdk)"
 cargo clippy "${SPDK_CRATES[@]}" --all-targets --features spdk -- -D warnings
 
+# The RDMA feature only changes `fabric`: clippy and test it again with the feature (without a
+# device, discovery must say "no RDMA device" and the selector must not offer RDMA).
+step "cargo clippy -p kiseki-fabric --features rdma"
+cargo clippy -p kiseki-fabric --all-targets --features rdma -- -D warnings
+
 step "cargo test --workspace"
 cargo test --workspace
+
+step "cargo test -p kiseki-fabric --features rdma"
+cargo test -p kiseki-fabric --features rdma
 
 step "cargo test with every hardware feature (spdk: must refuse clearly without SPDK)"
 cargo test "${SPDK_CRATES[@]}" --features spdk
 
-step "cargo check --features spdk"
-cargo check --workspace --features spdk
+# Each feature applies to the members that declare it: `spdk` to devices and bench, `rdma` to
+# fabric.
+step "cargo check --workspace --features spdk,rdma"
+cargo check --workspace --features spdk,rdma
 
 step "engine crash test: a writer killed with SIGKILL, then recovery and verification (20 runs)"
 scripts/crash-test.sh 20

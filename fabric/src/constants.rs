@@ -100,3 +100,14 @@ pub const REPLICAS_DEFAULT: usize = 3;
 
 /// Most replicas per chunk: bounds the concurrent puts of one replicated write.
 pub const REPLICAS_MAX: usize = 16;
+
+// ---- RDMA (rdma.rs) ----
+
+/// Largest frame (header and payload) one RDMA SEND carries: a 4 MiB chunk's envelope with
+/// room for its header, wrapped parameters and the frame header. Each queue pair registers
+/// a send and a receive buffer this large (8.1 MiB of pinned memory per peer); anything
+/// larger (a Raft snapshot) goes over TCP.
+pub const RDMA_MESSAGE_MAX_BYTES: u32 = (4 << 20) + (64 << 10);
+
+/// A request over RDMA without its response for this long fails: as over TCP.
+pub const RDMA_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);

@@ -14,8 +14,9 @@
 //! What it does not do: connect, pool or frame (the transports do), or interpret payloads
 //! (the chunk client does). A response with any status, `NotFound` or `Internal` included,
 //! is a success of the transport; only a [`TransportError`] counts against a breaker, and
-//! not all of them: `Busy` (our own pool is full) and `Oversized` (the caller's request is)
-//! say nothing about the link.
+//! not all of them: `Busy` (our own pool is full) and `Oversized` (the request is over that
+//! transport's message limit) say nothing about the link. Both are retried on the other
+//! transport, which has its own pool and, for RDMA, a smaller message limit than TCP.
 //!
 //! Invariants:
 //! - no acknowledged request is lost: a response, once a transport returns it, is the
@@ -167,11 +168,7 @@ impl FabricSelector {
                     error,
                 });
             }
-            let retry_useless = matches!(error, TransportError::Oversized { .. });
             attempts.push((kind, error));
-            if retry_useless {
-                break;
-            }
             if later {
                 metrics.fallback();
             }
@@ -647,18 +644,21 @@ mod tests {
         assert_eq!(f.selector.breaker_state("a", TransportKind::Rdma), BreakerState::Closed);
         assert_eq!(f.selector.metrics().rdma.unwrap().fallbacks, 5);
 
+        // Over RDMA's message limit: TCP, with its larger frame limit, carries it.
         let oversized = TransportError::Oversized { len_bytes: 10, max_bytes: 1 };
         f.rdma.fail("a", Fault::Refuse(oversized.clone()));
-        let error = f.selector.call(&a, ping()).await.unwrap_err();
-        assert_eq!(
-            error,
-            SelectorError::Failed {
-                peer: "a".into(),
-                attempts: vec![(TransportKind::Rdma, oversized)]
-            }
-        );
-        assert_eq!(f.tcp.calls(), 5, "an oversized request is not retried");
+        for _ in 0..5 {
+            f.selector.call(&a, ping()).await.unwrap();
+        }
+        assert_eq!(f.tcp.calls(), 10);
         assert_eq!(f.selector.breaker_state("a", TransportKind::Rdma), BreakerState::Closed);
+
+        // Over every transport's limit: the error says so, nothing opens.
+        f.tcp.fail("a", Fault::Refuse(oversized.clone()));
+        let error = f.selector.call(&a, ping()).await.unwrap_err();
+        let both = vec![(TransportKind::Rdma, oversized.clone()), (TransportKind::Tcp, oversized)];
+        assert_eq!(error, SelectorError::Failed { peer: "a".into(), attempts: both });
+        assert_eq!(f.selector.breaker_state("a", TransportKind::Tcp), BreakerState::Closed);
     }
 
     #[tokio::test]
