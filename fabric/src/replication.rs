@@ -176,7 +176,8 @@ impl Replicator {
             tokio::spawn(async move {
                 let result = client.put_encoded(&target, payload).await;
                 if let Err(error) = &result {
-                    tracing::warn!(node = %target.node, chunk = %chunk_id, %error, "replica put failed");
+                    let node = &target.node;
+                    tracing::warn!(%node, chunk = %chunk_id, %error, "replica put failed");
                 }
                 // The receiver is gone once the write returned; a straggler's result is
                 // then only logged.
