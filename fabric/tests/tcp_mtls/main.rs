@@ -10,6 +10,7 @@
 //! - the pool: many requests multiplexed on one connection, `max_per_endpoint`, the idle
 //!   timeout, lost connections, request timeouts, a graceful shutdown.
 
+mod cluster;
 mod support;
 
 use std::sync::Arc;
