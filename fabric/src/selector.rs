@@ -144,6 +144,9 @@ impl FabricSelector {
             if !self.admit(&peer.node, kind, op.is_idempotent()) {
                 continue;
             }
+            if let Some((failed, _)) = attempts.last() {
+                self.metrics_of(*failed).fallback();
+            }
             let later = index + 1 < kinds.len();
             let this_request = match (later, request.as_ref()) {
                 (true, Some(request)) => request.clone(),
@@ -169,9 +172,6 @@ impl FabricSelector {
                 });
             }
             attempts.push((kind, error));
-            if later {
-                metrics.fallback();
-            }
         }
         if attempts.is_empty() {
             return Err(SelectorError::CircuitOpen { peer: peer.node.clone() });
@@ -631,6 +631,24 @@ mod tests {
         let kinds: Vec<TransportKind> = attempts.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(kinds, [TransportKind::Rdma, TransportKind::Tcp]);
         assert!(error.to_string().contains("over rdma") && error.to_string().contains("over tcp"));
+    }
+
+    #[tokio::test]
+    async fn a_fallback_is_counted_only_when_the_other_transport_is_tried() {
+        let f = fixture();
+        let a = endpoint("a");
+        f.rdma.fail("a", Fault::Refuse(TransportError::Busy { peer: "a".into() }));
+        f.tcp.fail("a", Fault::Refuse(connect_refused("a")));
+        for _ in 0..2 {
+            f.selector.call(&a, ping()).await.unwrap_err();
+        }
+        assert_eq!(f.selector.breaker_state("a", TransportKind::Tcp), BreakerState::Open);
+        let error = f.selector.call(&a, ping()).await.unwrap_err();
+        let SelectorError::Failed { attempts, .. } = &error else { panic!("{error:?}") };
+        assert_eq!(attempts.len(), 1, "TCP refused by its breaker: {error}");
+        let metrics = f.selector.metrics();
+        assert_eq!(metrics.rdma.unwrap().fallbacks, 2);
+        assert_eq!((metrics.tcp.requests, metrics.tcp.refused_by_breaker), (2, 1));
     }
 
     #[tokio::test]
