@@ -111,3 +111,7 @@ pub const RDMA_MESSAGE_MAX_BYTES: u32 = (4 << 20) + (64 << 10);
 
 /// A request over RDMA without its response for this long fails: as over TCP.
 pub const RDMA_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// Queue pairs a node serves at once: each pins two registered buffers (8.1 MiB), so 256
+/// bound that at about 2 GiB of pinned memory, and each has one serving task.
+pub const RDMA_RESPONDERS_MAX: usize = 256;

@@ -16,14 +16,19 @@
 //!   receive buffers of `message_max_bytes`), moved RESET -> INIT -> RTR -> RTS with the
 //!   peer's record; a request is one SEND of its frame (header and payload) and its
 //!   response one RECV into the posted receive buffer.
+//! - the node side: [`acceptor`] opens the device; [`RdmaAcceptor::accept`] takes a
+//!   caller's record (received over TCP+mTLS, so the caller is already authenticated),
+//!   connects a queue pair to it, posts a receive and returns our record with an
+//!   [`RdmaResponder`], which answers each request frame through the same [`Handler`] the
+//!   TCP server uses.
 //!
 //! What it does not do: tunnel. The setup channel carries the fixed 48-byte record and
 //! nothing else; every request byte of the RDMA transport goes through `ibv_post_send`.
 //! When RDMA cannot carry a request (no device, a message over its limit, a failed queue
 //! pair), the transport fails and the selector decides, in the open, whether TCP carries
-//! it, counted under TCP. Also not here yet: the responder side (a node posting receives
-//! and answering frames on its queue pairs) and the setup op on the TCP server; see
-//! [`RdmaSetupChannel`].
+//! it, counted under TCP. Not wired yet: the setup op itself (a chunk-service op carrying
+//! the record, whose handler calls [`RdmaAcceptor::accept`] and spawns the responder, and
+//! an [`RdmaSetupChannel`] sending it); until then no two nodes connect over RDMA.
 //!
 //! Invariants:
 //! - a queue pair is destroyed before the memory regions and completion queue it uses, and
@@ -37,6 +42,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiseki_proto::FRAME_HEADER_BYTES;
+
+use crate::connection::{Handler, Peer};
 use crate::constants::{RDMA_MESSAGE_MAX_BYTES, RDMA_REQUEST_TIMEOUT_DEFAULT};
 use crate::transport::{BoxFuture, Endpoint, Transport, TransportError};
 
@@ -122,10 +130,7 @@ pub fn open(
     config: RdmaConfig,
     setup: Arc<dyn RdmaSetupChannel>,
 ) -> Result<Arc<dyn Transport>, TransportError> {
-    if config.message_max_bytes == 0 || config.message_max_bytes > RDMA_MESSAGE_MAX_BYTES {
-        let reason = format!("message_max_bytes must be 1 to {RDMA_MESSAGE_MAX_BYTES}");
-        return Err(TransportError::Unavailable { reason });
-    }
+    check_config(&config)?;
     #[cfg(feature = "rdma")]
     {
         let transport: Arc<dyn Transport> = Arc::new(verbs::RdmaTransport::open(config, setup)?);
@@ -136,6 +141,108 @@ pub fn open(
         let _ = setup;
         Err(TransportError::Unavailable { reason: NOT_COMPILED_IN_REASON.to_owned() })
     }
+}
+
+/// The node side of RDMA: accepts queue pairs from authenticated callers. Shut it down to
+/// make every responder return.
+#[derive(Debug)]
+pub struct RdmaAcceptor {
+    #[cfg(feature = "rdma")]
+    inner: verbs::Acceptor,
+    #[cfg(not(feature = "rdma"))]
+    never: std::convert::Infallible,
+}
+
+/// One accepted queue pair; [`RdmaResponder::serve`] answers its requests.
+#[derive(Debug)]
+pub struct RdmaResponder {
+    #[cfg(feature = "rdma")]
+    inner: verbs::Responder,
+    #[cfg(not(feature = "rdma"))]
+    never: std::convert::Infallible,
+}
+
+/// Opens the configured device for accepting queue pairs; fails as [`open`] does.
+pub fn acceptor(config: RdmaConfig) -> Result<RdmaAcceptor, TransportError> {
+    check_config(&config)?;
+    #[cfg(feature = "rdma")]
+    {
+        Ok(RdmaAcceptor { inner: verbs::Acceptor::open(config)? })
+    }
+    #[cfg(not(feature = "rdma"))]
+    {
+        Err(TransportError::Unavailable { reason: NOT_COMPILED_IN_REASON.to_owned() })
+    }
+}
+
+impl RdmaAcceptor {
+    /// Connects a queue pair to the caller whose encoded [`QpEndpointInfo`] is
+    /// `remote_record` (received over TCP+mTLS from `peer`). Returns our record, to send
+    /// back on that channel, and the responder to run (in its own task). Refuses a
+    /// malformed record, and more than `RDMA_RESPONDERS_MAX` queue pairs at once (`Busy`).
+    pub fn accept(
+        &self,
+        peer: Peer,
+        remote_record: &[u8],
+    ) -> Result<([u8; QP_ENDPOINT_INFO_BYTES], RdmaResponder), TransportError> {
+        #[cfg(feature = "rdma")]
+        {
+            let remote = QpEndpointInfo::decode(remote_record).map_err(|error| {
+                TransportError::Protocol { peer: peer_label(&peer), reason: error.to_string() }
+            })?;
+            let (local, inner) = self.inner.accept(peer, &remote)?;
+            Ok((local.encode(), RdmaResponder { inner }))
+        }
+        #[cfg(not(feature = "rdma"))]
+        {
+            let _ = (peer, remote_record);
+            match self.never {}
+        }
+    }
+
+    /// Makes every responder of this acceptor return within a wake interval.
+    pub fn shutdown(&self) {
+        #[cfg(feature = "rdma")]
+        self.inner.shutdown();
+        #[cfg(not(feature = "rdma"))]
+        match self.never {}
+    }
+}
+
+impl RdmaResponder {
+    /// Answers requests, one at a time, through `handler` until the acceptor shuts down
+    /// (`Ok`), the queue pair fails, or the caller sends something that is not a request
+    /// frame (`Err`). The queue pair is destroyed when this returns.
+    pub async fn serve<H: Handler + ?Sized>(self, handler: &H) -> Result<(), TransportError> {
+        #[cfg(feature = "rdma")]
+        {
+            self.inner.serve(handler).await
+        }
+        #[cfg(not(feature = "rdma"))]
+        {
+            let _ = handler;
+            match self.never {}
+        }
+    }
+}
+
+fn check_config(config: &RdmaConfig) -> Result<(), TransportError> {
+    if config.message_max_bytes <= FRAME_HEADER_BYTES as u32
+        || config.message_max_bytes > RDMA_MESSAGE_MAX_BYTES
+    {
+        let reason = format!(
+            "message_max_bytes must be over the {FRAME_HEADER_BYTES}-byte frame header and at \
+             most {RDMA_MESSAGE_MAX_BYTES}"
+        );
+        return Err(TransportError::Unavailable { reason });
+    }
+    Ok(())
+}
+
+/// How errors name a peer that connected to us.
+#[cfg(feature = "rdma")]
+fn peer_label(peer: &Peer) -> String {
+    peer.addr.map_or_else(|| String::from("rdma peer"), |addr| addr.to_string())
 }
 
 /// The record two peers exchange to connect an RC queue pair.
@@ -341,6 +448,8 @@ mod tests {
         assert!(error.to_string().contains("not compiled in"), "{error}");
         let error = open(RdmaConfig::default(), Arc::new(NoSetup)).unwrap_err();
         assert_eq!(error, TransportError::Unavailable { reason: NOT_COMPILED_IN_REASON.into() });
+        let error = acceptor(RdmaConfig::default()).unwrap_err();
+        assert_eq!(error, TransportError::Unavailable { reason: NOT_COMPILED_IN_REASON.into() });
     }
 
     #[cfg(feature = "rdma")]
@@ -354,6 +463,9 @@ mod tests {
         let TransportError::Unavailable { reason } = &error else { panic!("{error:?}") };
         assert!(reason.starts_with(NO_DEVICE_REASON), "{reason}");
         let error = open(RdmaConfig::default(), Arc::new(NoSetup)).unwrap_err();
+        let TransportError::Unavailable { reason } = &error else { panic!("{error:?}") };
+        assert!(reason.starts_with(NO_DEVICE_REASON), "{reason}");
+        let error = acceptor(RdmaConfig::default()).unwrap_err();
         let TransportError::Unavailable { reason } = &error else { panic!("{error:?}") };
         assert!(reason.starts_with(NO_DEVICE_REASON), "{reason}");
     }
@@ -376,9 +488,11 @@ mod tests {
 
     #[test]
     fn a_message_limit_out_of_bounds_is_refused() {
-        for message_max_bytes in [0, RDMA_MESSAGE_MAX_BYTES + 1] {
+        for message_max_bytes in [0, FRAME_HEADER_BYTES as u32, RDMA_MESSAGE_MAX_BYTES + 1] {
             let config = RdmaConfig { message_max_bytes, ..RdmaConfig::default() };
-            let error = open(config, Arc::new(NoSetup)).unwrap_err();
+            let error = open(config.clone(), Arc::new(NoSetup)).unwrap_err();
+            assert!(error.to_string().contains("message_max_bytes"), "{error}");
+            let error = acceptor(config).unwrap_err();
             assert!(error.to_string().contains("message_max_bytes"), "{error}");
         }
     }

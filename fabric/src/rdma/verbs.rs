@@ -8,7 +8,16 @@
 //!
 //! Threads: libibverbs is thread-safe (rdma-core documents its verbs as callable from any
 //! thread), so the wrappers are `Send`/`Sync`; a queue pair is still used by one request at
-//! a time (a `tokio::sync::Mutex` per connection) because its buffers are reused.
+//! a time (a `tokio::sync::Mutex` per connection on the requester, one serving task on the
+//! responder) because its buffers are reused.
+//!
+//! Waiting: completions are awaited on a blocking thread, never on a runtime worker: poll
+//! the completion queue, arm it (`ibv_req_notify_cq`), poll again (closing the race), then
+//! sleep in `poll(2)` on the completion channel's descriptor for at most
+//! [`WAKE_INTERVAL`], so an idle queue pair costs no CPU and a shutdown is seen promptly.
+//! A responder holds its blocking thread while it waits for the next request (at most
+//! `RDMA_RESPONDERS_MAX` of them); registering the channel's descriptor with the runtime
+//! would free those threads and is the next step once this runs on real hardware.
 //!
 //! This compiles and links here but has never run: these machines have no RDMA device.
 
@@ -18,23 +27,28 @@ use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::os::raw::c_int;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use kiseki_proto::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
+use kiseki_proto::{FRAME_HEADER_BYTES, FrameHeader, FrameKind, Op, Status};
 use rdma_sys::{
-    ___ibv_query_port, ibv_access_flags, ibv_alloc_pd, ibv_close_device, ibv_context, ibv_cq,
-    ibv_create_cq, ibv_create_qp, ibv_dealloc_pd, ibv_dereg_mr, ibv_destroy_cq, ibv_destroy_qp,
-    ibv_device, ibv_free_device_list, ibv_get_device_guid, ibv_get_device_list,
+    ___ibv_query_port, ibv_access_flags, ibv_ack_cq_events, ibv_alloc_pd, ibv_close_device,
+    ibv_comp_channel, ibv_context, ibv_cq, ibv_create_comp_channel, ibv_create_cq, ibv_create_qp,
+    ibv_dealloc_pd, ibv_dereg_mr, ibv_destroy_comp_channel, ibv_destroy_cq, ibv_destroy_qp,
+    ibv_device, ibv_free_device_list, ibv_get_cq_event, ibv_get_device_guid, ibv_get_device_list,
     ibv_get_device_name, ibv_gid, ibv_modify_qp, ibv_mr, ibv_open_device, ibv_pd, ibv_poll_cq,
     ibv_port_attr, ibv_port_state, ibv_post_recv, ibv_post_send, ibv_qp, ibv_qp_attr,
     ibv_qp_attr_mask, ibv_qp_cap, ibv_qp_init_attr, ibv_qp_state, ibv_qp_type, ibv_query_gid,
-    ibv_recv_wr, ibv_reg_mr, ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wc, ibv_wc_status,
-    ibv_wr_opcode,
+    ibv_recv_wr, ibv_reg_mr, ibv_req_notify_cq, ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wc,
+    ibv_wc_status, ibv_wr_opcode,
 };
 
-use super::{NO_DEVICE_REASON, QpEndpointInfo, RdmaConfig, RdmaDevice, RdmaSetupChannel};
-use crate::constants::SELECTOR_PEERS_MAX;
+use super::{
+    NO_DEVICE_REASON, QpEndpointInfo, RdmaConfig, RdmaDevice, RdmaSetupChannel, peer_label,
+};
+use crate::connection::{Handler, Peer};
+use crate::constants::{RDMA_RESPONDERS_MAX, SELECTOR_PEERS_MAX};
 use crate::transport::{
     BoxFuture, Endpoint, FabricRequest, FabricResponse, Transport, TransportError, TransportKind,
 };
@@ -50,6 +64,8 @@ const RETRY_COUNT: u8 = 7;
 const RNR_RETRY: u8 = 7;
 /// 12 = 0.64 ms the responder asks us to wait when it has no receive posted.
 const MIN_RNR_TIMER: u8 = 12;
+/// Longest sleep between checks of a deadline or a shutdown while waiting for completions.
+const WAKE_INTERVAL: Duration = Duration::from_millis(100);
 
 pub(super) fn discover() -> Result<Vec<RdmaDevice>, TransportError> {
     let list = DeviceList::new()?;
@@ -91,15 +107,21 @@ struct PortInfo {
     gid: [u8; 16],
 }
 
+impl Verbs {
+    fn open(config: RdmaConfig) -> Result<Arc<Verbs>, TransportError> {
+        let device = DeviceContext::open(config.device.as_deref())?;
+        let port = device.port_info(config.port_num, config.gid_index)?;
+        let pd = ProtectionDomain::alloc(&device)?;
+        Ok(Arc::new(Verbs { device, pd, port, config }))
+    }
+}
+
 impl RdmaTransport {
     pub(super) fn open(
         config: RdmaConfig,
         setup: Arc<dyn RdmaSetupChannel>,
     ) -> Result<RdmaTransport, TransportError> {
-        let device = DeviceContext::open(config.device.as_deref())?;
-        let port = device.port_info(config.port_num, config.gid_index)?;
-        let pd = ProtectionDomain::alloc(&device)?;
-        let verbs = Arc::new(Verbs { device, pd, port, config });
+        let verbs = Verbs::open(config)?;
         Ok(RdmaTransport { verbs, setup, connections: Mutex::new(HashMap::new()) })
     }
 
@@ -137,12 +159,12 @@ impl RdmaTransport {
         self.table().remove(node);
     }
 
-    fn table(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<QpConnection>>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, ConnectionTable> {
         self.connections.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+type ConnectionTable = HashMap<String, Arc<tokio::sync::Mutex<QpConnection>>>;
 
 impl Transport for RdmaTransport {
     fn kind(&self) -> TransportKind {
@@ -159,27 +181,154 @@ impl Transport for RdmaTransport {
             let mut connection = connection.lock_owned().await;
             let timeout = self.verbs.config.request_timeout;
             let node = peer.node.clone();
-            // Completions are polled on a blocking thread, never on a runtime worker.
             let result =
                 tokio::task::spawn_blocking(move || connection.round_trip(&node, request, timeout))
                     .await
-                    .unwrap_or_else(|error| {
-                        Err(TransportError::ConnectionLost {
-                            peer: peer.node.clone(),
-                            reason: format!("RDMA completion worker failed: {error}"),
-                        })
-                    });
+                    .unwrap_or_else(|error| Err(worker_failed(&peer.node, &error)));
             // A queue pair whose request failed may be in the error state or still own a
             // posted buffer: it is never reused.
-            if result
-                .as_ref()
-                .is_err_and(|error| !matches!(error, TransportError::Oversized { .. }))
-            {
+            let oversized = matches!(result, Err(TransportError::Oversized { .. }));
+            if result.is_err() && !oversized {
                 self.forget(&peer.node);
             }
             result
         })
     }
+}
+
+/// The node side: accepts queue pairs from peers whose setup record arrived over the
+/// TCP+mTLS channel (so the caller's identity is already verified), at most
+/// `RDMA_RESPONDERS_MAX` at once.
+#[derive(Debug)]
+pub(super) struct Acceptor {
+    verbs: Arc<Verbs>,
+    active: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+/// One accepted queue pair, serving the requests that arrive on it.
+#[derive(Debug)]
+pub(super) struct Responder {
+    connection: QpConnection,
+    peer: Peer,
+    stop: Arc<AtomicBool>,
+    request_timeout: Duration,
+    _slot: ActiveSlot,
+}
+
+/// Holds one of the acceptor's `RDMA_RESPONDERS_MAX` places; gives it back on drop.
+#[derive(Debug)]
+struct ActiveSlot(Arc<AtomicUsize>);
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Acceptor {
+    pub(super) fn open(config: RdmaConfig) -> Result<Acceptor, TransportError> {
+        let verbs = Verbs::open(config)?;
+        Ok(Acceptor {
+            verbs,
+            active: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Connects a queue pair to `remote` (RESET -> INIT -> RTR -> RTS) and posts its first
+    /// receive before returning our record, so the peer's first SEND finds a buffer.
+    pub(super) fn accept(
+        &self,
+        peer: Peer,
+        remote: &QpEndpointInfo,
+    ) -> Result<(QpEndpointInfo, Responder), TransportError> {
+        let name = peer_label(&peer);
+        if self.active.fetch_add(1, Ordering::AcqRel) >= RDMA_RESPONDERS_MAX {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(TransportError::Busy { peer: name });
+        }
+        let slot = ActiveSlot(self.active.clone());
+        let failed = |reason: String| TransportError::Connect {
+            peer: name.clone(),
+            reason: format!("RDMA: {reason}"),
+        };
+        let mut connection = QpConnection::create(&self.verbs).map_err(failed)?;
+        connection.connect(&self.verbs, remote).map_err(failed)?;
+        connection.post_recv().map_err(failed)?;
+        let local = connection.local_info(&self.verbs);
+        let responder = Responder {
+            connection,
+            peer,
+            stop: self.stop.clone(),
+            request_timeout: self.verbs.config.request_timeout,
+            _slot: slot,
+        };
+        Ok((local, responder))
+    }
+
+    /// Makes every responder return at its next wake.
+    pub(super) fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl Responder {
+    /// Serves requests one at a time until the acceptor shuts down (`Ok`) or the queue pair
+    /// fails or the peer sends something that is not a request frame (`Err`; the queue pair
+    /// is destroyed either way).
+    pub(super) async fn serve<H: Handler + ?Sized>(
+        self,
+        handler: &H,
+    ) -> Result<(), TransportError> {
+        let Responder { mut connection, peer, stop, request_timeout, _slot } = self;
+        let name = peer_label(&peer);
+        loop {
+            let (task_name, task_stop) = (name.clone(), stop.clone());
+            let (returned, received) = blocking(&name, move || {
+                let received = connection.wait_recv(&task_name, None, Some(&task_stop));
+                (connection, received)
+            })
+            .await?;
+            connection = returned;
+            let received_bytes = match received {
+                Ok(bytes) => bytes,
+                Err(TransportError::Closed) => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            let (request_id, request) = connection.decode_request(&name, received_bytes)?;
+            let op = request.op;
+            // The next request's buffer goes up before this one is answered.
+            connection.post_recv().map_err(|reason| lost(&name, reason))?;
+            let response = handler.handle(&peer, request).await;
+            let frame_len = connection.write_response(op, request_id, response);
+            let task_name = name.clone();
+            let deadline = Instant::now() + request_timeout;
+            let (returned, sent) = blocking(&name, move || {
+                let sent = connection.send(&task_name, frame_len, deadline);
+                (connection, sent)
+            })
+            .await?;
+            connection = returned;
+            sent?;
+        }
+    }
+}
+
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    node: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| worker_failed(node, &error))
+}
+
+fn worker_failed(node: &str, error: &tokio::task::JoinError) -> TransportError {
+    lost(node, format!("RDMA completion worker failed: {error}"))
+}
+
+fn lost(node: &str, reason: String) -> TransportError {
+    TransportError::ConnectionLost { peer: node.to_owned(), reason: format!("RDMA: {reason}") }
 }
 
 /// One peer's queue pair and its buffers. Field order is drop order: the queue pair goes
@@ -194,6 +343,9 @@ struct QpConnection {
     /// The largest SEND the peer's posted receive buffers take.
     remote_slot_bytes: u32,
     next_request_id: u64,
+    /// Completions polled but not yet consumed: the send finished; a receive of n bytes.
+    send_completed: bool,
+    received_bytes: Option<usize>,
 }
 
 impl QpConnection {
@@ -205,7 +357,17 @@ impl QpConnection {
         let recv = MemoryRegion::register(&verbs.pd, message_bytes)?;
         qp.to_init(verbs.config.port_num)?;
         let local_psn = (RandomState::new().hash_one(qp.number()) as u32) & 0x00ff_ffff;
-        Ok(QpConnection { qp, send, recv, cq, local_psn, remote_slot_bytes: 0, next_request_id: 0 })
+        Ok(QpConnection {
+            qp,
+            send,
+            recv,
+            cq,
+            local_psn,
+            remote_slot_bytes: 0,
+            next_request_id: 0,
+            send_completed: false,
+            received_bytes: None,
+        })
     }
 
     fn local_info(&self, verbs: &Verbs) -> QpEndpointInfo {
@@ -231,15 +393,15 @@ impl QpConnection {
         Ok(())
     }
 
-    /// One request: post the receive for its response, SEND its frame, wait for both
-    /// completions, decode the response frame.
+    /// The requester's side of one request: post the receive for its response, SEND its
+    /// frame, wait for both completions, decode the response frame.
     fn round_trip(
         &mut self,
         node: &str,
         request: FabricRequest,
         timeout: Duration,
     ) -> Result<FabricResponse, TransportError> {
-        let limit = self.send.len().min(self.remote_slot_bytes as usize);
+        let limit = self.message_limit();
         let frame_len = FRAME_HEADER_BYTES + request.payload.len();
         if frame_len > limit {
             return Err(TransportError::Oversized {
@@ -257,9 +419,96 @@ impl QpConnection {
             reason: format!("{node}: RDMA: {reason}"),
         };
         self.post_recv().map_err(not_sent)?;
-        self.post_send(frame_len).map_err(not_sent)?;
-        let received_bytes = self.wait_for_completions(node, Instant::now() + timeout)?;
+        let deadline = Instant::now() + timeout;
+        self.send(node, frame_len, deadline)?;
+        let received_bytes = self.wait_recv(node, Some(deadline), None)?;
         self.decode_response(node, &request, request_id, received_bytes)
+    }
+
+    /// The largest frame both ends' buffers take.
+    fn message_limit(&self) -> usize {
+        self.send.len().min(self.remote_slot_bytes as usize)
+    }
+
+    /// SENDs the first `frame_len` bytes of the send buffer and waits for its completion.
+    fn send(
+        &mut self,
+        node: &str,
+        frame_len: usize,
+        deadline: Instant,
+    ) -> Result<(), TransportError> {
+        self.post_send(frame_len).map_err(|reason| TransportError::Unavailable {
+            reason: format!("{node}: RDMA: {reason}"),
+        })?;
+        self.wait(node, Some(deadline), None, |connection| {
+            std::mem::take(&mut connection.send_completed).then_some(())
+        })
+    }
+
+    /// Waits for the posted receive to complete; returns its byte count.
+    fn wait_recv(
+        &mut self,
+        node: &str,
+        deadline: Option<Instant>,
+        stop: Option<&AtomicBool>,
+    ) -> Result<usize, TransportError> {
+        self.wait(node, deadline, stop, |connection| connection.received_bytes.take())
+    }
+
+    /// Polls, arms and sleeps on the completion channel until `done` yields a value, the
+    /// deadline passes (`Timeout`) or `stop` is set (`Closed`).
+    fn wait<T>(
+        &mut self,
+        node: &str,
+        deadline: Option<Instant>,
+        stop: Option<&AtomicBool>,
+        mut done: impl FnMut(&mut QpConnection) -> Option<T>,
+    ) -> Result<T, TransportError> {
+        loop {
+            self.drain().map_err(|reason| lost(node, reason))?;
+            if let Some(value) = done(self) {
+                return Ok(value);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return Err(TransportError::Timeout { peer: node.to_owned() });
+            }
+            if stop.is_some_and(|stop| stop.load(Ordering::Acquire)) {
+                return Err(TransportError::Closed);
+            }
+            self.cq.arm().map_err(|reason| lost(node, reason))?;
+            self.drain().map_err(|reason| lost(node, reason))?;
+            if let Some(value) = done(self) {
+                return Ok(value);
+            }
+            let sleep = deadline.map_or(WAKE_INTERVAL, |deadline| {
+                deadline.saturating_duration_since(now).min(WAKE_INTERVAL)
+            });
+            self.cq.sleep(sleep).map_err(|reason| lost(node, reason))?;
+        }
+    }
+
+    /// Moves every polled completion into `send_completed` / `received_bytes`.
+    fn drain(&mut self) -> Result<(), String> {
+        loop {
+            // SAFETY: `ibv_wc` is a C struct of integers and a union of integers; all zeros
+            // is valid, and only the entries `ibv_poll_cq` filled are read.
+            let mut completions: [ibv_wc; 2] = unsafe { std::mem::zeroed() };
+            let polled = self.cq.poll(&mut completions)?;
+            for completion in &completions[..polled] {
+                if completion.status != ibv_wc_status::IBV_WC_SUCCESS {
+                    return Err(format!("work completion status {}", completion.status));
+                }
+                match completion.wr_id {
+                    SEND_WR_ID => self.send_completed = true,
+                    RECV_WR_ID => self.received_bytes = Some(completion.byte_len as usize),
+                    other => return Err(format!("unexpected work request id {other}")),
+                }
+            }
+            if polled < completions.len() {
+                return Ok(());
+            }
+        }
     }
 
     fn post_recv(&mut self) -> Result<(), String> {
@@ -273,7 +522,7 @@ impl QpConnection {
         let mut bad: *mut ibv_recv_wr = ptr::null_mut();
         // SAFETY: the queue pair is live; `wr` and `sge` outlive the call (the provider copies
         // them into its queue); the buffer they name is registered, owned by this connection
-        // and not touched by us until its completion is polled (one request at a time).
+        // and not read by us until its completion is polled (one request at a time).
         let rc = unsafe { ibv_post_recv(self.qp.qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(format!("ibv_post_recv failed: {}", io::Error::from_raw_os_error(rc)));
@@ -302,44 +551,24 @@ impl QpConnection {
         Ok(())
     }
 
-    /// Polls until the send and the receive completed; returns the received byte count.
-    fn wait_for_completions(
-        &mut self,
+    /// The frame in the receive buffer, checked as a header and a length.
+    fn received_frame(
+        &self,
         node: &str,
-        deadline: Instant,
-    ) -> Result<usize, TransportError> {
-        let lost = |reason: String| TransportError::ConnectionLost {
-            peer: node.to_owned(),
-            reason: format!("RDMA: {reason}"),
-        };
-        let (mut sent, mut received) = (false, None);
-        while !sent || received.is_none() {
-            if Instant::now() >= deadline {
-                return Err(TransportError::Timeout { peer: node.to_owned() });
-            }
-            // SAFETY: `ibv_wc` is a C struct of integers and a union of integers; all zeros
-            // is valid, and the array is only read where `ibv_poll_cq` filled it.
-            let mut completions: [ibv_wc; 2] = unsafe { std::mem::zeroed() };
-            // SAFETY: the completion queue is live and `completions` has room for 2 entries.
-            let polled = unsafe { ibv_poll_cq(self.cq.cq, 2, completions.as_mut_ptr()) };
-            if polled < 0 {
-                return Err(lost(format!("ibv_poll_cq failed ({polled})")));
-            }
-            for completion in &completions[..polled as usize] {
-                if completion.status != ibv_wc_status::IBV_WC_SUCCESS {
-                    return Err(lost(format!("work completion status {}", completion.status)));
-                }
-                match completion.wr_id {
-                    SEND_WR_ID => sent = true,
-                    RECV_WR_ID => received = Some(completion.byte_len as usize),
-                    other => return Err(lost(format!("unexpected work request id {other}"))),
-                }
-            }
-            if polled == 0 {
-                std::thread::yield_now();
-            }
+        received_bytes: usize,
+    ) -> Result<(FrameHeader, &[u8]), TransportError> {
+        let protocol = |reason: String| TransportError::Protocol { peer: node.to_owned(), reason };
+        let bytes = self.recv.bytes().get(..received_bytes).ok_or_else(|| {
+            protocol(format!("{received_bytes} bytes received into a smaller buffer"))
+        })?;
+        let payload_max = (self.recv.len() - FRAME_HEADER_BYTES) as u32;
+        let header = FrameHeader::decode(bytes, payload_max)
+            .map_err(|error| protocol(format!("bad frame header: {error}")))?;
+        let end = FRAME_HEADER_BYTES + header.payload_len_bytes as usize;
+        if end != received_bytes {
+            return Err(protocol(format!("frame of {end} bytes in a {received_bytes}-byte SEND")));
         }
-        Ok(received.expect("loop ends with a receive"))
+        Ok((header, &bytes[FRAME_HEADER_BYTES..]))
     }
 
     fn decode_response(
@@ -349,27 +578,46 @@ impl QpConnection {
         request_id: u64,
         received_bytes: usize,
     ) -> Result<FabricResponse, TransportError> {
+        let (header, payload) = self.received_frame(node, received_bytes)?;
         let protocol = |reason: String| TransportError::Protocol { peer: node.to_owned(), reason };
-        let bytes = self.recv.bytes().get(..received_bytes).ok_or_else(|| {
-            protocol(format!("{received_bytes} bytes received into a smaller buffer"))
-        })?;
-        let payload_max = (self.recv.len() - FRAME_HEADER_BYTES) as u32;
-        let header = FrameHeader::decode(bytes, payload_max)
-            .map_err(|error| protocol(format!("bad response header: {error}")))?;
         if header.kind != FrameKind::Response || header.request_id != request_id {
             return Err(protocol("a frame that is not the response to the request".into()));
         }
         if header.op != request.op {
             return Err(protocol(format!("response for {:?} to {:?}", header.op, request.op)));
         }
-        let end = FRAME_HEADER_BYTES + header.payload_len_bytes as usize;
-        if end != received_bytes {
-            return Err(protocol(format!("frame of {end} bytes in a {received_bytes}-byte SEND")));
+        Ok(FabricResponse { status: header.status, payload: payload.to_vec() })
+    }
+
+    fn decode_request(
+        &self,
+        node: &str,
+        received_bytes: usize,
+    ) -> Result<(u64, FabricRequest), TransportError> {
+        let (header, payload) = self.received_frame(node, received_bytes)?;
+        if header.kind != FrameKind::Request {
+            let reason = String::from("a response where a request was expected");
+            return Err(TransportError::Protocol { peer: node.to_owned(), reason });
         }
-        Ok(FabricResponse {
-            status: header.status,
-            payload: bytes[FRAME_HEADER_BYTES..end].to_vec(),
-        })
+        let request = FabricRequest { op: header.op, payload: payload.to_vec() };
+        Ok((header.request_id, request))
+    }
+
+    /// Writes the response frame into the send buffer; returns its length. A response over
+    /// the peer's receive buffer is replaced by an `Internal` status saying so.
+    fn write_response(&mut self, op: Op, request_id: u64, response: FabricResponse) -> usize {
+        let limit = self.message_limit();
+        let (status, payload) = if FRAME_HEADER_BYTES + response.payload.len() <= limit {
+            (response.status, response.payload)
+        } else {
+            (Status::Internal, b"response over the RDMA message limit".to_vec())
+        };
+        let header = FrameHeader::response(op, request_id, status, payload.len() as u32);
+        let frame_len = FRAME_HEADER_BYTES + payload.len();
+        let buffer = self.send.bytes_mut();
+        buffer[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode());
+        buffer[FRAME_HEADER_BYTES..frame_len].copy_from_slice(&payload);
+        frame_len
     }
 }
 
@@ -521,36 +769,99 @@ impl Drop for ProtectionDomain {
     }
 }
 
+/// A completion queue with its own completion channel, so a waiter can sleep on the
+/// channel's descriptor instead of spinning.
 #[derive(Debug)]
 struct CompletionQueue {
     cq: *mut ibv_cq,
+    channel: *mut ibv_comp_channel,
     _device: Arc<DeviceContext>,
 }
 
-// SAFETY: a completion queue may be polled from any thread; each is polled by the one
-// request that holds its connection's lock, and destroyed once in `Drop`.
+// SAFETY: a completion queue and its channel may be used from any thread; each is polled by
+// the one request or responder that owns its connection, and destroyed once in `Drop`.
 unsafe impl Send for CompletionQueue {}
 // SAFETY: as above: shared references never poll concurrently (the connection lock).
 unsafe impl Sync for CompletionQueue {}
 
 impl CompletionQueue {
     fn create(device: &Arc<DeviceContext>) -> Result<Arc<CompletionQueue>, String> {
-        // SAFETY: the context is live; no completion channel or context pointer is passed.
-        let cq = unsafe {
-            ibv_create_cq(device.context, CQ_ENTRIES, ptr::null_mut(), ptr::null_mut(), 0)
-        };
-        if cq.is_null() {
-            return Err(format!("ibv_create_cq failed: {}", io::Error::last_os_error()));
+        // SAFETY: the context is live (held by the returned queue).
+        let channel = unsafe { ibv_create_comp_channel(device.context) };
+        if channel.is_null() {
+            return Err(format!("ibv_create_comp_channel failed: {}", io::Error::last_os_error()));
         }
-        Ok(Arc::new(CompletionQueue { cq, _device: device.clone() }))
+        // SAFETY: the context and channel are live; no per-queue context pointer is passed.
+        let cq = unsafe { ibv_create_cq(device.context, CQ_ENTRIES, ptr::null_mut(), channel, 0) };
+        if cq.is_null() {
+            let error = io::Error::last_os_error();
+            // SAFETY: created above, used by no queue, destroyed once.
+            unsafe { ibv_destroy_comp_channel(channel) };
+            return Err(format!("ibv_create_cq failed: {error}"));
+        }
+        Ok(Arc::new(CompletionQueue { cq, channel, _device: device.clone() }))
+    }
+
+    /// Polls up to `completions.len()` entries; returns how many were filled.
+    fn poll(&self, completions: &mut [ibv_wc]) -> Result<usize, String> {
+        let room = c_int::try_from(completions.len()).unwrap_or(c_int::MAX);
+        // SAFETY: the queue is live and `completions` has room for `room` entries.
+        let polled = unsafe { ibv_poll_cq(self.cq, room, completions.as_mut_ptr()) };
+        usize::try_from(polled).map_err(|_| format!("ibv_poll_cq failed ({polled})"))
+    }
+
+    /// Asks for an event on the channel at the next completion.
+    fn arm(&self) -> Result<(), String> {
+        // SAFETY: the queue is live.
+        let rc = unsafe { ibv_req_notify_cq(self.cq, 0) };
+        if rc != 0 {
+            return Err(format!("ibv_req_notify_cq failed: {}", io::Error::from_raw_os_error(rc)));
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the channel has an event (consumed and acknowledged) or `timeout`.
+    fn sleep(&self, timeout: Duration) -> Result<(), String> {
+        // SAFETY: the channel is live; `fd` is a plain field.
+        let fd = unsafe { (*self.channel).fd };
+        let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+        // SAFETY: one valid `pollfd` for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(format!("poll on the completion channel failed: {error}"));
+        }
+        if ready == 0 {
+            return Ok(());
+        }
+        let mut cq: *mut ibv_cq = ptr::null_mut();
+        let mut context: *mut std::ffi::c_void = ptr::null_mut();
+        // SAFETY: the channel is live and readable, so this does not block; the out-pointers
+        // are valid.
+        let rc = unsafe { ibv_get_cq_event(self.channel, &mut cq, &mut context) };
+        if rc != 0 {
+            return Err(format!("ibv_get_cq_event failed: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: `cq` is the queue the event came from (this channel serves only ours); each
+        // event is acknowledged once, before the queue can be destroyed.
+        unsafe { ibv_ack_cq_events(cq, 1) };
+        Ok(())
     }
 }
 
 impl Drop for CompletionQueue {
     fn drop(&mut self) {
         // SAFETY: created by `ibv_create_cq`, destroyed once, after every queue pair using it
-        // (each holds an `Arc` of it).
-        unsafe { ibv_destroy_cq(self.cq) };
+        // (each holds an `Arc` of it) and with every event acknowledged; then its channel,
+        // which no other queue uses.
+        unsafe {
+            ibv_destroy_cq(self.cq);
+            ibv_destroy_comp_channel(self.channel);
+        }
     }
 }
 
