@@ -26,9 +26,11 @@
 //! nothing else; every request byte of the RDMA transport goes through `ibv_post_send`.
 //! When RDMA cannot carry a request (no device, a message over its limit, a failed queue
 //! pair), the transport fails and the selector decides, in the open, whether TCP carries
-//! it, counted under TCP. Not wired yet: the setup op itself (a chunk-service op carrying
-//! the record, whose handler calls [`RdmaAcceptor::accept`] and spawns the responder, and
-//! an [`RdmaSetupChannel`] sending it); until then no two nodes connect over RDMA.
+//! it, counted under TCP.
+//! - the setup op: [`TcpSetupChannel`] sends our record as an `Op::RdmaSetup` request over
+//!   the TCP transport; the chunk service answers with the node's record after
+//!   [`RdmaAcceptor::accept`] (see `service.rs`), or `Unavailable` with the reason when the
+//!   node has no RDMA, and the channel then records the peer as TCP-only in the selector.
 //!
 //! Invariants:
 //! - a queue pair is destroyed before the memory regions and completion queue it uses, and
@@ -39,14 +41,17 @@
 //! - every decoded record is checked field by field before it touches a queue pair.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use kiseki_proto::FRAME_HEADER_BYTES;
+use kiseki_proto::{FRAME_HEADER_BYTES, Op, Status, decode_error_message};
 
 use crate::connection::{Handler, Peer};
 use crate::constants::{RDMA_MESSAGE_MAX_BYTES, RDMA_REQUEST_TIMEOUT_DEFAULT};
-use crate::transport::{BoxFuture, Endpoint, Transport, TransportError};
+use crate::selector::FabricSelector;
+use crate::transport::{
+    BoxFuture, Endpoint, FabricRequest, Transport, TransportError, TransportKind,
+};
 
 #[cfg(feature = "rdma")]
 mod verbs;
@@ -99,15 +104,102 @@ impl Default for RdmaConfig {
 
 /// Exchanges queue-pair records with a peer over the authenticated TCP+mTLS channel: sends
 /// ours, returns the peer's. The node side answers by creating its own queue pair for the
-/// caller, posting receives, and returning its record. Implemented by the TCP side (a
-/// setup op of the chunk service); until that lands nothing implements it outside tests,
-/// so an RDMA transport cannot connect to a peer yet.
+/// caller, posting receives, and returning its record. [`TcpSetupChannel`] is the real one.
 pub trait RdmaSetupChannel: Send + Sync + fmt::Debug {
     fn exchange<'a>(
         &'a self,
         peer: &'a Endpoint,
         local: QpEndpointInfo,
     ) -> BoxFuture<'a, Result<QpEndpointInfo, TransportError>>;
+}
+
+/// The setup channel over the TCP+mTLS transport: an `Op::RdmaSetup` request carrying our
+/// record, answered by the peer's chunk service.
+///
+/// What the answer teaches is recorded in the selector given to
+/// [`TcpSetupChannel::report_to`]: a record means the peer offers RDMA; `Unavailable` (no
+/// device, or not compiled in there) or `Denied` means it does not, so it is not tried
+/// again. A node marks a peer as an RDMA candidate (`set_peer_rdma(node, true)`) from its
+/// cluster map; the first RDMA request then runs this setup, and a peer that turns out
+/// TCP-only is corrected here while the selector falls back to TCP for that request.
+/// Transport failures (the peer unreachable) record nothing: the breakers handle those.
+#[derive(Debug)]
+pub struct TcpSetupChannel {
+    tcp: Arc<dyn Transport>,
+    /// Weak: the selector owns the RDMA transport, which owns this channel.
+    selector: OnceLock<Weak<FabricSelector>>,
+}
+
+impl TcpSetupChannel {
+    /// A channel over `tcp`, which must be the TCP transport.
+    pub fn new(tcp: Arc<dyn Transport>) -> TcpSetupChannel {
+        assert_eq!(tcp.kind(), TransportKind::Tcp, "RDMA setup travels over TCP+mTLS only");
+        TcpSetupChannel { tcp, selector: OnceLock::new() }
+    }
+
+    /// Records each peer's answer in `selector` from now on (set once; later calls are
+    /// ignored).
+    pub fn report_to(&self, selector: &Arc<FabricSelector>) {
+        let _ = self.selector.set(Arc::downgrade(selector));
+    }
+
+    fn record_peer_rdma(&self, node: &str, offers_rdma: bool) {
+        if let Some(selector) = self.selector.get().and_then(Weak::upgrade) {
+            selector.set_peer_rdma(node, offers_rdma);
+        }
+    }
+
+    async fn exchange_over_tcp(
+        &self,
+        peer: &Endpoint,
+        local: QpEndpointInfo,
+    ) -> Result<QpEndpointInfo, TransportError> {
+        let request = FabricRequest { op: Op::RdmaSetup, payload: local.encode().to_vec() };
+        let response = self.tcp.call(peer, request).await?;
+        let node = &peer.node;
+        let message = || decode_error_message(&response.payload).unwrap_or("").to_owned();
+        match response.status {
+            Status::Ok => {
+                let remote = QpEndpointInfo::decode(&response.payload).map_err(|error| {
+                    TransportError::Protocol { peer: node.clone(), reason: error.to_string() }
+                })?;
+                self.record_peer_rdma(node, true);
+                Ok(remote)
+            }
+            Status::Unavailable => {
+                self.record_peer_rdma(node, false);
+                Err(TransportError::Unavailable {
+                    reason: format!("{node} offers no RDMA: {}", message()),
+                })
+            }
+            Status::Denied => {
+                self.record_peer_rdma(node, false);
+                let reason = format!("RDMA setup refused: {}", message());
+                Err(TransportError::Connect { peer: node.clone(), reason })
+            }
+            Status::Busy => Err(TransportError::Busy { peer: node.clone() }),
+            status => {
+                let reason = format!("RDMA setup failed: {status}: {}", message());
+                Err(TransportError::Connect { peer: node.clone(), reason })
+            }
+        }
+    }
+}
+
+impl RdmaSetupChannel for TcpSetupChannel {
+    fn exchange<'a>(
+        &'a self,
+        peer: &'a Endpoint,
+        local: QpEndpointInfo,
+    ) -> BoxFuture<'a, Result<QpEndpointInfo, TransportError>> {
+        Box::pin(self.exchange_over_tcp(peer, local))
+    }
+}
+
+/// Why this node has no RDMA acceptor when it has none: the words a setup request to it
+/// is answered with.
+pub fn absent_reason() -> &'static str {
+    if cfg!(feature = "rdma") { NO_DEVICE_REASON } else { NOT_COMPILED_IN_REASON }
 }
 
 /// The RDMA devices of this machine. Without the `rdma` feature: always
@@ -472,13 +564,9 @@ mod tests {
 
     #[test]
     fn a_selector_without_a_device_does_not_offer_rdma() {
-        let tcp = crate::testing::ScriptedTransport::new(
-            crate::transport::TransportKind::Tcp,
-            crate::testing::nodes(&[]),
-        );
-        let selector =
-            crate::selector::FabricSelector::new(tcp, crate::breaker::BreakerConfig::default())
-                .unwrap();
+        let tcp =
+            crate::testing::ScriptedTransport::new(TransportKind::Tcp, crate::testing::nodes(&[]));
+        let selector = FabricSelector::new(tcp, crate::breaker::BreakerConfig::default()).unwrap();
         let selector = match open(RdmaConfig::default(), Arc::new(NoSetup)) {
             Ok(rdma) => selector.with_rdma(rdma),
             Err(_) => selector,

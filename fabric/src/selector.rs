@@ -129,6 +129,13 @@ impl FabricSelector {
         peer.offers_rdma = offers_rdma;
     }
 
+    /// Whether `node` is recorded as offering RDMA (by [`FabricSelector::set_peer_rdma`]);
+    /// RDMA is tried towards it only if this node offers RDMA too.
+    pub fn peer_offers_rdma(&self, node: &str) -> bool {
+        let peers = self.peers.lock().expect("peer table lock");
+        peers.peers.get(node).is_some_and(|peer| peer.offers_rdma)
+    }
+
     /// Sends `request` to `peer` over the best transport that admits it, falling back as
     /// the module documentation says.
     pub async fn call(

@@ -1,5 +1,6 @@
 //! The chunk service: a node answers `PutChunk`, `GetChunk`, `HasChunks` and `Ping` from
-//! its [`EngineHandle`], deciding first who may ask.
+//! its [`EngineHandle`], deciding first who may ask; and `RdmaSetup`, which connects an
+//! RDMA queue pair for the caller.
 //!
 //! Who may ask, by the role of the peer's verified certificate:
 //! - a storage node (`kiseki-server`) may do everything: it replicates, repairs and reads
@@ -32,11 +33,23 @@
 //! shared chunk's id can claim a reference to it. Tenants that opt out of cross-tenant
 //! dedup get HMAC chunk ids, which no other tenant can compute.
 //!
-//! Remote errors are generic (the status's word); details go to the log.
+//! RDMA setup: the caller sends its 48-byte queue-pair record over TCP+mTLS, so the queue
+//! pair is connected to the certificate's holder. The same role rule applies (nodes and
+//! tenant workloads; others `Denied`), then the record is checked (`BadRequest`). A node
+//! without an [`RdmaAcceptor`] (no device found, or the `rdma` feature off) answers
+//! `Unavailable` with the reason ("no RDMA device", or "RDMA support is not compiled in"),
+//! so the caller marks it TCP-only. Otherwise the acceptor connects a queue pair, the
+//! answer is our record, and a responder task serves the queue pair through this same
+//! service (each request over it authorized as over TCP, as the same peer); an
+//! `RdmaSetup` arriving over RDMA is refused, so queue pairs are only ever set up over
+//! TCP+mTLS.
+//!
+//! Remote errors are generic (the status's word); details go to the log. The one
+//! exception is the reason a node offers no RDMA, which is not a secret.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiseki_engine::{ChunkId, EngineError, EngineHandle};
@@ -45,7 +58,8 @@ use kiseki_security::authz::{Api, Authorizer, Caller, Target};
 use kiseki_security::{Envelope, OrgId, Role};
 
 use crate::connection::{Handler, Peer};
-use crate::transport::{BoxFuture, FabricRequest, FabricResponse};
+use crate::rdma::{self, QpEndpointInfo, RdmaAcceptor};
+use crate::transport::{BoxFuture, FabricRequest, FabricResponse, TransportError};
 
 /// The chunk service of one node; see the module's notes.
 #[derive(Debug)]
@@ -53,7 +67,22 @@ pub struct ChunkService {
     engine: EngineHandle,
     authorizer: RwLock<Authorizer>,
     refs: TenantRefs,
+    /// Set when discovery found a device ([`ChunkService::with_rdma`]).
+    rdma: Option<RdmaSide>,
 }
+
+/// The node's RDMA acceptor, and the service its responders answer through (weak: the
+/// service owns this).
+#[derive(Debug)]
+struct RdmaSide {
+    acceptor: RdmaAcceptor,
+    service: Weak<ChunkService>,
+}
+
+/// The service as an RDMA responder sees it: every op but `RdmaSetup`, which travels over
+/// TCP+mTLS only.
+#[derive(Debug)]
+struct OverRdma(Arc<ChunkService>);
 
 /// A node's tenant reference index: how many times each org has put each chunk.
 #[derive(Debug)]
@@ -102,7 +131,23 @@ impl ChunkService {
             engine,
             authorizer: RwLock::new(authorizer),
             refs: TenantRefs::new(tenant_refs_max),
+            rdma: None,
         }
+    }
+
+    /// This service, also accepting RDMA queue pairs through `acceptor` (opened by the node
+    /// when discovery found a device). Shut the acceptor down
+    /// ([`ChunkService::rdma_acceptor`]) to stop every responder.
+    pub fn with_rdma(self, acceptor: RdmaAcceptor) -> Arc<ChunkService> {
+        Arc::new_cyclic(|service| ChunkService {
+            rdma: Some(RdmaSide { acceptor, service: service.clone() }),
+            ..self
+        })
+    }
+
+    /// The RDMA acceptor, if this node offers RDMA.
+    pub fn rdma_acceptor(&self) -> Option<&RdmaAcceptor> {
+        self.rdma.as_ref().map(|side| &side.acceptor)
     }
 
     /// Swaps in a reloaded authorizer (policy files, grants).
@@ -128,6 +173,42 @@ impl ChunkService {
             Op::Ping => FabricResponse { status: Status::Ok, payload: Vec::new() },
             Op::PutChunk => self.put(peer, &asker, request.payload).await,
             Op::GetChunk | Op::HasChunks => self.read(peer, &asker, request).await,
+            Op::RdmaSetup => self.rdma_setup(peer, &asker, &request.payload),
+        }
+    }
+
+    /// Connects a queue pair to the caller's record and answers with ours; see the module
+    /// notes.
+    fn rdma_setup(&self, peer: &Peer, asker: &Asker, record: &[u8]) -> FabricResponse {
+        if let Err(error) = QpEndpointInfo::decode(record) {
+            return bad_request(peer, Op::RdmaSetup, &error);
+        }
+        let side = self.rdma.as_ref();
+        let Some((side, service)) = side.and_then(|side| Some((side, side.service.upgrade()?)))
+        else {
+            tracing::debug!(%peer, "RDMA setup refused: this node offers no RDMA");
+            let reason = error_message(rdma::absent_reason()).as_bytes().to_vec();
+            return FabricResponse { status: Status::Unavailable, payload: reason };
+        };
+        match side.acceptor.accept(peer.clone(), record) {
+            Ok((local, responder)) => {
+                tracing::info!(target: "kiseki::audit", %peer, ?asker, "RDMA queue pair set up");
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = responder.serve(&OverRdma(service)).await {
+                        tracing::warn!(%peer, %error, "RDMA responder stopped");
+                    }
+                });
+                FabricResponse { status: Status::Ok, payload: local.to_vec() }
+            }
+            Err(TransportError::Busy { .. }) => {
+                tracing::warn!(%peer, "RDMA setup refused: every responder place is taken");
+                status_response(Status::Busy)
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %error, "RDMA setup failed");
+                status_response(Status::Unavailable)
+            }
         }
     }
 
@@ -298,6 +379,20 @@ impl Handler for ChunkService {
         request: FabricRequest,
     ) -> BoxFuture<'a, FabricResponse> {
         Box::pin(self.serve(peer, request))
+    }
+}
+
+impl Handler for OverRdma {
+    fn handle<'a>(
+        &'a self,
+        peer: &'a Peer,
+        request: FabricRequest,
+    ) -> BoxFuture<'a, FabricResponse> {
+        if request.op == Op::RdmaSetup {
+            tracing::warn!(%peer, "RDMA setup refused: it travels over TCP+mTLS only");
+            return Box::pin(async { status_response(Status::BadRequest) });
+        }
+        self.0.handle(peer, request)
     }
 }
 

@@ -7,7 +7,8 @@
 //!      0    4 magic          b"KSKF"
 //!      4    2 version        1
 //!      6    1 kind           1 = request, 2 = response
-//!      7    1 op             what the request asks (see `Op`); echoed in its response
+//!      7    1 op             what the request asks (see `Op`); echoed in its response:
+//!                            1 ping, 2 put chunk, 3 get chunk, 4 has chunks, 5 RDMA setup
 //!      8    8 request_id     chosen by the requester, unique among its requests in flight
 //!     16    4 payload_len    bytes following the header
 //!     20    2 status         0 in requests; the outcome in responses (see `Status`)
@@ -52,6 +53,11 @@ pub enum Op {
     GetChunk,
     /// Which of these chunks the node holds (payload: chunk ids; answer: a bitmap).
     HasChunks,
+    /// Connect an RDMA queue pair (payload: the caller's 48-byte queue-pair record; answer:
+    /// the node's). Sent over TCP+mTLS so the RDMA peer is the certificate's holder. Not
+    /// idempotent: each setup that lands creates a queue pair on the node, so a retry would
+    /// leave another one behind.
+    RdmaSetup,
 }
 
 /// The outcome a response reports. Security failures are deliberately coarse: an absent
@@ -190,7 +196,7 @@ impl FrameHeader {
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks];
+    pub const ALL: [Op; 5] = [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks, Op::RdmaSetup];
 
     pub fn code(self) -> u8 {
         match self {
@@ -198,6 +204,7 @@ impl Op {
             Op::PutChunk => 2,
             Op::GetChunk => 3,
             Op::HasChunks => 4,
+            Op::RdmaSetup => 5,
         }
     }
 
@@ -206,9 +213,10 @@ impl Op {
     }
 
     /// Whether repeating the request cannot change the outcome (so a selector may retry it
-    /// on another transport after a failure). A put adds a reference each time it lands.
+    /// on another transport after a failure). A put adds a reference each time it lands;
+    /// an RDMA setup creates a queue pair on the node each time it lands.
     pub fn is_idempotent(self) -> bool {
-        !matches!(self, Op::PutChunk)
+        !matches!(self, Op::PutChunk | Op::RdmaSetup)
     }
 }
 
@@ -329,7 +337,22 @@ mod tests {
     }
 
     #[test]
-    fn only_puts_are_not_idempotent() {
+    fn op_codes_round_trip_and_are_distinct() {
+        let expected = [(Op::Ping, 1), (Op::PutChunk, 2), (Op::GetChunk, 3)];
+        let expected = expected.into_iter().chain([(Op::HasChunks, 4), (Op::RdmaSetup, 5)]);
+        for (op, code) in expected {
+            assert_eq!(op.code(), code, "{op:?}");
+            assert_eq!(Op::from_code(code), Some(op));
+        }
+        assert_eq!(Op::from_code(0), None);
+        assert_eq!(Op::from_code(6), None);
+        let header = FrameHeader::request(Op::RdmaSetup, 11, 48);
+        assert_eq!(header.encode()[7], 5);
+        assert_eq!(FrameHeader::decode(&header.encode(), MAX), Ok(header));
+    }
+
+    #[test]
+    fn only_puts_and_rdma_setups_are_not_idempotent() {
         let retryable: Vec<Op> = Op::ALL.into_iter().filter(|op| op.is_idempotent()).collect();
         assert_eq!(retryable, [Op::Ping, Op::GetChunk, Op::HasChunks]);
     }

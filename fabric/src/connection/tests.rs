@@ -40,6 +40,7 @@ impl Handler for TestHandler {
                     FabricResponse { status: Status::Ok, payload: request.payload }
                 }
                 Op::GetChunk => panic!("the test handler panics on GetChunk"),
+                Op::RdmaSetup => unreachable!("no connection test sends an RDMA setup"),
             };
             self.current.fetch_sub(1, Ordering::SeqCst);
             response

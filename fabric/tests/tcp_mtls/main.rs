@@ -11,6 +11,7 @@
 //!   timeout, lost connections, request timeouts, a graceful shutdown.
 
 mod cluster;
+mod rdma_setup;
 mod support;
 
 use std::sync::Arc;
