@@ -96,6 +96,10 @@ pub enum Pattern {
     RandRw,
     #[value(name = "readwrite", alias = "rw")]
     ReadWrite,
+    /// `kiseki-bench fabric` only: put chunks to a listener
+    Put,
+    /// `kiseki-bench fabric` only: get chunks from a listener
+    Get,
 }
 
 impl Pattern {
@@ -107,6 +111,8 @@ impl Pattern {
             Pattern::RandWrite => "randwrite",
             Pattern::RandRw => "randrw",
             Pattern::ReadWrite => "readwrite",
+            Pattern::Put => "put",
+            Pattern::Get => "get",
         }
     }
 
@@ -117,8 +123,8 @@ impl Pattern {
     /// Percentage of reads.
     pub(crate) fn read_percent(self, rwmixread: u8) -> u8 {
         match self {
-            Pattern::Read | Pattern::RandRead => 100,
-            Pattern::Write | Pattern::RandWrite => 0,
+            Pattern::Read | Pattern::RandRead | Pattern::Get => 100,
+            Pattern::Write | Pattern::RandWrite | Pattern::Put => 0,
             Pattern::RandRw | Pattern::ReadWrite => rwmixread,
         }
     }
@@ -130,6 +136,10 @@ pub enum Engine {
     IoUring,
     Memory,
     Spdk,
+    /// What a `kiseki-bench fabric` client reports: chunks over TCP and TLS 1.3 with mutual
+    /// authentication. Not a device backend, so not a value of --ioengine.
+    #[value(skip)]
+    FabricTcp,
 }
 
 impl Engine {
@@ -138,6 +148,7 @@ impl Engine {
             Engine::IoUring => "io_uring",
             Engine::Memory => "memory",
             Engine::Spdk => "spdk",
+            Engine::FabricTcp => "kiseki-fabric-tcp-mtls",
         }
     }
 }
@@ -158,6 +169,8 @@ pub struct Plan {
     pub ramp: Duration,
     /// Bytes each job moves before it stops (None: time-based).
     pub io_limit_bytes: Option<u64>,
+    /// Job options the reports show besides fio's (the fabric's transport and peer).
+    pub extra_options: Vec<(&'static str, String)>,
 }
 
 /// Checks the flags, lays the file out when it is missing or short, and returns the plan.
@@ -169,6 +182,10 @@ pub fn plan(args: DeviceArgs) -> Result<Plan, String> {
     if bs > u64::from(IO_SIZE_MAX_BYTES) {
         return Err(format!("--bs={bs}: at most {IO_SIZE_MAX_BYTES} bytes"));
     }
+    if matches!(args.rw, Pattern::Put | Pattern::Get) {
+        let rw = args.rw.fio_name();
+        return Err(format!("--rw={rw} is for `kiseki-bench fabric`; a device reads and writes"));
+    }
     if args.time_based && args.runtime.is_none() {
         return Err("--time_based needs --runtime".to_owned());
     }
@@ -179,6 +196,7 @@ pub fn plan(args: DeviceArgs) -> Result<Plan, String> {
             required_filename(&args)?;
             args.size.unwrap_or(0)
         }
+        Engine::FabricTcp => unreachable!("--ioengine has no fabric value"),
     };
     if args.ioengine != Engine::Spdk && size_bytes < bs {
         return Err(format!("--size={size_bytes} is smaller than --bs={bs}"));
@@ -190,6 +208,7 @@ pub fn plan(args: DeviceArgs) -> Result<Plan, String> {
         read_percent: args.rw.read_percent(args.rwmixread),
         ramp: args.ramp_time.unwrap_or(Duration::ZERO),
         io_limit_bytes,
+        extra_options: Vec::new(),
         args,
     })
 }
@@ -288,6 +307,7 @@ fn run_job(
             let open = || Err::<MemoryDevice, _>(spdk_not_built());
             open_then_drive(open, plan, index, start, counters)
         }
+        Engine::FabricTcp => unreachable!("device::plan admits no fabric value"),
     }
 }
 

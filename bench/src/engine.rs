@@ -53,7 +53,7 @@ const WORKING_SET_PERCENT: u64 = 50;
 /// oldest chunks trail the puts by up to a queue's worth.
 const WRITE_CEILING_PERCENT: u64 = 70;
 /// The bench's identity on the device (a benchmark store is its own cluster).
-const BENCH_IDS: DeviceIds =
+pub(crate) const BENCH_IDS: DeviceIds =
     DeviceIds { cluster_id: *b"kiseki-bench-clu", node_id: [1; 16], device_id: [2; 16] };
 
 /// Checks the flags and returns the plan the reports read.
@@ -73,7 +73,7 @@ pub fn plan(args: &EngineArgs) -> Result<Plan, String> {
         return Err("--time_based needs --runtime".to_owned());
     }
     let size_bytes = match job.ioengine {
-        Backend::Spdk => {
+        Backend::Spdk | Backend::FabricTcp => {
             return Err("--ioengine=spdk: the engine bench runs on io_uring or memory".into());
         }
         Backend::Memory => job.size.ok_or("--ioengine=memory needs --size")?,
@@ -98,6 +98,7 @@ pub fn plan(args: &EngineArgs) -> Result<Plan, String> {
         read_percent: job.rw.read_percent(job.rwmixread),
         ramp: job.ramp_time.unwrap_or(Duration::ZERO),
         io_limit_bytes: (!job.time_based).then_some(region),
+        extra_options: Vec::new(),
         args: job.clone(),
     })
 }
@@ -161,7 +162,7 @@ fn fill_random(bytes: &mut [u8]) -> Result<(), String> {
 
 /// Creates a missing store file, every block written with zeros (see `layout`); a shorter
 /// one is refused.
-fn create_file(path: &Path, size_bytes: u64) -> Result<(), String> {
+pub(crate) fn create_file(path: &Path, size_bytes: u64) -> Result<(), String> {
     match fs::metadata(path) {
         Ok(metadata) if metadata.len() >= size_bytes => Ok(()),
         Ok(metadata) => Err(format!(
@@ -189,21 +190,10 @@ struct InFlight {
 }
 
 impl Job<'_> {
-    fn device_options(&self) -> DeviceOptions {
-        let depth = self.plan.args.iodepth;
-        let envelope = Envelope::sealed_len(self.plan.bs_bytes as usize, 0) as u32;
-        DeviceOptions {
-            queue_depth: depth * 2 + 8,
-            buffer_count: depth + 8,
-            buffer_size_bytes: envelope.next_multiple_of(BLOCK_SIZE_MIN_BYTES),
-            ..DeviceOptions::default()
-        }
-    }
-
     fn open_and_run(&self, start: &Barrier) -> Result<JobStats, String> {
         let region = self.plan.size_bytes / u64::from(self.plan.args.numjobs);
         let offset = region * self.index as u64;
-        let options = self.device_options();
+        let options = device_options(self.plan);
         let opened = match self.plan.args.ioengine {
             Backend::Memory => MemoryDevice::volatile(region, &options)
                 .map_err(|e| e.to_string())
@@ -248,13 +238,26 @@ impl Job<'_> {
     }
 }
 
+/// A shard's device for `plan`: room for `--iodepth` chunk operations of `--bs` bytes, and
+/// the journal and index I/O beside them.
+pub(crate) fn device_options(plan: &Plan) -> DeviceOptions {
+    let depth = plan.args.iodepth;
+    let envelope = Envelope::sealed_len(plan.bs_bytes as usize, 0) as u32;
+    DeviceOptions {
+        queue_depth: depth * 2 + 8,
+        buffer_count: depth + 8,
+        buffer_size_bytes: envelope.next_multiple_of(BLOCK_SIZE_MIN_BYTES),
+        ..DeviceOptions::default()
+    }
+}
+
 enum JobShard {
     Memory(Shard<MemoryDevice>),
     Uring(Shard<IoUringDevice>),
 }
 
 /// Whether the job's region starts with a zeroed block (a store never formatted).
-fn region_is_blank(path: &Path, offset: u64) -> Result<bool, String> {
+pub(crate) fn region_is_blank(path: &Path, offset: u64) -> Result<bool, String> {
     let mut file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut block = vec![0u8; BLOCK_SIZE_MIN_BYTES as usize];
     io::Seek::seek(&mut file, io::SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
@@ -262,7 +265,7 @@ fn region_is_blank(path: &Path, offset: u64) -> Result<bool, String> {
     Ok(block.iter().all(|&b| b == 0))
 }
 
-fn format_and_open<D: BlockDevice>(
+pub(crate) fn format_and_open<D: BlockDevice>(
     mut device: D,
     offset: u64,
     region: u64,

@@ -1,11 +1,13 @@
 //! `kiseki-bench`: fio-style benchmarks of Kiseki's layers, each side by side with the tool
 //! it must match: `device` (against fio), `engine` (against the device and crypto ceilings,
-//! which `device` and `crypto` measure). `fabric`, `s3` and `raft` come with their crates.
+//! which `device` and `crypto` measure), `fabric` (against iperf3 and openssl's AES-GCM rate,
+//! which `scripts/bench-fabric.sh` measures). `s3` and `raft` come with their crates.
 
 mod clock;
 mod crypto;
 mod device;
 mod engine;
+mod fabric;
 mod layout;
 mod progress;
 mod report;
@@ -33,6 +35,9 @@ enum Command {
     Engine(engine::EngineArgs),
     /// Measure the write path's crypto ceiling: chunk id, DEK derivation and seal per core
     Crypto(crypto::CryptoArgs),
+    /// Serve chunks over TCP+mTLS (--listen), or put and get them with fio's job flags
+    /// (--connect); --bs is the chunk size
+    Fabric(fabric::FabricArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Device(args) => run_device(args),
         Command::Engine(args) => run_engine(args),
+        Command::Fabric(args) => run_fabric(args),
         Command::Crypto(args) => match crypto::run(&args) {
             Ok(report) => {
                 println!("{report}");
@@ -59,6 +65,19 @@ fn run_engine(args: engine::EngineArgs) -> ExitCode {
         .and_then(|plan| Ok((engine::run(&plan, dedup_percentage)?, plan)))
         .map(|(jobs, plan)| (plan, jobs));
     report(result)
+}
+
+fn run_fabric(args: fabric::FabricArgs) -> ExitCode {
+    match fabric::plan(args) {
+        Ok(fabric::Mode::Connect(plan)) => {
+            report(fabric::connect(&plan).map(|jobs| (plan.job, jobs)))
+        }
+        Ok(fabric::Mode::Listen(plan)) => match fabric::listen(&plan) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => report(Err(message)),
+        },
+        Err(message) => report(Err(message)),
+    }
 }
 
 fn run_device(args: device::DeviceArgs) -> ExitCode {

@@ -56,6 +56,9 @@ fn job_options(plan: &Plan) -> Value {
         put("time_based", "1".to_owned());
     }
     put("ramp_time", plan.ramp.as_secs_f64().to_string());
+    for (key, value) in &plan.extra_options {
+        put(key, value.clone());
+    }
     Value::Object(options)
 }
 

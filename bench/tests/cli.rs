@@ -187,3 +187,138 @@ fn engine_refuses_what_it_cannot_run() {
         assert!(!message.contains("panicked"), "{args:?} panicked: {message}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// `kiseki-bench fabric`: a listener process and client runs against it.
+
+/// A `--listen` process on 127.0.0.1, stopped with SIGTERM (or killed if a test fails
+/// first).
+struct Listener {
+    child: Option<std::process::Child>,
+    addr: String,
+}
+
+impl Listener {
+    /// Serves from memory, or with `store_args` from what they say.
+    fn start(tls_dir: &Path, store_args: &[&str]) -> Listener {
+        use std::io::BufRead;
+        let store_args = if store_args.is_empty() { &["--memory"] } else { store_args };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiseki-bench"))
+            .args(["fabric", "--listen", "127.0.0.1:0", "--runtime", "60"])
+            .args(store_args)
+            .arg(format!("--tls-dir={}", tls_dir.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kiseki-bench runs");
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let mut listener = Listener { child: Some(child), addr: String::new() };
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let output = listener.stop();
+            panic!("no 'listening on' line: {line:?}; stderr: {}", stderr(&output));
+        };
+        listener.addr = addr.to_owned();
+        listener
+    }
+
+    /// SIGTERM, then the listener's exit status and stderr.
+    fn stop(&mut self) -> Output {
+        let child = self.child.take().expect("stopped once");
+        let pid = child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn fabric_client(listener: &Listener, tls_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiseki-bench"))
+        .args(["fabric", "--connect", &listener.addr])
+        .arg(format!("--tls-dir={}", tls_dir.display()))
+        .args(args)
+        .output()
+        .expect("kiseki-bench runs")
+}
+
+#[test]
+fn fabric_puts_and_gets_report_as_fio_json() {
+    let temp = tempfile::tempdir().unwrap();
+    let tls_dir = temp.path().join("tls");
+    let mut listener = Listener::start(&tls_dir, &[]);
+    let common = ["--bs=64k", "--iodepth=4", "--runtime=1", "--time_based", "--size=2M"];
+    for rw in ["put", "get"] {
+        let rw_flag = format!("--rw={rw}");
+        let args = [common.as_slice(), &[&rw_flag, "--output-format=json"]].concat();
+        let output = fabric_client(&listener, &tls_dir, &args);
+        check_fio_json(&output, rw);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let job = &report["jobs"][0];
+        let direction = if rw == "put" { "write" } else { "read" };
+        assert!(job[direction]["iops"].as_f64().unwrap() > 0.0, "{job}");
+        assert_eq!(job["error"], 0);
+        assert_eq!(job["job options"]["ioengine"], "kiseki-fabric-tcp-mtls");
+        if rw == "get" {
+            assert!(stderr(&output).contains("working set first"), "{}", stderr(&output));
+        }
+    }
+    let stopped = listener.stop();
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let message = stderr(&stopped);
+    assert!(message.contains("SIGTERM; stopping"), "{message}");
+    // 32 chunks of 64 KiB: the get run's fill found what the put run stored.
+    assert!(message.contains("memory store: 32 chunks"), "{message}");
+}
+
+#[test]
+fn fabric_client_refuses_clearly() {
+    let temp = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (temp.path().join("ours"), temp.path().join("theirs"));
+    let mut other = Listener::start(&theirs, &[]);
+    other.stop();
+    let listener = Listener::start(&ours, &[]);
+    let args = ["--rw=put", "--bs=4k", "--runtime=1", "--time_based"];
+    // Certificates of another CA: the handshake fails before the run.
+    let output = fabric_client(&listener, &theirs, &args);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("--connect=") && message.contains("TLS handshake"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    // A directory without certificates.
+    let output = fabric_client(&listener, temp.path(), &args);
+    assert!(stderr(&output).contains("ca.crt is missing"), "{}", stderr(&output));
+    // Nobody listening.
+    drop(listener);
+    let closed = Listener { child: None, addr: "127.0.0.1:1".to_owned() };
+    let output = fabric_client(&closed, &ours, &args);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("--connect=127.0.0.1:1") && message.contains("refused"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+}
+
+/// Without --memory the listener serves a chunk service over an engine, as a node does.
+#[test]
+fn fabric_listener_serves_an_engine() {
+    let temp = tempfile::tempdir().unwrap();
+    let tls_dir = temp.path().join("tls");
+    let engine = ["--ioengine=memory", "--size=32M", "--bs=64k", "--iodepth=8"];
+    let mut listener = Listener::start(&tls_dir, &engine);
+    let args = ["--rw=get", "--bs=64k", "--size=1M", "--iodepth=4", "--runtime=500ms"];
+    let output = fabric_client(&listener, &tls_dir, &[&args[..], &["--time_based"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("  read: IOPS="));
+    let stopped = listener.stop();
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    assert!(!stderr(&stopped).contains("memory store"), "{}", stderr(&stopped));
+}
