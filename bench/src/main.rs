@@ -16,6 +16,13 @@ mod units;
 
 use std::process::ExitCode;
 
+/// mimalloc, not glibc's malloc: a 4 MiB frame payload is above glibc's mmap threshold, so
+/// every request mapped, faulted in and unmapped fresh pages (perf: page faults and
+/// mmap/munmap took a fifth of the fabric listener's CPU); mimalloc keeps freed segments
+/// for reuse. `scripts/bench-fabric.sh` measured the difference.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
