@@ -438,19 +438,38 @@ async fn client_writer<S>(
     let _ = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, writer.shutdown()).await;
 }
 
-/// Writes `first` and whatever else is queued, then flushes once.
-async fn write_batch<W>(
+/// A frame waiting in a writer's queue: requests on the client side, responses (holding
+/// their in-flight permit until written) on the serving side.
+trait QueuedFrame {
+    fn header(&self) -> &FrameHeader;
+    fn payload(&self) -> &[u8];
+}
+
+impl QueuedFrame for Outgoing {
+    fn header(&self) -> &FrameHeader {
+        &self.header
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// Writes `first` and whatever else is queued, each dropped (releasing what it holds) once
+/// written, then flushes once.
+async fn write_batch<W, F>(
     writer: &mut W,
-    queue: &mut mpsc::Receiver<Outgoing>,
-    first: Outgoing,
+    queue: &mut mpsc::Receiver<F>,
+    first: F,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
+    F: QueuedFrame,
 {
-    frame::write_frame(writer, &first.header, &first.payload).await?;
+    frame::write_frame(writer, first.header(), first.payload()).await?;
     drop(first);
     while let Ok(next) = queue.try_recv() {
-        frame::write_frame(writer, &next.header, &next.payload).await?;
+        frame::write_frame(writer, next.header(), next.payload()).await?;
     }
     writer.flush().await
 }
@@ -465,6 +484,16 @@ struct ServerOutgoing {
     header: FrameHeader,
     payload: Vec<u8>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl QueuedFrame for ServerOutgoing {
+    fn header(&self) -> &FrameHeader {
+        &self.header
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// The one response a request gets: sent by [`ResponseSlot::send`], or `Internal` by its
@@ -653,30 +682,13 @@ async fn server_writer<S>(
             outgoing = queue.recv() => outgoing,
         };
         let Some(first) = outgoing else { break };
-        if let Err(error) = write_responses(&mut writer, &mut queue, first).await {
+        if let Err(error) = write_batch(&mut writer, &mut queue, first).await {
             tracing::debug!(%error, "fabric response write failed; closing");
             broken.send_replace(true);
             return;
         }
     }
     let _ = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, writer.shutdown()).await;
-}
-
-/// Writes `first` and whatever else is ready, releasing each permit once written; flushes.
-async fn write_responses<W>(
-    writer: &mut W,
-    queue: &mut mpsc::Receiver<ServerOutgoing>,
-    first: ServerOutgoing,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    frame::write_frame(writer, &first.header, &first.payload).await?;
-    drop(first);
-    while let Ok(next) = queue.try_recv() {
-        frame::write_frame(writer, &next.header, &next.payload).await?;
-    }
-    writer.flush().await
 }
 
 // ---------------------------------------------------------------------------------------
