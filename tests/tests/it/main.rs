@@ -1,9 +1,13 @@
 //! Kiseki's integration tests, one binary with one module per subject.
 //!
+//! - `admission`: a node's token redeemed once for a certificate-granting certificate, then
+//!   its role certificate; replayed, expired, unknown and other nodes' tokens, a CGC on data
+//!   and admin paths or asking for another name, oversized frames, another CA, a revoked CGC.
 //! - `authz`: every (role, API path, target) of the built-in table against expectations
 //!   written from the product's rules; the cluster admin and tenant content, with grants.
 //! - `device_conformance`: one suite, written once over `D: BlockDevice`, run against every
 //!   backend in the build (memory, io_uring on a file, and `FaultyDevice` over each).
+//! - `device_doorbell`: an eventfd armed in the ring wakes an owner sleeping in the device.
 //! - `device_open`: what the io_uring backend refuses to open, and how it says so.
 //! - `device_poisoning`: a failed write (injected, or real on io_uring) poisons a device.
 //! - `engine_at_rest`: a shard on a real device file holds only sealed envelopes, and every
