@@ -76,7 +76,9 @@ fn seal_loop(
     let _ = kiseki_devices::affinity::pin_current_thread(index);
     let mut plaintext = vec![0u8; bs];
     SplitMix64::new(index as u64).fill(&mut plaintext);
-    let mut spare = Vec::new();
+    // Sealed out of place into one reused buffer, as the engine's write path seals into the
+    // device's write buffer: the ceiling is the fastest seal the product does.
+    let mut sealed = vec![0u8; Envelope::sealed_len(bs, 0)];
     let started = Instant::now();
     let mut bytes = 0u64;
     let mut counter = 0u64;
@@ -87,9 +89,8 @@ fn seal_loop(
         plaintext[..n].copy_from_slice(&stamp[..n]);
         let chunk_id = ChunkId::of_plaintext(&plaintext);
         let dek = Dek::derive(master, &chunk_id, None);
-        let envelope = Envelope::seal_into(&plaintext, &SealParams::new(&dek), spare)
+        Envelope::seal_to_slice(&plaintext, &SealParams::new(&dek), &mut sealed)
             .map_err(|e| e.to_string())?;
-        spare = envelope.into_bytes();
         bytes += bs as u64;
     }
     Ok((bytes, started.elapsed()))

@@ -31,6 +31,9 @@ pub enum EngineError {
     NotAnEnvelope { chunk_id: ChunkId, source: CryptoError },
     /// A stored extent holds the envelope of another chunk id.
     ChunkIdMismatch { chunk_id: ChunkId, found: ChunkId },
+    /// The caller's fill of a put's write buffer (`Shard::put_with`: sealing into it)
+    /// failed; nothing was stored.
+    Fill { source: CryptoError },
     /// No such chunk (or its put is not yet acknowledged).
     NotFound { chunk_id: ChunkId },
     /// A bounded queue is full; poll and retry.
@@ -109,6 +112,7 @@ impl fmt::Display for EngineError {
             ChunkIdMismatch { chunk_id, found } => {
                 write!(f, "chunk {} holds the envelope of chunk {}", hex(chunk_id), hex(found))
             }
+            Fill { source } => write!(f, "filling the write buffer failed: {source}"),
             NotFound { chunk_id } => write!(f, "chunk {} not found", hex(chunk_id)),
             Busy { queue } => write!(f, "busy: the {queue} is full; retry after a poll"),
             Stopped => write!(f, "the engine is stopped"),
@@ -176,6 +180,7 @@ impl std::error::Error for EngineError {
             EngineError::Device { source, .. } => Some(source),
             EngineError::Decode { source, .. } => Some(source),
             EngineError::NotAnEnvelope { source, .. } => Some(source),
+            EngineError::Fill { source } => Some(source),
             _ => None,
         }
     }

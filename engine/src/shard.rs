@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use kiseki_devices::{BlockDevice, Completion, DmaBuf, Op, OpKind, Rejected, Request};
+use kiseki_security::CryptoError;
 
 use crate::allocator::Allocator;
 use crate::constants::{
@@ -397,6 +398,24 @@ impl<D: BlockDevice> Shard<D> {
     /// Stores a chunk, or adds a reference when it is already stored (or queued). The ack
     /// comes from `poll` once the extent and the journal record are durable.
     pub fn put(&mut self, chunk_id: ChunkId, bytes: &[u8]) -> Result<Ticket, EngineError> {
+        self.put_with(chunk_id, bytes.len(), |window| {
+            window.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    /// As [`Shard::put`], but `fill` writes the chunk's `len_bytes` straight into the
+    /// device's write buffer: a writer that seals there
+    /// ([`kiseki_security::Envelope::seal_to_slice`]) saves a copy of every chunk. `fill` is
+    /// called only when the chunk is new (a chunk already stored or queued gets a reference,
+    /// like `put`); if it fails, nothing is stored and its error comes back as
+    /// [`EngineError::Fill`].
+    pub fn put_with(
+        &mut self,
+        chunk_id: ChunkId,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), CryptoError>,
+    ) -> Result<Ticket, EngineError> {
         if let Some(failed) = self.failed {
             return Err(EngineError::ShardFailed { failed });
         }
@@ -407,9 +426,9 @@ impl<D: BlockDevice> Shard<D> {
                 state,
             });
         }
-        if bytes.is_empty() || bytes.len() > self.max_chunk_bytes as usize {
+        if len_bytes == 0 || len_bytes > self.max_chunk_bytes as usize {
             let max_bytes = self.max_chunk_bytes;
-            return Err(EngineError::BadChunkSize { len_bytes: bytes.len(), max_bytes });
+            return Err(EngineError::BadChunkSize { len_bytes, max_bytes });
         }
         let fill_percent = self.fill_percent();
         if fill_percent >= CAPACITY_CRITICAL_PERCENT {
@@ -434,17 +453,22 @@ impl<D: BlockDevice> Shard<D> {
             let record = put_record(entry);
             return Ok(self.queue(record, slot, true));
         }
-        self.put_new(chunk_id, bytes)
+        self.put_new(chunk_id, len_bytes, fill)
     }
 
-    fn put_new(&mut self, chunk_id: ChunkId, bytes: &[u8]) -> Result<Ticket, EngineError> {
+    fn put_new(
+        &mut self,
+        chunk_id: ChunkId,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), CryptoError>,
+    ) -> Result<Ticket, EngineError> {
         if self.index.by_id.len() as u64 >= self.superblock.layout.index_capacity {
             return Err(EngineError::IndexFull { capacity: self.superblock.layout.index_capacity });
         }
         if !self.device_slot_free() {
             return Err(EngineError::Busy { queue: "device queue" });
         }
-        let len = bytes.len() as u32;
+        let len = len_bytes as u32;
         let blocks = blocks_for(len);
         let extent = self.allocator.allocate(blocks).ok_or(EngineError::NoSpace { blocks })?;
         let Some(mut buf) = self.device.acquire_buffer() else {
@@ -453,13 +477,18 @@ impl<D: BlockDevice> Shard<D> {
         };
         buf.set_len(blocks * BLOCK_SIZE_BYTES);
         let window = buf.as_mut_slice();
-        window[..bytes.len()].copy_from_slice(bytes);
-        window[bytes.len()..].fill(0);
+        let (payload, padding) = window.split_at_mut(len_bytes);
+        if let Err(source) = fill(payload) {
+            self.device.release_buffer(buf);
+            self.allocator.free(extent);
+            return Err(EngineError::Fill { source });
+        }
+        padding.fill(0);
         let entry = Entry {
             chunk_id,
             extent,
             payload_len_bytes: len,
-            payload_crc32c: crc32c::crc32c(bytes),
+            payload_crc32c: crc32c::crc32c(payload),
             durable_refs: 0,
             live_refs: 1,
             queued_ops: 0,

@@ -135,6 +135,47 @@ fn put_get_dedup_release_and_reopen() {
 }
 
 #[test]
+fn put_with_fills_the_write_buffer_and_a_failed_fill_stores_nothing() {
+    let mut shard = fresh_shard(8 << 20, 1);
+    let free_before = shard.stats().data_bytes_free;
+    let (a, a_bytes) = chunk(1, 10_000);
+
+    let refused = shard.put_with(a, a_bytes.len(), |_| {
+        Err(kiseki_security::CryptoError::Internal { operation: "a test's seal" })
+    });
+    assert!(matches!(refused, Err(EngineError::Fill { .. })), "{refused:?}");
+    assert!(idle(&mut shard).is_empty(), "a refused put is not acknowledged");
+    assert!(!shard.contains(&a));
+    assert_eq!(shard.stats().data_bytes_free, free_before, "the extent went back");
+    shard.check_consistency().unwrap();
+
+    let ticket = shard
+        .put_with(a, a_bytes.len(), |window| {
+            assert_eq!(window.len(), a_bytes.len(), "the window is the chunk's size");
+            window.copy_from_slice(&a_bytes);
+            Ok(())
+        })
+        .unwrap();
+    assert!(idle(&mut shard).iter().any(|x| x.ticket == ticket));
+    assert_eq!(read(&mut shard, a).unwrap(), a_bytes);
+
+    // A stored chunk gets a reference without its bytes being asked for.
+    let mut filled = false;
+    shard
+        .put_with(a, a_bytes.len(), |_| {
+            filled = true;
+            Ok(())
+        })
+        .unwrap();
+    idle(&mut shard);
+    assert!(!filled, "fill is called only for a new chunk");
+    assert_eq!(shard.refcount(&a), Some(2));
+    let too_big = shard.put_with(chunk(2, 1).0, 64 << 20, |_| Ok(()));
+    assert!(matches!(too_big, Err(EngineError::BadChunkSize { .. })), "{too_big:?}");
+    shard.check_consistency().unwrap();
+}
+
+#[test]
 fn a_shard_in_a_device_region_stays_inside_it() {
     let mut device = memory_device(16 << 20, 2);
     let region =

@@ -38,7 +38,7 @@
 use std::fmt;
 use std::ops::Deref;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, RandomizedNonceKey, UnboundKey};
 use zeroize::Zeroize;
 
 use crate::constants::{
@@ -175,6 +175,43 @@ impl Envelope {
         bytes.extend_from_slice(tag.as_ref());
         assert_eq!(bytes.len(), header.declared_len(), "sealed envelope has its declared size");
         Ok(Envelope { bytes, header })
+    }
+
+    /// As [`Envelope::seal`], writing the envelope into `out`, which must be exactly
+    /// [`Envelope::sealed_len`] bytes: for a writer that seals straight into a device's
+    /// write buffer (`Shard::put_with` in the engine). The plaintext is encrypted from where
+    /// it lies into `out` (out of place), so the chunk is never copied. Returns the chunk id
+    /// the envelope is bound to. If encryption fails, `out` is zeroed.
+    pub fn seal_to_slice(
+        plaintext: &[u8],
+        params: &SealParams<'_>,
+        out: &mut [u8],
+    ) -> Result<ChunkId, CryptoError> {
+        let mut header = params.header(plaintext.len())?;
+        if out.len() != header.declared_len() {
+            let reason = "the output is not the sealed envelope's size";
+            return Err(CryptoError::InvalidSealParams { reason });
+        }
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, params.dek.expose())
+                .map_err(|_| CryptoError::Internal { operation: "AES-256-GCM key setup" })?,
+        );
+        aws_lc_rs::rand::fill(&mut header.nonce)
+            .map_err(|_| CryptoError::Internal { operation: "drawing a nonce" })?;
+        let mut fixed = Vec::with_capacity(FIXED_HEADER_BYTES);
+        header.encode(&mut fixed);
+        let (head, body_and_tag) = out.split_at_mut(header.header_len());
+        let (head_fixed, head_wrapped) = head.split_at_mut(fixed.len());
+        head_fixed.copy_from_slice(&fixed);
+        head_wrapped.copy_from_slice(params.wrapped_params);
+        let (body, tag) = body_and_tag.split_at_mut(plaintext.len());
+        let nonce = Nonce::assume_unique_for_key(header.nonce);
+        let aad = Aad::from(&head[AUTHENTICATED_FROM..]);
+        if key.seal_out_of_place_scatter(nonce, aad, plaintext, body, &[], tag).is_err() {
+            out.zeroize();
+            return Err(CryptoError::Internal { operation: "AES-256-GCM seal" });
+        }
+        Ok(header.chunk_id)
     }
 
     /// Computes the chunk id and the DEK, and seals: the whole write path's crypto in one

@@ -508,3 +508,38 @@ fn seal_into_reuses_the_buffer_and_opens() {
     assert_ne!(second.as_bytes(), &first_bytes[..], "a fresh nonce");
     assert_eq!(second.len(), first_bytes.len());
 }
+
+#[test]
+fn sealing_into_a_slice_writes_an_envelope_that_parses_and_opens() {
+    let plaintext = b"sealed straight into a device buffer";
+    let chunk_id = ChunkId::isolated(&id_key(1), plaintext);
+    let dek = Dek::derive(&master(1), &chunk_id, Some(&tenant_secret(1)));
+    let params = SealParams::new(&dek).with_tenant_wrapping(9, b"wrapped by the KEK");
+    let mut out = vec![0u8; Envelope::sealed_len(plaintext.len(), b"wrapped by the KEK".len())];
+    assert_eq!(Envelope::seal_to_slice(plaintext, &params, &mut out).unwrap(), chunk_id);
+    let parsed = Envelope::parse(&out).unwrap();
+    assert_eq!(parsed.chunk_id(), chunk_id);
+    assert_eq!(parsed.wrapped_params(), b"wrapped by the KEK");
+    assert_eq!(&parsed.open_verified(&dek, Some(&id_key(1))).unwrap()[..], plaintext);
+    assert!(!out.windows(plaintext.len()).any(|w| w == plaintext), "no plaintext in the output");
+    let mut again = vec![0u8; out.len()];
+    Envelope::seal_to_slice(plaintext, &params, &mut again).unwrap();
+    assert_ne!(
+        again[NONCE_OFFSET..NONCE_OFFSET + NONCE_LEN],
+        out[NONCE_OFFSET..NONCE_OFFSET + NONCE_LEN]
+    );
+    assert_eq!(&Envelope::parse(&again).unwrap().open(&dek).unwrap()[..], plaintext);
+}
+
+#[test]
+fn sealing_into_a_slice_of_the_wrong_size_is_refused_and_writes_nothing() {
+    let plaintext = b"a chunk";
+    let dek = Dek::derive(&master(1), &ChunkId::of_plaintext(plaintext), None);
+    let len = Envelope::sealed_len(plaintext.len(), 0);
+    for wrong in [0, len - 1, len + 1] {
+        let mut out = vec![0xA5u8; wrong];
+        let err = Envelope::seal_to_slice(plaintext, &SealParams::new(&dek), &mut out);
+        assert!(matches!(err, Err(CryptoError::InvalidSealParams { .. })), "{wrong}: {err:?}");
+        assert!(out.iter().all(|&b| b == 0xA5), "{wrong}: the output was written");
+    }
+}
