@@ -26,7 +26,7 @@ use kiseki_proto::{
 use kiseki_security::{ChunkId, Envelope, OrgId};
 
 use crate::selector::{FabricSelector, SelectorError};
-use crate::transport::{Endpoint, FabricRequest, FabricResponse};
+use crate::transport::{Endpoint, FabricRequest, FabricResponse, SharedBytes};
 
 /// Puts, gets and looks up chunks on one node at a time. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -73,15 +73,15 @@ impl ChunkClient {
 
     /// Stores `envelope` on `peer`, on behalf of `tenant` (a tenant caller's own org, or
     /// the tenant a node replicates for), or of no tenant (node-to-node). `Ok` means the
-    /// node acknowledged it durable.
+    /// node acknowledged it durable. The envelope is shared, not copied, into the request
+    /// (and into its retry on a fallback transport).
     pub async fn put_chunk(
         &self,
         peer: &Endpoint,
         tenant: Option<&OrgId>,
-        envelope: &Envelope,
+        envelope: &Arc<Envelope>,
     ) -> Result<(), ClientError> {
-        let payload = put_payload(tenant, envelope);
-        self.put_encoded(peer, payload).await
+        self.put_request(peer, put_request(tenant, envelope)).await
     }
 
     /// Reads chunk `chunk_id` from `peer`: its envelope, parsed and checked to name
@@ -142,19 +142,17 @@ impl ChunkClient {
 
     /// A round trip with an empty payload: liveness, and the selector's breaker probe.
     pub async fn ping(&self, peer: &Endpoint) -> Result<(), ClientError> {
-        let request = FabricRequest { op: Op::Ping, payload: Vec::new() };
+        let request = FabricRequest::new(Op::Ping, Vec::new());
         let response = self.selector.call(peer, request).await.map_err(ClientError::Fabric)?;
         ok_payload(peer, Op::Ping, response).map(drop)
     }
 
-    /// Sends a put whose payload is already encoded (replicated writes encode one per
-    /// target).
-    pub(crate) async fn put_encoded(
+    /// Sends a put request (replicated writes make one per target, sharing the envelope).
+    pub(crate) async fn put_request(
         &self,
         peer: &Endpoint,
-        payload: Vec<u8>,
+        request: FabricRequest,
     ) -> Result<(), ClientError> {
-        let request = FabricRequest { op: Op::PutChunk, payload };
         let response = self.selector.call(peer, request).await.map_err(ClientError::Fabric)?;
         let payload = ok_payload(peer, Op::PutChunk, response)?;
         ChunkResponse::decode(Op::PutChunk, &payload, 0)
@@ -169,17 +167,19 @@ impl ChunkClient {
     ) -> Result<FabricResponse, ClientError> {
         let mut payload = Vec::with_capacity(request.encoded_len());
         request.encode_into(&mut payload);
-        let request = FabricRequest { op: request.op(), payload };
+        let request = FabricRequest::new(request.op(), payload);
         self.selector.call(peer, request).await.map_err(ClientError::Fabric)
     }
 }
 
-/// A put request's payload for `envelope`.
-pub(crate) fn put_payload(tenant: Option<&OrgId>, envelope: &Envelope) -> Vec<u8> {
-    let request = ChunkRequest::Put { tenant: tenant_ref(tenant), envelope: envelope.as_bytes() };
+/// A put request for `envelope`: the payload is the encoded tenant reference, and the
+/// envelope (which the wire format puts last) follows it as shared bytes.
+pub(crate) fn put_request(tenant: Option<&OrgId>, envelope: &Arc<Envelope>) -> FabricRequest {
+    let request = ChunkRequest::Put { tenant: tenant_ref(tenant), envelope: &[] };
     let mut payload = Vec::with_capacity(request.encoded_len());
     request.encode_into(&mut payload);
-    payload
+    let shared = Some(SharedBytes::new(Arc::clone(envelope)));
+    FabricRequest { op: Op::PutChunk, payload, shared }
 }
 
 fn tenant_ref(tenant: Option<&OrgId>) -> TenantRef<'_> {
@@ -192,7 +192,7 @@ fn tenant_ref(tenant: Option<&OrgId>) -> TenantRef<'_> {
 
 /// The payload of an `Ok` response, or the error its status stands for.
 fn ok_payload(peer: &Endpoint, op: Op, response: FabricResponse) -> Result<Vec<u8>, ClientError> {
-    let FabricResponse { status, payload } = response;
+    let FabricResponse { status, payload, .. } = response.into_contiguous();
     if status == Status::Ok {
         return Ok(payload);
     }
@@ -312,7 +312,7 @@ mod tests {
         let a = endpoint("a");
         let stored = envelope(b"round trip");
         let absent = envelope(b"never stored");
-        client.put_chunk(&a, Some(&org()), &stored).await.unwrap();
+        client.put_chunk(&a, Some(&org()), &Arc::new(stored.clone())).await.unwrap();
         let read = client.get_chunk(&a, Some(&org()), &stored.chunk_id()).await.unwrap();
         assert_eq!(read, stored);
         let ids = [stored.chunk_id(), absent.chunk_id(), stored.chunk_id()];
@@ -388,7 +388,7 @@ mod tests {
             _peer: &'a Endpoint,
             _request: FabricRequest,
         ) -> BoxFuture<'a, Result<FabricResponse, TransportError>> {
-            let response = FabricResponse { status: self.0, payload: self.1.clone() };
+            let response = FabricResponse::new(self.0, self.1.clone());
             Box::pin(async move { Ok(response) })
         }
     }
@@ -432,7 +432,8 @@ mod tests {
         let ids = [envelope(b"x").chunk_id()];
         let error = client.has_chunks(&endpoint("n"), None, &ids).await.unwrap_err();
         assert!(matches!(error, ClientError::Protocol { .. }), "{error:?}");
-        let error = client.put_chunk(&endpoint("n"), None, &envelope(b"y")).await.unwrap_err();
+        let error = client.put_chunk(&endpoint("n"), None, &Arc::new(envelope(b"y"))).await;
+        let error = error.unwrap_err();
         assert!(matches!(error, ClientError::Protocol { .. }), "{error:?}");
     }
 }

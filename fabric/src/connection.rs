@@ -43,7 +43,7 @@ use crate::constants::{
     STREAM_BUFFER_BYTES,
 };
 use crate::frame::{self, ReadError};
-use crate::transport::{BoxFuture, FabricRequest, FabricResponse, TransportError};
+use crate::transport::{BoxFuture, FabricRequest, FabricResponse, SharedBytes, TransportError};
 
 /// The bounds of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,7 @@ struct Waiting {
 struct Outgoing {
     header: FrameHeader,
     payload: Vec<u8>,
+    shared: Option<SharedBytes>,
 }
 
 impl Default for ConnectionLimits {
@@ -223,7 +224,7 @@ impl ClientConnection {
     /// returned [`PendingResponse`]. Never waits. The caller checks the payload against
     /// `payload_max_bytes` first: a larger one is a programmer error (a panic).
     pub fn try_call(&self, request: FabricRequest) -> Result<PendingResponse, TryCallError> {
-        let len_bytes = u32::try_from(request.payload.len()).ok();
+        let len_bytes = u32::try_from(request.len_bytes()).ok();
         let len_bytes = len_bytes.filter(|len| *len <= self.shared.limits.payload_max_bytes);
         let len_bytes = len_bytes.expect("callers check a request against the payload limit");
         let permit = match Arc::clone(&self.shared.permits).try_acquire_owned() {
@@ -239,18 +240,22 @@ impl ClientConnection {
         state.next_request_id += 1;
         let header = FrameHeader::request(request.op, request_id, len_bytes);
         let (reply, receiver) = oneshot::channel();
-        match self.outgoing.try_send(Outgoing { header, payload: request.payload }) {
+        let op = request.op;
+        let outgoing = Outgoing { header, payload: request.payload, shared: request.shared };
+        match self.outgoing.try_send(outgoing) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(outgoing)) => {
-                let request = FabricRequest { op: request.op, payload: outgoing.payload };
+                let request =
+                    FabricRequest { op, payload: outgoing.payload, shared: outgoing.shared };
                 return Err(TryCallError::Full(request));
             }
             Err(mpsc::error::TrySendError::Closed(outgoing)) => {
-                let request = FabricRequest { op: request.op, payload: outgoing.payload };
+                let request =
+                    FabricRequest { op, payload: outgoing.payload, shared: outgoing.shared };
                 return Err(TryCallError::Closed(request));
             }
         }
-        state.pending.insert(request_id, Waiting { op: request.op, reply, _permit: permit });
+        state.pending.insert(request_id, Waiting { op, reply, _permit: permit });
         state.last_activity = Instant::now();
         drop(state);
         self.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -395,7 +400,7 @@ where
         };
         if let Some(waiting) = waiting {
             // The caller may have stopped waiting (a timeout); the response is dropped.
-            let _ = waiting.reply.send(FabricResponse { status: header.status, payload });
+            let _ = waiting.reply.send(FabricResponse::new(header.status, payload));
         }
     }
 }
@@ -442,7 +447,8 @@ async fn client_writer<S>(
 /// their in-flight permit until written) on the serving side.
 trait QueuedFrame {
     fn header(&self) -> &FrameHeader;
-    fn payload(&self) -> &[u8];
+    /// The payload's own bytes, then the shared ones (written from where they lie).
+    fn payload(&self) -> (&[u8], &[u8]);
 }
 
 impl QueuedFrame for Outgoing {
@@ -450,8 +456,8 @@ impl QueuedFrame for Outgoing {
         &self.header
     }
 
-    fn payload(&self) -> &[u8] {
-        &self.payload
+    fn payload(&self) -> (&[u8], &[u8]) {
+        (&self.payload, self.shared.as_ref().map_or(&[], SharedBytes::as_bytes))
     }
 }
 
@@ -466,10 +472,12 @@ where
     W: AsyncWrite + Unpin,
     F: QueuedFrame,
 {
-    frame::write_frame(writer, first.header(), first.payload()).await?;
+    let (payload, shared) = first.payload();
+    frame::write_frame(writer, first.header(), payload, shared).await?;
     drop(first);
     while let Ok(next) = queue.try_recv() {
-        frame::write_frame(writer, next.header(), next.payload()).await?;
+        let (payload, shared) = next.payload();
+        frame::write_frame(writer, next.header(), payload, shared).await?;
     }
     writer.flush().await
 }
@@ -483,6 +491,7 @@ where
 struct ServerOutgoing {
     header: FrameHeader,
     payload: Vec<u8>,
+    shared: Option<SharedBytes>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -491,8 +500,8 @@ impl QueuedFrame for ServerOutgoing {
         &self.header
     }
 
-    fn payload(&self) -> &[u8] {
-        &self.payload
+    fn payload(&self) -> (&[u8], &[u8]) {
+        (&self.payload, self.shared.as_ref().map_or(&[], SharedBytes::as_bytes))
     }
 }
 
@@ -615,7 +624,7 @@ impl<H: Handler + ?Sized> ServeContext<H> {
         };
         let handler = Arc::clone(&self.handler);
         let peer = Arc::clone(&self.peer);
-        let request = FabricRequest { op: header.op, payload };
+        let request = FabricRequest::new(header.op, payload);
         tokio::spawn(async move {
             let response = handler.handle(&peer, request).await;
             slot.send(response);
@@ -630,18 +639,20 @@ impl ResponseSlot {
 
     fn route_response(&mut self, response: FabricResponse) {
         let Some((outgoing, permit)) = self.route.take() else { return };
-        let FabricResponse { mut status, mut payload } = response;
-        let len_bytes = match u32::try_from(payload.len()) {
+        let total_bytes = response.len_bytes();
+        let FabricResponse { mut status, mut payload, mut shared } = response;
+        let len_bytes = match u32::try_from(total_bytes) {
             Ok(len) if len <= self.payload_max_bytes => len,
             _ => {
                 tracing::error!(
                     op = ?self.op,
-                    len_bytes = payload.len(),
+                    len_bytes = total_bytes,
                     max_bytes = self.payload_max_bytes,
                     "a handler's response is over the frame limit; answering Internal"
                 );
                 status = Status::Internal;
                 payload = Vec::new();
+                shared = None;
                 0
             }
         };
@@ -649,7 +660,7 @@ impl ResponseSlot {
         // The queue holds at most one response per permit, and this one holds a permit:
         // it has room. It is closed only when the connection is gone.
         if let Err(mpsc::error::TrySendError::Full(_)) =
-            outgoing.try_send(ServerOutgoing { header, payload, _permit: permit })
+            outgoing.try_send(ServerOutgoing { header, payload, shared, _permit: permit })
         {
             tracing::error!("response queue full despite holding a permit; response dropped");
         }
@@ -661,7 +672,7 @@ impl Drop for ResponseSlot {
         if self.route.is_some() {
             tracing::error!(op = ?self.op, "a request ended without a response; answering");
             let message = kiseki_proto::error_message("internal error").as_bytes().to_vec();
-            self.route_response(FabricResponse { status: Status::Internal, payload: message });
+            self.route_response(FabricResponse::new(Status::Internal, message));
         }
     }
 }

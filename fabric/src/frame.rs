@@ -78,22 +78,26 @@ where
     Ok(payload)
 }
 
-/// Writes one frame (not flushed: the caller flushes once its queue is empty).
+/// Writes one frame whose payload is `payload` then `shared` (not flushed: the caller
+/// flushes once its queue is empty). The parts are written as they lie: an envelope is never
+/// copied into a request or response buffer on its way out.
 pub(crate) async fn write_frame<W>(
     writer: &mut W,
     header: &FrameHeader,
     payload: &[u8],
+    shared: &[u8],
 ) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
     assert_eq!(
         usize::try_from(header.payload_len_bytes).ok(),
-        Some(payload.len()),
+        Some(payload.len() + shared.len()),
         "a frame header announces its payload's length"
     );
     writer.write_all(&header.encode()).await?;
-    writer.write_all(payload).await
+    writer.write_all(payload).await?;
+    writer.write_all(shared).await
 }
 
 impl fmt::Display for ReadError {
@@ -120,8 +124,8 @@ mod tests {
             let mut wire = Vec::new();
             let first = FrameHeader::request(Op::PutChunk, 1, 5);
             let second = FrameHeader::response(Op::GetChunk, 2, Status::NotFound, 0);
-            write_frame(&mut wire, &first, b"hello").await.unwrap();
-            write_frame(&mut wire, &second, b"").await.unwrap();
+            write_frame(&mut wire, &first, b"he", b"llo").await.unwrap();
+            write_frame(&mut wire, &second, b"", b"").await.unwrap();
             let mut reader = &wire[..];
             let header = read_header(&mut reader, 16).await.unwrap().unwrap();
             assert_eq!(header, first);

@@ -59,5 +59,6 @@ pub use service::{ChunkService, TenantRefs, engine_status};
 pub use tcp::{ServerStartError, TcpConfig, TcpServer, TcpServerConfig, TcpTransport};
 
 pub use transport::{
-    BoxFuture, Endpoint, FabricRequest, FabricResponse, Transport, TransportError, TransportKind,
+    BoxFuture, Endpoint, FabricRequest, FabricResponse, SharedBytes, Transport, TransportError,
+    TransportKind,
 };

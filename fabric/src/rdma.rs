@@ -154,7 +154,7 @@ impl TcpSetupChannel {
         peer: &Endpoint,
         local: QpEndpointInfo,
     ) -> Result<QpEndpointInfo, TransportError> {
-        let request = FabricRequest { op: Op::RdmaSetup, payload: local.encode().to_vec() };
+        let request = FabricRequest::new(Op::RdmaSetup, local.encode().to_vec());
         let response = self.tcp.call(peer, request).await?;
         let node = &peer.node;
         let message = || decode_error_message(&response.payload).unwrap_or("").to_owned();

@@ -25,11 +25,12 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use kiseki_security::{ChunkId, Envelope, OrgId};
 use tokio::sync::mpsc;
 
-use crate::client::{ChunkClient, ClientError, put_payload};
+use crate::client::{ChunkClient, ClientError, put_request};
 use crate::constants::{REPLICAS_DEFAULT, REPLICAS_MAX};
 use crate::transport::Endpoint;
 
@@ -154,12 +155,13 @@ impl Replicator {
 
     /// Stores `envelope` on its R nodes among `live`; returns once W acknowledged it. Must
     /// run inside a tokio runtime (each replica's put is a task, so the ones still running
-    /// when the quorum is reached finish in the background).
+    /// when the quorum is reached finish in the background). Every replica's request
+    /// shares the one envelope.
     pub async fn put(
         &self,
         live: &[Endpoint],
         tenant: Option<&OrgId>,
-        envelope: &Envelope,
+        envelope: &Arc<Envelope>,
     ) -> Result<Replicated, ReplicationError> {
         let chunk_id = envelope.chunk_id();
         let targets: Vec<Endpoint> = self.placement(&chunk_id, live).into_iter().cloned().collect();
@@ -170,11 +172,11 @@ impl Replicator {
         let (results_tx, mut results_rx) = mpsc::channel(targets.len());
         for target in &targets {
             let client = self.client.clone();
-            let payload = put_payload(tenant, envelope);
+            let request = put_request(tenant, envelope);
             let target = target.clone();
             let results_tx = results_tx.clone();
             tokio::spawn(async move {
-                let result = client.put_encoded(&target, payload).await;
+                let result = client.put_request(&target, request).await;
                 if let Err(error) = &result {
                     let node = &target.node;
                     tracing::warn!(%node, chunk = %chunk_id, %error, "replica put failed");
@@ -405,7 +407,7 @@ mod tests {
         let live = endpoints(&["a", "b", "c", "d", "e"]);
         assert_eq!((replicator.replica_count(5), replicator.write_quorum(3)), (3, 2));
         let chunk = envelope(b"three copies");
-        let written = replicator.put(&live, None, &chunk).await.unwrap();
+        let written = replicator.put(&live, None, &Arc::new(chunk.clone())).await.unwrap();
         assert_eq!(written.targets, names(&replicator.placement(&chunk.chunk_id(), &live)));
         assert!(written.acked.len() >= 2);
         tokio::task::yield_now().await;
@@ -421,7 +423,7 @@ mod tests {
         let live = endpoints(&["a", "b", "c"]);
         tcp.fail("b", Fault::Hang);
         let chunk = envelope(b"two of three");
-        let written = replicator.put(&live, None, &chunk).await.unwrap();
+        let written = replicator.put(&live, None, &Arc::new(chunk.clone())).await.unwrap();
         let mut acked = written.acked.clone();
         acked.sort();
         assert_eq!(acked, ["a", "c"]);
@@ -434,11 +436,11 @@ mod tests {
         let (replicator, tcp) = replicator(&nodes, config);
         let live = endpoints(&["a", "b", "c"]);
         let before = envelope(b"written before the failure");
-        replicator.put(&live, None, &before).await.unwrap();
+        replicator.put(&live, None, &Arc::new(before.clone())).await.unwrap();
         tcp.fail("a", Fault::Refuse(connect_refused("a")));
         for i in 0..10u32 {
             let chunk = envelope(&i.to_le_bytes());
-            let written = replicator.put(&live, None, &chunk).await.unwrap();
+            let written = replicator.put(&live, None, &Arc::new(chunk.clone())).await.unwrap();
             assert!(!written.acked.contains(&"a".to_string()));
             assert_eq!(replicator.get(&live, None, &chunk.chunk_id()).await.unwrap(), chunk);
         }
@@ -453,7 +455,7 @@ mod tests {
         tcp.fail("a", Fault::Refuse(connect_refused("a")));
         tcp.fail("b", Fault::Refuse(connect_refused("b")));
         let chunk = envelope(b"one copy is not enough");
-        let error = replicator.put(&live, None, &chunk).await.unwrap_err();
+        let error = replicator.put(&live, None, &Arc::new(chunk.clone())).await.unwrap_err();
         let ReplicationError::TooFewAcks { acked, required, targets, failures, .. } = &error else {
             panic!("{error:?}")
         };
@@ -469,9 +471,10 @@ mod tests {
         let nodes = nodes(&["a"]);
         let config = ReplicationConfig { replicas: Some(3), write_quorum: Some(2) };
         let (replicator, _) = replicator(&nodes, config);
-        let error = replicator.put(&endpoints(&["a"]), None, &envelope(b"x")).await.unwrap_err();
+        let error =
+            replicator.put(&endpoints(&["a"]), None, &Arc::new(envelope(b"x"))).await.unwrap_err();
         assert!(matches!(error, ReplicationError::TooFewAcks { required: 2, .. }), "{error:?}");
-        let error = replicator.put(&[], None, &envelope(b"x")).await.unwrap_err();
+        let error = replicator.put(&[], None, &Arc::new(envelope(b"x"))).await.unwrap_err();
         assert_eq!(error, ReplicationError::NoLiveNodes);
     }
 
@@ -494,7 +497,7 @@ mod tests {
         let (replicator, tcp) = replicator(&nodes, ReplicationConfig::default());
         let live = endpoints(&["a", "b", "c"]);
         let chunk = envelope(b"healthy first");
-        replicator.put(&live, None, &chunk).await.unwrap();
+        replicator.put(&live, None, &Arc::new(chunk.clone())).await.unwrap();
         let first = names(&replicator.placement(&chunk.chunk_id(), &live))[0].clone();
         // Open the first replica's TCP breaker (5 failures by default), then heal it.
         tcp.fail(&first, Fault::Refuse(connect_refused(&first)));

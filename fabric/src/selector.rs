@@ -160,10 +160,10 @@ impl FabricSelector {
                 _ => request.take().expect("the request is kept until its last attempt"),
             };
             let metrics = self.metrics_of(kind);
-            metrics.request_sent(frame_bytes(this_request.payload.len()));
+            metrics.request_sent(frame_bytes(this_request.len_bytes()));
             let error = match self.transport(kind).call(peer, this_request).await {
                 Ok(response) => {
-                    metrics.response_received(frame_bytes(response.payload.len()));
+                    metrics.response_received(frame_bytes(response.len_bytes()));
                     self.record(&peer.node, kind, None);
                     return Ok(response);
                 }
@@ -468,13 +468,13 @@ mod tests {
     }
 
     fn ping() -> FabricRequest {
-        FabricRequest { op: Op::Ping, payload: Vec::new() }
+        FabricRequest::new(Op::Ping, Vec::new())
     }
 
     fn encode(request: ChunkRequest<'_>) -> FabricRequest {
         let mut payload = Vec::new();
         request.encode_into(&mut payload);
-        FabricRequest { op: request.op(), payload }
+        FabricRequest::new(request.op(), payload)
     }
 
     #[tokio::test]

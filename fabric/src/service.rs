@@ -170,7 +170,7 @@ impl ChunkService {
             return status_response(Status::Denied);
         };
         match request.op {
-            Op::Ping => FabricResponse { status: Status::Ok, payload: Vec::new() },
+            Op::Ping => FabricResponse::new(Status::Ok, Vec::new()),
             Op::PutChunk => self.put(peer, &asker, request.payload).await,
             Op::GetChunk | Op::HasChunks => self.read(peer, &asker, request).await,
             Op::RdmaSetup => self.rdma_setup(peer, &asker, &request.payload),
@@ -188,7 +188,7 @@ impl ChunkService {
         else {
             tracing::debug!(%peer, "RDMA setup refused: this node offers no RDMA");
             let reason = error_message(rdma::absent_reason()).as_bytes().to_vec();
-            return FabricResponse { status: Status::Unavailable, payload: reason };
+            return FabricResponse::new(Status::Unavailable, reason);
         };
         match side.acceptor.accept(peer.clone(), record) {
             Ok((local, responder)) => {
@@ -199,7 +199,7 @@ impl ChunkService {
                         tracing::warn!(%peer, %error, "RDMA responder stopped");
                     }
                 });
-                FabricResponse { status: Status::Ok, payload: local.to_vec() }
+                FabricResponse::new(Status::Ok, local.to_vec())
             }
             Err(TransportError::Busy { .. }) => {
                 tracing::warn!(%peer, "RDMA setup refused: every responder place is taken");
@@ -246,7 +246,7 @@ impl ChunkService {
                 if let Some(reservation) = reservation {
                     reservation.commit();
                 }
-                FabricResponse { status: Status::Ok, payload: Vec::new() }
+                FabricResponse::new(Status::Ok, Vec::new())
             }
             Err(error) => engine_failure(peer, Op::PutChunk, &chunk_id, &error),
         }
@@ -281,7 +281,7 @@ impl ChunkService {
             return status_response(Status::NotFound);
         }
         match self.engine.get(chunk_id).await {
-            Ok(envelope) => FabricResponse { status: Status::Ok, payload: envelope.into_bytes() },
+            Ok(envelope) => FabricResponse::new(Status::Ok, envelope.into_bytes()),
             Err(error) => engine_failure(peer, Op::GetChunk, &chunk_id, &error),
         }
     }
@@ -302,7 +302,7 @@ impl ChunkService {
         }
         let mut payload = Vec::new();
         HasChunksBitmap::encode_into(held.into_iter(), &mut payload);
-        FabricResponse { status: Status::Ok, payload }
+        FabricResponse::new(Status::Ok, payload)
     }
 
     /// Whether `asker` may learn anything of `chunk_id`: nodes always, tenants only for
@@ -511,7 +511,7 @@ pub fn engine_status(error: &EngineError) -> Status {
 /// error of a kind has, whatever its cause (an absent and an unreferenced chunk alike).
 fn status_response(status: Status) -> FabricResponse {
     let payload = error_message(&status.to_string()).as_bytes().to_vec();
-    FabricResponse { status, payload }
+    FabricResponse::new(status, payload)
 }
 
 fn bad_request(peer: &Peer, op: Op, error: &dyn std::fmt::Display) -> FabricResponse {

@@ -170,9 +170,10 @@ impl TcpTransport {
         request: FabricRequest,
     ) -> Result<FabricResponse, TransportError> {
         let max_bytes = self.config.limits.payload_max_bytes;
-        let fits = u32::try_from(request.payload.len()).is_ok_and(|len| len <= max_bytes);
+        let len_bytes = request.len_bytes();
+        let fits = u32::try_from(len_bytes).is_ok_and(|len| len <= max_bytes);
         if !fits {
-            return Err(TransportError::Oversized { len_bytes: request.payload.len(), max_bytes });
+            return Err(TransportError::Oversized { len_bytes, max_bytes });
         }
         let pending = self.dispatch(peer, request).await?;
         match tokio::time::timeout(self.config.request_timeout, pending.wait()).await {
@@ -272,7 +273,7 @@ impl TcpTransport {
                 Some(self.config.idle_timeout),
                 Arc::clone(&self.counters),
             );
-            let ping = FabricRequest { op: Op::Ping, payload: Vec::new() };
+            let ping = FabricRequest::new(Op::Ping, Vec::new());
             let accepted = match connection.try_call(ping) {
                 Ok(pending) => pending.wait().await.map(drop),
                 Err(error) => Err(TransportError::ConnectionLost {

@@ -37,12 +37,12 @@ impl MemoryNode {
     }
 
     fn serve(&self, request: &FabricRequest) -> FabricResponse {
-        let ok = |payload| FabricResponse { status: Status::Ok, payload };
+        let ok = |payload| FabricResponse::new(Status::Ok, payload);
         if request.op == Op::Ping {
             return ok(Vec::new());
         }
         let Ok(decoded) = ChunkRequest::decode(request.op, &request.payload) else {
-            return FabricResponse { status: Status::BadRequest, payload: b"bad".to_vec() };
+            return FabricResponse::new(Status::BadRequest, b"bad".to_vec());
         };
         let mut chunks = self.chunks.lock().unwrap();
         match decoded {
@@ -55,7 +55,7 @@ impl MemoryNode {
             }
             ChunkRequest::Get { chunk_id, .. } => match chunks.get(&chunk_id) {
                 Some((bytes, _)) => ok(bytes.clone()),
-                None => FabricResponse { status: Status::NotFound, payload: Vec::new() },
+                None => FabricResponse::new(Status::NotFound, Vec::new()),
             },
             ChunkRequest::Has { .. } => {
                 let held: Vec<bool> =
@@ -127,6 +127,8 @@ impl Transport for ScriptedTransport {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = self.faults.lock().unwrap().get(&peer.node).cloned();
         let node = self.nodes.get(&peer.node).cloned();
+        // What a node receives: the whole payload in one buffer, as off the wire.
+        let request = request.into_contiguous();
         Box::pin(async move {
             let Some(node) = node else {
                 return Err(connect_refused(&peer.node));

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use kiseki_proto::{Op, Status};
 
@@ -27,19 +28,105 @@ pub struct Endpoint {
     pub server_name: String,
 }
 
-/// One request: an op and its payload (encoded by `kiseki_proto`).
+/// One request: an op and its payload (encoded by `kiseki_proto`). The payload on the wire
+/// is `payload` followed by `shared`, when there is one: bytes the sender keeps sharing (an
+/// envelope sent to several replicas, or retried on a fallback transport), written from
+/// where they lie instead of being copied into the request. A received request has its whole
+/// payload in `payload`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FabricRequest {
     pub op: Op,
     pub payload: Vec<u8>,
+    pub shared: Option<SharedBytes>,
 }
 
-/// One response: its status and payload.
+/// One response: its status and payload, laid out as a request's (`payload`, then
+/// `shared`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FabricResponse {
     pub status: Status,
     pub payload: Vec<u8>,
+    pub shared: Option<SharedBytes>,
 }
+
+/// Immutable bytes shared between frames without copying: a sealed envelope, typically.
+#[derive(Clone)]
+pub struct SharedBytes(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl FabricRequest {
+    /// A request whose payload is all in `payload`.
+    pub fn new(op: Op, payload: Vec<u8>) -> FabricRequest {
+        FabricRequest { op, payload, shared: None }
+    }
+
+    /// The payload's length on the wire.
+    pub fn len_bytes(&self) -> usize {
+        self.payload.len() + self.shared.as_ref().map_or(0, |shared| shared.len())
+    }
+
+    /// The whole payload in one buffer (copying `shared` in), for transports that send one
+    /// buffer.
+    pub fn into_contiguous(self) -> FabricRequest {
+        FabricRequest { op: self.op, payload: contiguous(self.payload, self.shared), shared: None }
+    }
+}
+
+impl FabricResponse {
+    /// A response whose payload is all in `payload`.
+    pub fn new(status: Status, payload: Vec<u8>) -> FabricResponse {
+        FabricResponse { status, payload, shared: None }
+    }
+
+    /// The payload's length on the wire.
+    pub fn len_bytes(&self) -> usize {
+        self.payload.len() + self.shared.as_ref().map_or(0, |shared| shared.len())
+    }
+
+    /// The whole payload in one buffer (copying `shared` in).
+    pub fn into_contiguous(self) -> FabricResponse {
+        let payload = contiguous(self.payload, self.shared);
+        FabricResponse { status: self.status, payload, shared: None }
+    }
+}
+
+fn contiguous(mut payload: Vec<u8>, shared: Option<SharedBytes>) -> Vec<u8> {
+    if let Some(shared) = shared {
+        payload.extend_from_slice(shared.as_bytes());
+    }
+    payload
+}
+
+impl SharedBytes {
+    pub fn new<T: AsRef<[u8]> + Send + Sync + 'static>(bytes: Arc<T>) -> SharedBytes {
+        SharedBytes(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.len())
+    }
+}
+
+impl PartialEq for SharedBytes {
+    fn eq(&self, other: &SharedBytes) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SharedBytes {}
 
 /// Why a request got no response. Whether a retry is safe depends on the op (see
 /// `Op::is_idempotent`) and on [`TransportError::may_have_reached_peer`].

@@ -395,6 +395,12 @@ impl fmt::Debug for Plaintext {
     }
 }
 
+impl AsRef<[u8]> for Envelope {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl PartialEq for Envelope {
     fn eq(&self, other: &Envelope) -> bool {
         self.bytes == other.bytes

@@ -58,7 +58,8 @@ struct Target {
     transport: Arc<TcpTransport>,
     client: ChunkClient,
     endpoint: Endpoint,
-    envelopes: Vec<Envelope>,
+    /// Shared, so a put sends the envelope from where it lies (as a gateway would).
+    envelopes: Vec<Arc<Envelope>>,
 }
 
 /// A request answered (or failed), as the job's loop records it.
@@ -98,7 +99,7 @@ impl Job<'_> {
 
     /// Seals the job's working set: random chunks, each stamped with its number and the
     /// job's, so no two chunks of a run share an id.
-    fn seal(&self) -> Result<Vec<Envelope>, String> {
+    fn seal(&self) -> Result<Vec<Arc<Envelope>>, String> {
         let args = &self.plan.job.args;
         let mut rng = SplitMix64::new(args.randseed ^ (self.index as u64).wrapping_mul(0x9E37));
         let mut plaintext = vec![0u8; self.plan.job.bs_bytes as usize];
@@ -112,12 +113,12 @@ impl Job<'_> {
             let chunk_id = ChunkId::of_plaintext(&plaintext);
             let dek = Dek::derive(self.key, &chunk_id, None);
             let envelope = Envelope::seal(&plaintext, &SealParams::new(&dek));
-            envelopes.push(envelope.map_err(|e| format!("sealing: {e}"))?);
+            envelopes.push(Arc::new(envelope.map_err(|e| format!("sealing: {e}"))?));
         }
         Ok(envelopes)
     }
 
-    async fn connect(&self, envelopes: Vec<Envelope>) -> Result<Arc<Target>, String> {
+    async fn connect(&self, envelopes: Vec<Arc<Envelope>>) -> Result<Arc<Target>, String> {
         let addr = self.plan.addr;
         let config =
             TcpConfig { max_per_endpoint: self.plan.connections as usize, ..TcpConfig::default() };

@@ -10,7 +10,8 @@
 //! What it does not do, to stay out of the measurement: parse envelopes fully (it checks
 //! the magic and the length and reads the chunk id at its place in the envelope's byte map;
 //! the client checks every envelope it gets back), copy a put's payload (it keeps the
-//! request's buffer and the envelope's offset in it), or ever release a chunk.
+//! request's buffer and the envelope's offset in it) or a get's answer (the response shares
+//! the stored buffer), or ever release a chunk.
 //!
 //! Invariant: the envelope bytes held never exceed the capacity; a put of a new chunk that
 //! would exceed it is refused as `Unavailable` and stores nothing.
@@ -18,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kiseki_fabric::{BoxFuture, FabricRequest, FabricResponse, Handler, Peer};
+use kiseki_fabric::{BoxFuture, FabricRequest, FabricResponse, Handler, Peer, SharedBytes};
 use kiseki_proto::{ChunkRequest, HasChunksBitmap, Op, Status, error_message};
 use kiseki_security::Role;
 use kiseki_security::constants::{CHUNK_ID_LEN, ENVELOPE_MAGIC, TAG_LEN};
@@ -42,12 +43,24 @@ struct State {
     chunks: HashMap<[u8; CHUNK_ID_LEN], Stored>,
 }
 
-/// A stored envelope: the put request's payload, the envelope from `offset` on.
+/// A stored envelope and its references.
 #[derive(Debug)]
 struct Stored {
-    payload: Arc<Vec<u8>>,
-    offset: usize,
+    envelope: Arc<PutPayload>,
     references: u64,
+}
+
+/// A put request's payload, whose bytes from `offset` on are the envelope.
+#[derive(Debug)]
+struct PutPayload {
+    payload: Vec<u8>,
+    offset: usize,
+}
+
+impl AsRef<[u8]> for PutPayload {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload[self.offset..]
+    }
 }
 
 /// What the store holds, for the listener's closing line and for tests.
@@ -105,7 +118,7 @@ impl MemoryStore {
             return status_response(Status::Unavailable);
         }
         state.held_bytes += len_bytes;
-        let stored = Stored { payload: Arc::new(payload), offset, references: 1 };
+        let stored = Stored { envelope: Arc::new(PutPayload { payload, offset }), references: 1 };
         state.chunks.insert(chunk_id, stored);
         drop(state);
         ok(Vec::new())
@@ -114,14 +127,13 @@ impl MemoryStore {
     fn read(&self, op: Op, payload: &[u8]) -> FabricResponse {
         match ChunkRequest::decode(op, payload) {
             Ok(ChunkRequest::Get { chunk_id, .. }) => {
-                let found = self
-                    .lock()
-                    .chunks
-                    .get(&chunk_id)
-                    .map(|stored| (Arc::clone(&stored.payload), stored.offset));
-                // The copy into the response happens outside the lock.
+                let found = self.lock().chunks.get(&chunk_id).map(|s| Arc::clone(&s.envelope));
                 match found {
-                    Some((payload, offset)) => ok(payload[offset..].to_vec()),
+                    Some(envelope) => FabricResponse {
+                        status: Status::Ok,
+                        payload: Vec::new(),
+                        shared: Some(SharedBytes::new(envelope)),
+                    },
                     None => status_response(Status::NotFound),
                 }
             }
@@ -163,13 +175,13 @@ fn chunk_id_of(envelope: &[u8]) -> Option<[u8; CHUNK_ID_LEN]> {
 }
 
 fn ok(payload: Vec<u8>) -> FabricResponse {
-    FabricResponse { status: Status::Ok, payload }
+    FabricResponse::new(Status::Ok, payload)
 }
 
 /// A response with `status` and its generic word, as the chunk service answers.
 fn status_response(status: Status) -> FabricResponse {
     let payload = error_message(&status.to_string()).as_bytes().to_vec();
-    FabricResponse { status, payload }
+    FabricResponse::new(status, payload)
 }
 
 #[cfg(test)]
@@ -207,7 +219,7 @@ mod tests {
     fn request(request: ChunkRequest<'_>) -> FabricRequest {
         let mut payload = Vec::new();
         request.encode_into(&mut payload);
-        FabricRequest { op: request.op(), payload }
+        FabricRequest::new(request.op(), payload)
     }
 
     fn put(envelope: &Envelope) -> FabricRequest {
@@ -241,7 +253,8 @@ mod tests {
         assert_eq!(stats.held_bytes, envelope.len() as u64, "a second put stores nothing");
         let answer = store.serve(&node, get(&envelope));
         assert_eq!(answer.status, Status::Ok);
-        assert_eq!(answer.payload, envelope.as_bytes());
+        assert!(answer.payload.is_empty(), "the answer shares the stored envelope");
+        assert_eq!(answer.into_contiguous().payload, envelope.as_bytes());
     }
 
     #[test]
@@ -277,12 +290,12 @@ mod tests {
         let not_an_envelope =
             request(ChunkRequest::Put { tenant: TenantRef::NONE, envelope: b"x" });
         assert_eq!(store.serve(&node, not_an_envelope).status, Status::BadRequest);
-        let truncated = FabricRequest { op: Op::GetChunk, payload: vec![0, 1, 2] };
+        let truncated = FabricRequest::new(Op::GetChunk, vec![0, 1, 2]);
         assert_eq!(store.serve(&node, truncated).status, Status::BadRequest);
         let tenant = peer(Role::Workload { org: OrgId::parse("acme").unwrap() });
         let envelope = sealed(3, 10);
         assert_eq!(store.serve(&tenant, put(&envelope)).status, Status::Denied);
-        let ping = FabricRequest { op: Op::Ping, payload: Vec::new() };
+        let ping = FabricRequest::new(Op::Ping, Vec::new());
         assert_eq!(store.serve(&peer(Role::ClusterAdmin), ping).status, Status::Denied);
         assert_eq!(store.stats().chunks, 0);
     }

@@ -30,14 +30,12 @@ impl Handler for TestHandler {
             let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_seen.fetch_max(now, Ordering::SeqCst);
             let response = match request.op {
-                Op::Ping => {
-                    FabricResponse { status: Status::Ok, payload: request.payload.repeat(2) }
-                }
-                Op::PutChunk => FabricResponse { status: Status::Ok, payload: request.payload },
+                Op::Ping => FabricResponse::new(Status::Ok, request.payload.repeat(2)),
+                Op::PutChunk => FabricResponse::new(Status::Ok, request.payload),
                 Op::HasChunks => {
                     let delay_ms = u64::from(request.payload.first().copied().unwrap_or(0));
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    FabricResponse { status: Status::Ok, payload: request.payload }
+                    FabricResponse::new(Status::Ok, request.payload)
                 }
                 Op::GetChunk => panic!("the test handler panics on GetChunk"),
                 Op::RdmaSetup => unreachable!("no connection test sends an RDMA setup"),
@@ -105,7 +103,7 @@ fn serve(stream: DuplexStream, limits: ConnectionLimits) -> Served {
 }
 
 fn request(op: Op, payload: &[u8]) -> FabricRequest {
-    FabricRequest { op, payload: payload.to_vec() }
+    FabricRequest::new(op, payload.to_vec())
 }
 
 async fn call(client: &ClientConnection, op: Op, payload: &[u8]) -> FabricResponse {

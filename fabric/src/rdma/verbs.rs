@@ -50,7 +50,8 @@ use super::{
 use crate::connection::{Handler, Peer};
 use crate::constants::{RDMA_RESPONDERS_MAX, SELECTOR_PEERS_MAX};
 use crate::transport::{
-    BoxFuture, Endpoint, FabricRequest, FabricResponse, Transport, TransportError, TransportKind,
+    BoxFuture, Endpoint, FabricRequest, FabricResponse, SharedBytes, Transport, TransportError,
+    TransportKind,
 };
 
 /// Completion queue entries per connection: one send and one receive in flight.
@@ -402,19 +403,21 @@ impl QpConnection {
         timeout: Duration,
     ) -> Result<FabricResponse, TransportError> {
         let limit = self.message_limit();
-        let frame_len = FRAME_HEADER_BYTES + request.payload.len();
+        let len_bytes = request.len_bytes();
+        let frame_len = FRAME_HEADER_BYTES + len_bytes;
         if frame_len > limit {
-            return Err(TransportError::Oversized {
-                len_bytes: request.payload.len(),
-                max_bytes: (limit - FRAME_HEADER_BYTES) as u32,
-            });
+            let max_bytes = (limit - FRAME_HEADER_BYTES) as u32;
+            return Err(TransportError::Oversized { len_bytes, max_bytes });
         }
         self.next_request_id += 1;
         let request_id = self.next_request_id;
-        let header = FrameHeader::request(request.op, request_id, request.payload.len() as u32);
+        let header = FrameHeader::request(request.op, request_id, len_bytes as u32);
         let buffer = self.send.bytes_mut();
         buffer[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode());
-        buffer[FRAME_HEADER_BYTES..frame_len].copy_from_slice(&request.payload);
+        let (own, shared) =
+            buffer[FRAME_HEADER_BYTES..frame_len].split_at_mut(request.payload.len());
+        own.copy_from_slice(&request.payload);
+        shared.copy_from_slice(request.shared.as_ref().map_or(&[], SharedBytes::as_bytes));
         let not_sent = |reason: String| TransportError::Unavailable {
             reason: format!("{node}: RDMA: {reason}"),
         };
@@ -586,7 +589,7 @@ impl QpConnection {
         if header.op != request.op {
             return Err(protocol(format!("response for {:?} to {:?}", header.op, request.op)));
         }
-        Ok(FabricResponse { status: header.status, payload: payload.to_vec() })
+        Ok(FabricResponse::new(header.status, payload.to_vec()))
     }
 
     fn decode_request(
@@ -599,7 +602,7 @@ impl QpConnection {
             let reason = String::from("a response where a request was expected");
             return Err(TransportError::Protocol { peer: node.to_owned(), reason });
         }
-        let request = FabricRequest { op: header.op, payload: payload.to_vec() };
+        let request = FabricRequest::new(header.op, payload.to_vec());
         Ok((header.request_id, request))
     }
 
@@ -607,6 +610,7 @@ impl QpConnection {
     /// the peer's receive buffer is replaced by an `Internal` status saying so.
     fn write_response(&mut self, op: Op, request_id: u64, response: FabricResponse) -> usize {
         let limit = self.message_limit();
+        let response = response.into_contiguous();
         let (status, payload) = if FRAME_HEADER_BYTES + response.payload.len() <= limit {
             (response.status, response.payload)
         } else {

@@ -60,7 +60,7 @@ async fn three_nodes_replicate_and_survive_one_loss() {
     let client = replicator(&cluster, tenant("acme"), "workload-1");
 
     // Each call to `envelope` seals anew (random key and nonce): keep the ones stored.
-    let stored: Vec<Envelope> = (0..8).map(envelope).collect();
+    let stored: Vec<Arc<Envelope>> = (0..8).map(|key| Arc::new(envelope(key))).collect();
     for envelope in &stored {
         let replicated = client.put(&live, Some(&acme), envelope).await.expect("put");
         assert_eq!(replicated.targets.len(), 3, "R=3 over three nodes");
@@ -98,7 +98,7 @@ async fn three_nodes_replicate_and_survive_one_loss() {
         assert!(got.as_bytes() == expected.as_bytes(), "chunk {key} came back changed");
     }
     for key in 100..104 {
-        let envelope = envelope(key);
+        let envelope = Arc::new(envelope(key));
         let replicated = client.put(&live, Some(&acme), &envelope).await.expect("put, 2 of 3");
         assert_eq!(replicated.acked.len(), 2, "{replicated:?}");
         assert!(!replicated.acked.contains(&"node1".to_owned()));
@@ -110,7 +110,7 @@ async fn three_nodes_replicate_and_survive_one_loss() {
     let second = nodes.remove(0);
     second.server.shutdown().await;
     drop(second.node);
-    match client.put(&live, Some(&acme), &envelope(200)).await {
+    match client.put(&live, Some(&acme), &Arc::new(envelope(200))).await {
         Err(ReplicationError::TooFewAcks { required, acked, .. }) => {
             assert_eq!(required, 2);
             assert!(acked.len() < 2, "{acked:?}");

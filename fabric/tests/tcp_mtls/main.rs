@@ -19,8 +19,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kiseki_fabric::{
-    ConnectionLimits, Endpoint, FabricRequest, FabricResponse, TcpConfig, TcpServerConfig,
-    TcpTransport, Transport, TransportError,
+    ConnectionLimits, Endpoint, FabricRequest, FabricResponse, SharedBytes, TcpConfig,
+    TcpServerConfig, TcpTransport, Transport, TransportError,
 };
 use kiseki_proto::{ChunkResponse, FrameHeader, Op, Status};
 use kiseki_security::{CrlReload, Role};
@@ -32,7 +32,7 @@ use support::{
 };
 
 fn ping() -> FabricRequest {
-    FabricRequest { op: Op::Ping, payload: Vec::new() }
+    FabricRequest::new(Op::Ping, Vec::new())
 }
 
 async fn call(
@@ -80,7 +80,7 @@ async fn put_get_has_round_trip_between_nodes() {
     assert_eq!(held(&bits, 3), [true, false, true]);
     let missing = call(&client, &peer, get_request(None, absent)).await.unwrap();
     assert_eq!(missing.status, Status::NotFound);
-    let garbage = FabricRequest { op: Op::PutChunk, payload: vec![0, 1, 2, 3] };
+    let garbage = FabricRequest::new(Op::PutChunk, vec![0, 1, 2, 3]);
     assert_eq!(call(&client, &peer, garbage).await.unwrap().status, Status::BadRequest);
 
     let stats = server.stats();
@@ -109,7 +109,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
 
     let refused = call(&client, &peer, ping()).await;
     assert!(matches!(refused, Err(TransportError::Handshake { .. })), "{refused:?}");
-    let request = FabricRequest { op: Op::GetChunk, payload: vec![0; 33] };
+    let request = FabricRequest::new(Op::GetChunk, vec![0; 33]);
     let refused = call(&client, &peer, request).await;
     assert!(matches!(refused, Err(TransportError::Handshake { .. })), "{refused:?}");
     let stats = server.stats();
@@ -137,7 +137,7 @@ async fn a_revoked_client_certificate_is_refused_after_a_crl_reload() {
     let after = transport(&cluster.context(&leaf), TcpConfig::default());
     let refused = call(&after, &peer, ping()).await;
     assert!(matches!(refused, Err(TransportError::Handshake { .. })), "{refused:?}");
-    let put = FabricRequest { op: Op::PutChunk, payload: vec![0; 9] };
+    let put = FabricRequest::new(Op::PutChunk, vec![0; 9]);
     let refused = call(&after, &peer, put).await;
     assert!(matches!(refused, Err(TransportError::Handshake { .. })), "{refused:?}");
     let stats = server.stats();
@@ -265,15 +265,27 @@ async fn an_oversized_frame_closes_its_connection_and_the_server_serves_others()
     assert_eq!(stats.frames_oversized, 1, "{stats:?}");
 
     // The bystander's connection was untouched; new connections are served too.
-    let echo = FabricRequest { op: Op::GetChunk, payload: vec![5; 64] };
+    let echo = FabricRequest::new(Op::GetChunk, vec![5; 64]);
     assert_eq!(ok(&bystander, &peer, echo).await, vec![5; 64]);
+    // A request's shared bytes arrive after its own, in one payload.
+    let shared =
+        Some(SharedBytes::new(Arc::new((0..=255u8).cycle().take(300_000).collect::<Vec<_>>())));
+    let echo = FabricRequest { op: Op::GetChunk, payload: vec![7; 3], shared };
+    let mut expected = vec![7; 3];
+    expected.extend((0..=255u8).cycle().take(300_000));
+    assert_eq!(ok(&bystander, &peer, echo).await, expected);
     let fresh = transport(&node_tls, TcpConfig::default());
     ok(&fresh, &peer, ping()).await;
 
     // A client does not send what is over its own limit.
     let client_config = TcpConfig { limits, ..TcpConfig::default() };
     let small = transport(&node_tls, client_config);
-    let request = FabricRequest { op: Op::PutChunk, payload: vec![0; LIMIT_BYTES as usize + 1] };
+    let request = FabricRequest::new(Op::PutChunk, vec![0; LIMIT_BYTES as usize + 1]);
+    let refused = call(&small, &peer, request).await;
+    assert!(matches!(refused, Err(TransportError::Oversized { .. })), "{refused:?}");
+    // Shared bytes count toward the limit like the request's own.
+    let shared = Some(SharedBytes::new(Arc::new(vec![0u8; LIMIT_BYTES as usize])));
+    let request = FabricRequest { op: Op::PutChunk, payload: vec![0; 1], shared };
     let refused = call(&small, &peer, request).await;
     assert!(matches!(refused, Err(TransportError::Oversized { .. })), "{refused:?}");
     assert_eq!(small.stats().requests, 0, "nothing sent");
@@ -343,7 +355,7 @@ async fn many_requests_are_multiplexed_on_one_connection() {
         let (client, peer) = (Arc::clone(&client), peer.clone());
         calls.spawn(async move {
             let payload = (index as u32).to_le_bytes().to_vec();
-            let request = FabricRequest { op: Op::HasChunks, payload: payload.clone() };
+            let request = FabricRequest::new(Op::HasChunks, payload.clone());
             (payload, call(&client, &peer, request).await)
         });
     }
@@ -374,7 +386,7 @@ async fn the_pool_keeps_to_max_per_endpoint() {
     for _ in 0..4 {
         let (client, peer) = (Arc::clone(&client), peer.clone());
         calls.spawn(async move {
-            call(&client, &peer, FabricRequest { op: Op::GetChunk, payload: vec![1] }).await
+            call(&client, &peer, FabricRequest::new(Op::GetChunk, vec![1])).await
         });
     }
     eventually("four requests held", || handler.current.load(Ordering::SeqCst) == 4).await;
@@ -428,7 +440,7 @@ async fn requests_in_flight_on_a_lost_connection_fail_as_lost() {
     let held = {
         let (client, peer) = (Arc::clone(&client), peer.clone());
         tokio::spawn(async move {
-            call(&client, &peer, FabricRequest { op: Op::PutChunk, payload: vec![1] }).await
+            call(&client, &peer, FabricRequest::new(Op::PutChunk, vec![1])).await
         })
     };
     eventually("the request is held", || handler.current.load(Ordering::SeqCst) == 1).await;
@@ -449,7 +461,7 @@ async fn a_request_without_a_response_in_time_times_out() {
     let config = TcpConfig { request_timeout: Duration::from_millis(200), ..TcpConfig::default() };
     let client = transport(&cluster.context_for(Role::Server, "node2"), config);
     let peer = endpoint(&server);
-    let request = FabricRequest { op: Op::GetChunk, payload: vec![1] };
+    let request = FabricRequest::new(Op::GetChunk, vec![1]);
     let timed_out = call(&client, &peer, request).await;
     assert!(matches!(timed_out, Err(TransportError::Timeout { .. })), "{timed_out:?}");
     handler.release();
@@ -470,7 +482,7 @@ async fn a_graceful_shutdown_answers_requests_already_read() {
     let held = {
         let (client, peer) = (Arc::clone(&client), peer.clone());
         tokio::spawn(async move {
-            call(&client, &peer, FabricRequest { op: Op::HasChunks, payload: vec![3] }).await
+            call(&client, &peer, FabricRequest::new(Op::HasChunks, vec![3])).await
         })
     };
     eventually("the request is held", || handler.current.load(Ordering::SeqCst) == 1).await;

@@ -31,7 +31,7 @@ fn record() -> QpEndpointInfo {
 }
 
 fn setup_request(payload: Vec<u8>) -> FabricRequest {
-    FabricRequest { op: Op::RdmaSetup, payload }
+    FabricRequest::new(Op::RdmaSetup, payload)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

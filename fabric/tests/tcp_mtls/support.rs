@@ -10,8 +10,8 @@ use std::time::Duration;
 use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
 use kiseki_engine::{DeviceIds, Engine, EngineError, FormatOptions, OpenOptions, Shard};
 use kiseki_fabric::{
-    BoxFuture, ChunkService, Endpoint, FabricRequest, FabricResponse, Handler, Peer, TcpConfig,
-    TcpServer, TcpServerConfig, TcpTransport,
+    BoxFuture, ChunkService, Endpoint, FabricRequest, FabricResponse, Handler, Peer, SharedBytes,
+    TcpConfig, TcpServer, TcpServerConfig, TcpTransport,
 };
 use kiseki_proto::{ChunkRequest, Op, Status, TenantRef};
 use kiseki_security::authz::Authorizer;
@@ -155,7 +155,8 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 /// Answers Ping at once; any other op is held until `release_at` requests are held at once
 /// or [`GateHandler::release`] is called (or [`WAIT`] passes), then echoed; from then on
-/// nothing is held. Counts how many requests it holds at once.
+/// nothing is held. Counts how many requests it holds at once. The echo's payload after its
+/// first byte is answered as shared bytes.
 #[derive(Debug, Default)]
 pub struct GateHandler {
     pub current: AtomicUsize,
@@ -185,7 +186,7 @@ impl Handler for GateHandler {
     ) -> BoxFuture<'a, FabricResponse> {
         Box::pin(async move {
             if request.op == Op::Ping {
-                return FabricResponse { status: Status::Ok, payload: Vec::new() };
+                return FabricResponse::new(Status::Ok, Vec::new());
             }
             let released = self.released.notified();
             let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
@@ -196,7 +197,12 @@ impl Handler for GateHandler {
                 let _ = tokio::time::timeout(WAIT, released).await;
             }
             self.current.fetch_sub(1, Ordering::SeqCst);
-            FabricResponse { status: Status::Ok, payload: request.payload }
+            // The echo's tail goes out as shared bytes, so every echo crosses the wire the
+            // way a served envelope does.
+            let mut payload = request.payload;
+            let tail = payload.split_off(payload.len().min(1));
+            let shared = Some(SharedBytes::new(Arc::new(tail)));
+            FabricResponse { status: Status::Ok, payload, shared }
         })
     }
 }
@@ -275,7 +281,7 @@ fn tenant_ref(tenant: Option<&str>) -> TenantRef<'_> {
 fn encode(request: &ChunkRequest<'_>) -> FabricRequest {
     let mut payload = Vec::with_capacity(request.encoded_len());
     request.encode_into(&mut payload);
-    FabricRequest { op: request.op(), payload }
+    FabricRequest::new(request.op(), payload)
 }
 
 // ---------------------------------------------------------------------------------------
