@@ -20,6 +20,7 @@
 #   KISEKI_BENCH=/path/to/kiseki-bench  use this binary instead of building it
 #   FABRIC_JOBS, FABRIC_IODEPTH, FABRIC_CONNECTIONS  the client's shape (default 1, 8, 2:
 #               one job thread, 8 chunks in flight over 2 TLS connections)
+#   MIMALLOC_PURGE_DELAY  default -1 here: freed payload pages stay with the process
 # Raw JSON and text of every run stay in the directory the script prints.
 set -euo pipefail
 
@@ -47,6 +48,11 @@ CONNECTIONS=${FABRIC_CONNECTIONS:-2}
 # Every connection of every job carries requests once iodepth >= connections.
 STREAMS=$((JOBS * (IODEPTH < CONNECTIONS ? IODEPTH : CONNECTIONS)))
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# kiseki-bench allocates with mimalloc. Every 4 MiB payload is a fresh allocation; by default
+# mimalloc hands freed pages back to the kernel and the next payload faults them in again
+# (measured: ~250 us of listener CPU per 4 MiB put). A long-running node keeps them, as this
+# setting tells mimalloc to; the figures are taken with it.
+export MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:--1}
 
 die() {
   echo "bench-fabric: error: $*" >&2
@@ -240,7 +246,8 @@ print(f"### Fabric vs its ceilings, {day}\n")
 print(f"{cores} cores, Linux {kernel}; loopback 127.0.0.1; {openssl}, {iperf_version}; "
       f"{rounds} paired rounds of {runtime} s runs; kiseki commit {commit}. Ours: "
       f"`kiseki-bench fabric` against a `--listen --memory` process, TLS 1.3 mTLS, {jobs} job(s) "
-      f"x {connections} connections, iodepth {iodepth}, 64 MiB working set per job. Figures "
+      f"x {connections} connections, iodepth {iodepth}, 64 MiB working set per job, "
+      f"MIMALLOC_PURGE_DELAY={os.environ.get('MIMALLOC_PURGE_DELAY', 'unset')}. Figures "
       "are medians over rounds; ratios are medians of per-round ratios.\n")
 print("| measure | median MiB/s | range MiB/s | detail |\n|:---|---:|---:|:---|")
 for name, key, extra in rows:
