@@ -53,7 +53,10 @@ use crate::keys::{Dek, MasterKey, TenantKey, TenantSecret};
 /// An encrypted chunk with its header; see the module's byte map.
 #[derive(Clone)]
 pub struct Envelope {
+    /// The envelope is `bytes[start..]`: a received request's buffer can be kept whole, its
+    /// own header in front (see [`Envelope::parse_owned_at`]).
     bytes: Vec<u8>,
+    start: usize,
     header: Header,
 }
 
@@ -174,7 +177,7 @@ impl Envelope {
         head[NONCE_OFFSET..NONCE_OFFSET + NONCE_LEN].copy_from_slice(&header.nonce);
         bytes.extend_from_slice(tag.as_ref());
         assert_eq!(bytes.len(), header.declared_len(), "sealed envelope has its declared size");
-        Ok(Envelope { bytes, header })
+        Ok(Envelope { bytes, start: 0, header })
     }
 
     /// As [`Envelope::seal`], writing the envelope into `out`, which must be exactly
@@ -239,13 +242,22 @@ impl Envelope {
     /// input that breaks a rule gets a [`CryptoError::Malformed`] naming the first rule.
     pub fn parse(data: &[u8]) -> Result<Envelope, CryptoError> {
         let header = Header::parse(data)?;
-        Ok(Envelope { bytes: data.to_vec(), header })
+        Ok(Envelope { bytes: data.to_vec(), start: 0, header })
     }
 
     /// As [`Envelope::parse`], taking the buffer instead of copying it.
     pub fn parse_owned(bytes: Vec<u8>) -> Result<Envelope, CryptoError> {
         let header = Header::parse(&bytes)?;
-        Ok(Envelope { bytes, header })
+        Ok(Envelope { bytes, start: 0, header })
+    }
+
+    /// As [`Envelope::parse_owned`], for an envelope that starts `start` bytes into `bytes`
+    /// (a put request's payload after its own header): the buffer is kept as it is, not
+    /// shifted down over its first `start` bytes. `start` past the end is malformed input
+    /// like any other.
+    pub fn parse_owned_at(bytes: Vec<u8>, start: usize) -> Result<Envelope, CryptoError> {
+        let header = Header::parse(bytes.get(start..).unwrap_or_default())?;
+        Ok(Envelope { bytes, start, header })
     }
 
     /// Authenticates and decrypts. The DEK's labels must be the envelope's (else
@@ -254,13 +266,13 @@ impl Envelope {
     pub fn open(&self, dek: &Dek) -> Result<Plaintext, CryptoError> {
         self.check_labels(dek)?;
         let key = aes_key(dek)?;
-        let sealed = &self.bytes[self.header.header_len()..];
+        let sealed = &self.as_bytes()[self.header.header_len()..];
         // Opened in place in a copy (the envelope stays intact); a failed open drops the
         // copy, which zeroes whatever it decrypted.
         let mut buffer = Plaintext(Vec::with_capacity(sealed.len()));
         buffer.0.extend_from_slice(sealed);
         let nonce = Nonce::assume_unique_for_key(self.header.nonce);
-        let aad = Aad::from(&self.bytes[AUTHENTICATED_FROM..self.header.header_len()]);
+        let aad = Aad::from(&self.as_bytes()[AUTHENTICATED_FROM..self.header.header_len()]);
         let plaintext_len = key
             .open_in_place(nonce, aad, &mut buffer.0[..])
             .map_err(|_| CryptoError::OpenFailed)?
@@ -300,17 +312,20 @@ impl Envelope {
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.bytes[self.start..]
     }
 
-    pub fn into_bytes(self) -> Vec<u8> {
+    /// The envelope's bytes, in a buffer of their own (shifted down if the envelope was
+    /// parsed at an offset).
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        self.bytes.drain(..self.start);
         self.bytes
     }
 
     /// Bytes of the whole envelope. Never zero: the header alone has 84.
     #[allow(clippy::len_without_is_empty, reason = "an envelope is never empty")]
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.as_bytes().len()
     }
 
     /// Bytes of the plaintext inside (GCM keeps the length).
@@ -336,7 +351,7 @@ impl Envelope {
 
     /// The derivation parameters wrapped by the tenant KEK (empty if none).
     pub fn wrapped_params(&self) -> &[u8] {
-        &self.bytes[FIXED_HEADER_BYTES..self.header.header_len()]
+        &self.as_bytes()[FIXED_HEADER_BYTES..self.header.header_len()]
     }
 
     fn check_labels(&self, dek: &Dek) -> Result<(), CryptoError> {
@@ -355,9 +370,9 @@ impl Envelope {
     /// The header encoded again from the parsed fields, followed by the rest of the bytes:
     /// equal to `as_bytes()` exactly when parsing and encoding agree.
     pub(crate) fn reencode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(self.bytes.len());
+        let mut bytes = Vec::with_capacity(self.len());
         self.header.encode(&mut bytes);
-        bytes.extend_from_slice(&self.bytes[FIXED_HEADER_BYTES..]);
+        bytes.extend_from_slice(&self.as_bytes()[FIXED_HEADER_BYTES..]);
         bytes
     }
 }
@@ -397,13 +412,13 @@ impl fmt::Debug for Plaintext {
 
 impl AsRef<[u8]> for Envelope {
     fn as_ref(&self) -> &[u8] {
-        &self.bytes
+        self.as_bytes()
     }
 }
 
 impl PartialEq for Envelope {
     fn eq(&self, other: &Envelope) -> bool {
-        self.bytes == other.bytes
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -415,7 +430,7 @@ impl fmt::Debug for Envelope {
             .field("chunk_id", &self.header.chunk_id)
             .field("key_epoch", &self.header.key_epoch)
             .field("tenancy", &self.header.tenancy)
-            .field("len", &self.bytes.len())
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }

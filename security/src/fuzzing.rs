@@ -16,6 +16,16 @@ use crate::role::Role;
 /// opening it (with a key nobody sealed with) fails cleanly. Panics only if one of those
 /// properties breaks: that is the bug a fuzzer looks for.
 pub fn parse_envelope(data: &[u8]) -> Result<(), CryptoError> {
+    // The same bytes behind a prefix (a request's own header) parse to the same answer.
+    let start = data.first().map_or(0, |&b| usize::from(b % 8));
+    let mut prefixed = vec![0xEE; start];
+    prefixed.extend_from_slice(data);
+    let at = Envelope::parse_owned_at(prefixed, start);
+    assert_eq!(at.is_ok(), Envelope::parse(data).is_ok(), "an offset changes nothing");
+    if let Ok(at) = at {
+        assert_eq!(at.as_bytes(), data);
+        assert_eq!(at.into_bytes(), data, "into_bytes drops the prefix");
+    }
     let envelope = Envelope::parse(data)?;
     assert_eq!(envelope.as_bytes(), data, "parse keeps the bytes");
     let reencoded = envelope.reencode();

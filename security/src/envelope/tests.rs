@@ -543,3 +543,20 @@ fn sealing_into_a_slice_of_the_wrong_size_is_refused_and_writes_nothing() {
         assert!(out.iter().all(|&b| b == 0xA5), "{wrong}: the output was written");
     }
 }
+
+#[test]
+fn an_envelope_parsed_at_an_offset_is_the_envelope_and_a_bad_offset_is_malformed() {
+    let (envelope, dek) = sealed_shared(b"behind a request header");
+    let mut request = b"tenant".to_vec();
+    request.extend_from_slice(envelope.as_bytes());
+    let at = Envelope::parse_owned_at(request.clone(), 6).unwrap();
+    assert_eq!(at, envelope);
+    assert_eq!(at.len(), envelope.len());
+    assert_eq!(at.chunk_id(), envelope.chunk_id());
+    assert_eq!(&at.open(&dek).unwrap()[..], b"behind a request header");
+    assert_eq!(at.into_bytes(), envelope.as_bytes());
+    for start in [5, 7, request.len(), request.len() + 1, usize::MAX] {
+        let refused = Envelope::parse_owned_at(request.clone(), start);
+        assert!(matches!(refused, Err(CryptoError::Malformed { .. })), "{start}: {refused:?}");
+    }
+}
