@@ -1,0 +1,596 @@
+//! The metadata state machine's tables and the two steps of applying a command: `check`
+//! (reads only; refuses a command that does not fit the state) and `write` (changes the
+//! tables of a command that passed `check` in the same transaction).
+//!
+//! Both run on the leader's view before a proposal (check only) and on every node when the
+//! entry is applied (check, then write), so a command refused anywhere is refused everywhere
+//! with the same answer and changes nothing.
+//!
+//! Keys are byte strings built so that a prefix scan finds a tenant's buckets, a bucket's
+//! objects, an upload's parts; multi-byte numbers in keys are big-endian so they sort.
+//! Values are records: one version byte, then the record in postcard.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    AuditScope, ChunkId, Command, DedupMode, KeyScope, Manifest, ObjectBody, Part, RefDelta,
+    Sealed, TenantId, UploadId,
+};
+use crate::error::Rejection;
+use crate::types::Applied;
+
+pub(crate) type Bytes = &'static [u8];
+type Def = TableDefinition<'static, Bytes, Bytes>;
+
+pub(crate) const TENANTS: Def = TableDefinition::new("sm_tenants");
+pub(crate) const BUCKETS: Def = TableDefinition::new("sm_buckets");
+pub(crate) const OBJECTS: Def = TableDefinition::new("sm_objects");
+pub(crate) const UPLOADS: Def = TableDefinition::new("sm_uploads");
+pub(crate) const PARTS: Def = TableDefinition::new("sm_parts");
+pub(crate) const CREDENTIALS: Def = TableDefinition::new("sm_credentials");
+pub(crate) const CHUNK_REFS: Def = TableDefinition::new("sm_chunk_refs");
+pub(crate) const KEY_EPOCHS: Def = TableDefinition::new("sm_key_epochs");
+pub(crate) const AUDIT: Def = TableDefinition::new("sm_audit");
+/// The state machine's own bookkeeping: last applied log id, membership, next audit number.
+pub(crate) const SM_META: Def = TableDefinition::new("sm_meta");
+
+/// Every table a snapshot carries, in a fixed order (a snapshot names tables by position).
+pub(crate) const SNAPSHOT_TABLES: [Def; 10] = [
+    TENANTS,
+    BUCKETS,
+    OBJECTS,
+    UPLOADS,
+    PARTS,
+    CREDENTIALS,
+    CHUNK_REFS,
+    KEY_EPOCHS,
+    AUDIT,
+    SM_META,
+];
+
+pub(crate) const META_APPLIED: &[u8] = b"applied";
+pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
+const META_AUDIT_NEXT: &[u8] = b"audit_next";
+
+/// Version byte in front of every record value.
+const RECORD_FORMAT_VERSION: u8 = 1;
+
+/// A tenant as the state machine keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub dedup: DedupMode,
+    pub sealed_config: Sealed,
+}
+
+/// An open multipart upload (its parts are rows of their own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub bucket: String,
+    pub key: Vec<u8>,
+    pub sealed_user_metadata: Sealed,
+}
+
+/// An S3 access key: whose it is and its secret, sealed by the key manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    pub tenant: TenantId,
+    pub workload: String,
+    pub sealed_secret: Sealed,
+}
+
+/// One audit record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub scope: AuditScope,
+    pub sealed_record: Sealed,
+}
+
+/// Why a check or a write could not finish: the command does not fit (nothing changed), or
+/// the store failed or holds a record it cannot read.
+#[derive(Debug)]
+pub(crate) enum StateError {
+    Rejected(Rejection),
+    Store(String),
+}
+
+impl From<Rejection> for StateError {
+    fn from(rejection: Rejection) -> StateError {
+        StateError::Rejected(rejection)
+    }
+}
+
+impl From<redb::StorageError> for StateError {
+    fn from(error: redb::StorageError) -> StateError {
+        StateError::Store(error.to_string())
+    }
+}
+
+/// The state machine's tables, open in one transaction: read-only tables for a check on
+/// the leader, writable ones when applying.
+pub(crate) struct Tables<T> {
+    pub tenants: T,
+    pub buckets: T,
+    pub objects: T,
+    pub uploads: T,
+    pub parts: T,
+    pub credentials: T,
+    pub chunk_refs: T,
+    pub key_epochs: T,
+    pub audit: T,
+    pub meta: T,
+}
+
+impl Tables<redb::ReadOnlyTable<Bytes, Bytes>> {
+    pub(crate) fn open_read(txn: &redb::ReadTransaction) -> Result<Self, redb::TableError> {
+        Ok(Tables {
+            tenants: txn.open_table(TENANTS)?,
+            buckets: txn.open_table(BUCKETS)?,
+            objects: txn.open_table(OBJECTS)?,
+            uploads: txn.open_table(UPLOADS)?,
+            parts: txn.open_table(PARTS)?,
+            credentials: txn.open_table(CREDENTIALS)?,
+            chunk_refs: txn.open_table(CHUNK_REFS)?,
+            key_epochs: txn.open_table(KEY_EPOCHS)?,
+            audit: txn.open_table(AUDIT)?,
+            meta: txn.open_table(SM_META)?,
+        })
+    }
+}
+
+impl<'txn> Tables<redb::Table<'txn, Bytes, Bytes>> {
+    pub(crate) fn open_write(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::TableError> {
+        Ok(Tables {
+            tenants: txn.open_table(TENANTS)?,
+            buckets: txn.open_table(BUCKETS)?,
+            objects: txn.open_table(OBJECTS)?,
+            uploads: txn.open_table(UPLOADS)?,
+            parts: txn.open_table(PARTS)?,
+            credentials: txn.open_table(CREDENTIALS)?,
+            chunk_refs: txn.open_table(CHUNK_REFS)?,
+            key_epochs: txn.open_table(KEY_EPOCHS)?,
+            audit: txn.open_table(AUDIT)?,
+            meta: txn.open_table(SM_META)?,
+        })
+    }
+}
+
+// ---- reads (both kinds of table) ----
+
+impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
+    pub(crate) fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, StateError> {
+        read_record(&self.tenants, &tenant.0)
+    }
+
+    pub(crate) fn bucket_exists(
+        &self,
+        tenant: &TenantId,
+        bucket: &str,
+    ) -> Result<bool, StateError> {
+        Ok(self.buckets.get(bucket_key(tenant, bucket).as_slice())?.is_some())
+    }
+
+    pub(crate) fn object(
+        &self,
+        tenant: &TenantId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Manifest>, StateError> {
+        read_record(&self.objects, &object_key(tenant, bucket, key))
+    }
+
+    pub(crate) fn upload(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<Option<UploadRecord>, StateError> {
+        read_record(&self.uploads, &upload_key(tenant, upload))
+    }
+
+    pub(crate) fn part(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+        number: u16,
+    ) -> Result<Option<Part>, StateError> {
+        read_record(&self.parts, &part_key(tenant, upload, number))
+    }
+
+    pub(crate) fn credential(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<CredentialRecord>, StateError> {
+        read_record(&self.credentials, access_key_id.as_bytes())
+    }
+
+    pub(crate) fn chunk_refs(&self, chunk: &ChunkId) -> Result<u64, StateError> {
+        match self.chunk_refs.get(chunk.0.as_slice())? {
+            None => Ok(0),
+            Some(value) => {
+                let bytes: [u8; 8] = value
+                    .value()
+                    .try_into()
+                    .map_err(|_| StateError::Store("refcount record is not 8 bytes".into()))?;
+                Ok(u64::from_le_bytes(bytes))
+            }
+        }
+    }
+
+    /// The newest epoch of a key and its sealed material; `None` before the first.
+    pub(crate) fn key_epoch(&self, scope: &KeyScope) -> Result<Option<(u32, Sealed)>, StateError> {
+        let prefix = key_scope_bytes(scope);
+        let mut newest = None;
+        for row in self.key_epochs.range(prefix.as_slice()..)? {
+            let (key, value) = row?;
+            let key = key.value();
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let epoch_bytes: [u8; 4] = key[prefix.len()..]
+                .try_into()
+                .map_err(|_| StateError::Store("key epoch row key".into()))?;
+            newest = Some((u32::from_be_bytes(epoch_bytes), Sealed(value.value().to_vec())));
+        }
+        Ok(newest)
+    }
+
+    pub(crate) fn audit_record(&self, sequence: u64) -> Result<Option<AuditRecord>, StateError> {
+        read_record(&self.audit, &sequence.to_be_bytes())
+    }
+
+    /// The sequence number the next audit record gets (the first is 1).
+    pub(crate) fn audit_next(&self) -> Result<u64, StateError> {
+        Ok(read_record::<u64, _>(&self.meta, META_AUDIT_NEXT)?.unwrap_or(1))
+    }
+
+    fn has_rows_with_prefix(table: &T, prefix: &[u8]) -> Result<bool, StateError> {
+        match table.range(prefix..)?.next() {
+            None => Ok(false),
+            Some(row) => Ok(row?.0.value().starts_with(prefix)),
+        }
+    }
+
+    fn bucket_has_uploads(&self, tenant: &TenantId, bucket: &str) -> Result<bool, StateError> {
+        for row in self.uploads.range(tenant.0.as_slice()..)? {
+            let (key, value) = row?;
+            if !key.value().starts_with(&tenant.0) {
+                break;
+            }
+            let upload: UploadRecord = decode(value.value())?;
+            if upload.bucket == bucket {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses a command that does not fit the state; reads only.
+    pub(crate) fn check(&self, command: &Command) -> Result<(), StateError> {
+        match command {
+            Command::CreateTenant { tenant, .. } => {
+                if self.tenant(tenant)?.is_some() {
+                    return Err(Rejection::already_exists("tenant").into());
+                }
+            }
+            Command::DeleteTenant { tenant } => {
+                self.require_tenant(tenant)?;
+                if Self::has_rows_with_prefix(&self.buckets, &tenant.0)? {
+                    return Err(Rejection::conflict("tenant still has buckets").into());
+                }
+            }
+            Command::CreateBucket { tenant, bucket } => {
+                self.require_tenant(tenant)?;
+                if self.bucket_exists(tenant, bucket)? {
+                    return Err(Rejection::already_exists("bucket").into());
+                }
+            }
+            Command::DeleteBucket { tenant, bucket } => {
+                self.require_bucket(tenant, bucket)?;
+                if Self::has_rows_with_prefix(&self.objects, &object_prefix(tenant, bucket))? {
+                    return Err(Rejection::conflict("bucket not empty").into());
+                }
+                if self.bucket_has_uploads(tenant, bucket)? {
+                    return Err(Rejection::conflict("bucket has open uploads").into());
+                }
+            }
+            Command::PutObject { tenant, bucket, .. }
+            | Command::CreateUpload { tenant, bucket, .. } => {
+                self.require_bucket(tenant, bucket)?;
+                if let Command::CreateUpload { upload, .. } = command
+                    && self.upload(tenant, upload)?.is_some()
+                {
+                    return Err(Rejection::already_exists("upload").into());
+                }
+            }
+            Command::DeleteObject { tenant, bucket, key } => {
+                if self.object(tenant, bucket, key)?.is_none() {
+                    return Err(Rejection::not_found("object").into());
+                }
+            }
+            Command::PutPart { tenant, upload, .. } | Command::AbortUpload { tenant, upload } => {
+                self.require_upload(tenant, upload)?;
+            }
+            Command::CompleteUpload { tenant, upload, parts, .. } => {
+                let record = self.require_upload(tenant, upload)?;
+                self.require_bucket(tenant, &record.bucket)?;
+                for (number, etag) in parts {
+                    match self.part(tenant, upload, *number)? {
+                        None => return Err(Rejection::not_found("part").into()),
+                        Some(part) if part.etag != *etag => {
+                            return Err(Rejection::conflict("part ETag differs").into());
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            Command::PutCredential { access_key_id, .. } => {
+                if self.credential(access_key_id)?.is_some() {
+                    return Err(Rejection::already_exists("access key").into());
+                }
+            }
+            Command::DeleteCredential { access_key_id } => {
+                if self.credential(access_key_id)?.is_none() {
+                    return Err(Rejection::not_found("access key").into());
+                }
+            }
+            Command::AdjustChunkRefs { deltas } => {
+                self.adjusted_refs(deltas)?;
+            }
+            Command::AdvanceKeyEpoch { scope, epoch, .. } => {
+                if let KeyScope::Tenant(tenant) = scope {
+                    self.require_tenant(tenant)?;
+                }
+                let current = self.key_epoch(scope)?.map_or(0, |(epoch, _)| epoch);
+                if current.checked_add(1) != Some(*epoch) {
+                    return Err(Rejection::conflict("key epoch is not the next one").into());
+                }
+            }
+            Command::AppendAudit { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn require_tenant(&self, tenant: &TenantId) -> Result<TenantRecord, StateError> {
+        self.tenant(tenant)?.ok_or_else(|| Rejection::not_found("tenant").into())
+    }
+
+    fn require_bucket(&self, tenant: &TenantId, bucket: &str) -> Result<(), StateError> {
+        if !self.bucket_exists(tenant, bucket)? {
+            return Err(Rejection::not_found("bucket").into());
+        }
+        Ok(())
+    }
+
+    fn require_upload(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<UploadRecord, StateError> {
+        self.upload(tenant, upload)?.ok_or_else(|| Rejection::not_found("upload").into())
+    }
+
+    /// The refcounts `deltas` would leave, all or nothing: refused if any would go below
+    /// zero or overflow. Deltas naming one chunk twice add up.
+    fn adjusted_refs(&self, deltas: &[RefDelta]) -> Result<BTreeMap<ChunkId, u64>, StateError> {
+        let mut summed: BTreeMap<ChunkId, i64> = BTreeMap::new();
+        for delta in deltas {
+            *summed.entry(delta.chunk).or_default() += i64::from(delta.delta);
+        }
+        let mut counts = BTreeMap::new();
+        for (chunk, delta) in summed {
+            let current = self.chunk_refs(&chunk)?;
+            let next = current
+                .checked_add_signed(delta)
+                .ok_or(Rejection::conflict("refcount would go below zero or overflow"))?;
+            counts.insert(chunk, next);
+        }
+        Ok(counts)
+    }
+}
+
+// ---- writes ----
+
+impl Tables<redb::Table<'_, Bytes, Bytes>> {
+    /// Checks `command` and, if it fits, writes it. A refused command writes nothing.
+    pub(crate) fn apply(&mut self, command: &Command) -> Result<Applied, StateError> {
+        self.check(command)?;
+        self.write(command)
+    }
+
+    fn write(&mut self, command: &Command) -> Result<Applied, StateError> {
+        match command {
+            Command::CreateTenant { tenant, dedup, sealed_config } => {
+                let record = TenantRecord { dedup: *dedup, sealed_config: sealed_config.clone() };
+                self.tenants.insert(tenant.0.as_slice(), encode(&record).as_slice())?;
+            }
+            Command::DeleteTenant { tenant } => {
+                self.tenants.remove(tenant.0.as_slice())?;
+            }
+            Command::CreateBucket { tenant, bucket } => {
+                self.buckets.insert(bucket_key(tenant, bucket).as_slice(), [].as_slice())?;
+            }
+            Command::DeleteBucket { tenant, bucket } => {
+                self.buckets.remove(bucket_key(tenant, bucket).as_slice())?;
+            }
+            Command::PutObject { tenant, bucket, key, manifest } => {
+                let row = object_key(tenant, bucket, key);
+                self.objects.insert(row.as_slice(), encode(manifest).as_slice())?;
+            }
+            Command::DeleteObject { tenant, bucket, key } => {
+                self.objects.remove(object_key(tenant, bucket, key).as_slice())?;
+            }
+            Command::CreateUpload { tenant, bucket, key, upload, sealed_user_metadata } => {
+                let record = UploadRecord {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    sealed_user_metadata: sealed_user_metadata.clone(),
+                };
+                self.uploads
+                    .insert(upload_key(tenant, upload).as_slice(), encode(&record).as_slice())?;
+            }
+            Command::PutPart { tenant, upload, number, part } => {
+                let row = part_key(tenant, upload, *number);
+                self.parts.insert(row.as_slice(), encode(part).as_slice())?;
+            }
+            Command::CompleteUpload { tenant, upload, parts, etag } => {
+                self.complete_upload(tenant, upload, parts, *etag)?;
+            }
+            Command::AbortUpload { tenant, upload } => {
+                self.drop_upload(tenant, upload)?;
+            }
+            Command::PutCredential { access_key_id, tenant, workload, sealed_secret } => {
+                let record = CredentialRecord {
+                    tenant: *tenant,
+                    workload: workload.clone(),
+                    sealed_secret: sealed_secret.clone(),
+                };
+                self.credentials.insert(access_key_id.as_bytes(), encode(&record).as_slice())?;
+            }
+            Command::DeleteCredential { access_key_id } => {
+                self.credentials.remove(access_key_id.as_bytes())?;
+            }
+            Command::AdjustChunkRefs { deltas } => {
+                for (chunk, count) in self.adjusted_refs(deltas)? {
+                    if count == 0 {
+                        self.chunk_refs.remove(chunk.0.as_slice())?;
+                    } else {
+                        self.chunk_refs
+                            .insert(chunk.0.as_slice(), count.to_le_bytes().as_slice())?;
+                    }
+                }
+            }
+            Command::AdvanceKeyEpoch { scope, epoch, sealed_key } => {
+                let mut row = key_scope_bytes(scope);
+                row.extend_from_slice(&epoch.to_be_bytes());
+                self.key_epochs.insert(row.as_slice(), sealed_key.0.as_slice())?;
+            }
+            Command::AppendAudit { scope, sealed_record } => {
+                let sequence = self.audit_next()?;
+                let record = AuditRecord { scope: *scope, sealed_record: sealed_record.clone() };
+                self.audit.insert(sequence.to_be_bytes().as_slice(), encode(&record).as_slice())?;
+                let next = sequence + 1;
+                self.meta.insert(META_AUDIT_NEXT, encode(&next).as_slice())?;
+                return Ok(Applied::AuditSequence(sequence));
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    /// Joins the named parts into the object's manifest and drops the upload.
+    fn complete_upload(
+        &mut self,
+        tenant: &TenantId,
+        upload: &UploadId,
+        parts: &[(u16, crate::command::ETag)],
+        etag: crate::command::ETag,
+    ) -> Result<(), StateError> {
+        let record = self
+            .upload(tenant, upload)?
+            .ok_or_else(|| StateError::Store("upload vanished between check and write".into()))?;
+        let mut chunks = Vec::new();
+        let mut size_bytes = 0u64;
+        for (number, _) in parts {
+            let part = self
+                .part(tenant, upload, *number)?
+                .ok_or_else(|| StateError::Store("part vanished between check and write".into()))?;
+            chunks.extend_from_slice(&part.chunks);
+            size_bytes += part.size_bytes;
+        }
+        let manifest = Manifest {
+            size_bytes,
+            body: ObjectBody::Chunks(chunks),
+            sealed_user_metadata: record.sealed_user_metadata,
+            etag,
+        };
+        let row = object_key(tenant, &record.bucket, &record.key);
+        self.objects.insert(row.as_slice(), encode(&manifest).as_slice())?;
+        self.drop_upload(tenant, upload)
+    }
+
+    fn drop_upload(&mut self, tenant: &TenantId, upload: &UploadId) -> Result<(), StateError> {
+        let prefix = upload_key(tenant, upload);
+        self.uploads.remove(prefix.as_slice())?;
+        let mut end = prefix.clone();
+        end.extend_from_slice(&u16::MAX.to_be_bytes());
+        self.parts.retain_in(prefix.as_slice()..=end.as_slice(), |_, _| false)?;
+        Ok(())
+    }
+}
+
+// ---- keys and records ----
+
+fn bucket_key(tenant: &TenantId, bucket: &str) -> Vec<u8> {
+    let mut key = tenant.0.to_vec();
+    key.extend_from_slice(bucket.as_bytes());
+    key
+}
+
+/// tenant (16) | bucket name length (1; names are at most 63 bytes) | bucket | object key.
+fn object_prefix(tenant: &TenantId, bucket: &str) -> Vec<u8> {
+    let mut key = tenant.0.to_vec();
+    let length = u8::try_from(bucket.len()).expect("bucket names are checked to 63 bytes");
+    key.push(length);
+    key.extend_from_slice(bucket.as_bytes());
+    key
+}
+
+fn object_key(tenant: &TenantId, bucket: &str, object: &[u8]) -> Vec<u8> {
+    let mut key = object_prefix(tenant, bucket);
+    key.extend_from_slice(object);
+    key
+}
+
+fn upload_key(tenant: &TenantId, upload: &UploadId) -> Vec<u8> {
+    let mut key = tenant.0.to_vec();
+    key.extend_from_slice(&upload.0);
+    key
+}
+
+fn part_key(tenant: &TenantId, upload: &UploadId, number: u16) -> Vec<u8> {
+    let mut key = upload_key(tenant, upload);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+fn key_scope_bytes(scope: &KeyScope) -> Vec<u8> {
+    match scope {
+        KeyScope::System => vec![0],
+        KeyScope::Tenant(tenant) => {
+            let mut bytes = vec![1];
+            bytes.extend_from_slice(&tenant.0);
+            bytes
+        }
+    }
+}
+
+/// A record value: the format version byte, then the record in postcard.
+pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut bytes = vec![RECORD_FORMAT_VERSION];
+    // Serializing our own in-memory types to a Vec cannot fail (postcard only fails on
+    // a full fixed buffer or on types it does not support, and ours are all supported).
+    let body = postcard::to_allocvec(record).expect("postcard encodes every metadata record");
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT_VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|error| StateError::Store(format!("bad record: {error}"))),
+        Some((version, _)) => Err(StateError::Store(format!("record format version {version}"))),
+        None => Err(StateError::Store("empty record".into())),
+    }
+}
+
+fn read_record<R: DeserializeOwned, T: ReadableTable<Bytes, Bytes>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<R>, StateError> {
+    match table.get(key)? {
+        None => Ok(None),
+        Some(value) => decode(value.value()).map(Some),
+    }
+}

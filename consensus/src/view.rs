@@ -1,0 +1,141 @@
+//! A read-only view of a group's applied state, taken in one read transaction: every read
+//! through one view sees the same applied log id.
+
+use crate::command::{ChunkId, Command, KeyScope, Manifest, Part, Sealed, TenantId, UploadId};
+use crate::error::ConsensusError;
+use crate::state::{
+    AuditRecord, Bytes, CredentialRecord, SNAPSHOT_TABLES, StateError, Tables, TenantRecord,
+    UploadRecord,
+};
+use crate::types::LogId;
+use redb::ReadableTable;
+
+/// One row of a metadata table: the table's position in snapshots, the key, the value.
+pub type Row = (usize, Vec<u8>, Vec<u8>);
+
+/// The applied state of one group on one node, frozen at the moment the view was taken.
+pub struct StateView {
+    tables: Tables<redb::ReadOnlyTable<Bytes, Bytes>>,
+}
+
+impl std::fmt::Debug for StateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateView").finish_non_exhaustive()
+    }
+}
+
+fn storage(error: StateError) -> ConsensusError {
+    match error {
+        StateError::Rejected(rejection) => ConsensusError::Rejected(rejection),
+        StateError::Store(why) => ConsensusError::Storage(why),
+    }
+}
+
+impl StateView {
+    pub(crate) fn new(tables: Tables<redb::ReadOnlyTable<Bytes, Bytes>>) -> StateView {
+        StateView { tables }
+    }
+
+    pub fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, ConsensusError> {
+        self.tables.tenant(tenant).map_err(storage)
+    }
+
+    pub fn bucket_exists(&self, tenant: &TenantId, bucket: &str) -> Result<bool, ConsensusError> {
+        self.tables.bucket_exists(tenant, bucket).map_err(storage)
+    }
+
+    pub fn object(
+        &self,
+        tenant: &TenantId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Option<Manifest>, ConsensusError> {
+        self.tables.object(tenant, bucket, key).map_err(storage)
+    }
+
+    pub fn upload(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<Option<UploadRecord>, ConsensusError> {
+        self.tables.upload(tenant, upload).map_err(storage)
+    }
+
+    pub fn part(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+        number: u16,
+    ) -> Result<Option<Part>, ConsensusError> {
+        self.tables.part(tenant, upload, number).map_err(storage)
+    }
+
+    pub fn credential(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<CredentialRecord>, ConsensusError> {
+        self.tables.credential(access_key_id).map_err(storage)
+    }
+
+    pub fn chunk_refs(&self, chunk: &ChunkId) -> Result<u64, ConsensusError> {
+        self.tables.chunk_refs(chunk).map_err(storage)
+    }
+
+    /// The newest epoch of a key and its sealed material.
+    pub fn key_epoch(&self, scope: &KeyScope) -> Result<Option<(u32, Sealed)>, ConsensusError> {
+        self.tables.key_epoch(scope).map_err(storage)
+    }
+
+    pub fn audit_record(&self, sequence: u64) -> Result<Option<AuditRecord>, ConsensusError> {
+        self.tables.audit_record(sequence).map_err(storage)
+    }
+
+    /// The log id of the last entry applied to this state.
+    pub fn applied(&self) -> Result<Option<LogId>, ConsensusError> {
+        let value = self
+            .tables
+            .meta
+            .get(crate::state::META_APPLIED)
+            .map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        match value {
+            None => Ok(None),
+            Some(bytes) => crate::state::decode(bytes.value()).map(Some).map_err(storage),
+        }
+    }
+
+    /// Whether `command` fits this state (the check every node repeats when applying it).
+    pub fn check(&self, command: &Command) -> Result<(), ConsensusError> {
+        self.tables.check(command).map_err(storage)
+    }
+
+    /// Every row of the metadata tables, for comparing replicas: two nodes that applied the
+    /// same log hold equal digests. The applied log id and membership are left out (a node
+    /// that installed a snapshot records them from the snapshot, not from the entries).
+    pub fn rows(&self) -> Result<Vec<Row>, ConsensusError> {
+        let tables = [
+            &self.tables.tenants,
+            &self.tables.buckets,
+            &self.tables.objects,
+            &self.tables.uploads,
+            &self.tables.parts,
+            &self.tables.credentials,
+            &self.tables.chunk_refs,
+            &self.tables.key_epochs,
+            &self.tables.audit,
+            &self.tables.meta,
+        ];
+        const _: () = assert!(SNAPSHOT_TABLES.len() == 10, "rows() lists every snapshot table");
+        let mut rows = Vec::new();
+        for (position, table) in tables.into_iter().enumerate() {
+            for row in table.iter().map_err(|e| ConsensusError::Storage(e.to_string()))? {
+                let (key, value) = row.map_err(|e| ConsensusError::Storage(e.to_string()))?;
+                let key = key.value();
+                if key == crate::state::META_APPLIED || key == crate::state::META_MEMBERSHIP {
+                    continue;
+                }
+                rows.push((position, key.to_vec(), value.value().to_vec()));
+            }
+        }
+        Ok(rows)
+    }
+}

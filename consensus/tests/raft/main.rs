@@ -1,0 +1,6 @@
+//! The consensus crate's integration tests, one binary: groups on real files, and groups
+//! on the simulated disk and network under seeded faults.
+
+mod cluster;
+mod groups;
+mod simulation;
