@@ -195,6 +195,8 @@ impl Envelope {
             let reason = "the output is not the sealed envelope's size";
             return Err(CryptoError::InvalidSealParams { reason });
         }
+        // Out-of-place sealing exists only on `LessSafeKey`, which takes its nonce from the
+        // caller: drawn here from the system RNG, as `RandomizedNonceKey` draws its own.
         let key = LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, params.dek.expose())
                 .map_err(|_| CryptoError::Internal { operation: "AES-256-GCM key setup" })?,
