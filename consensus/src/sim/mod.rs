@@ -8,6 +8,6 @@ mod disk;
 mod network;
 pub mod rng;
 
-pub use disk::{SimBackend, SimDisk};
+pub use disk::{KeepChange, SimBackend, SimDisk};
 pub use network::{NetworkFaults, NetworkStats, SimConnection, SimNetwork, SimNetworkFactory};
 pub use rng::SimRng;

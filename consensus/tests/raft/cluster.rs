@@ -21,6 +21,8 @@ pub type LeaderLog = Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>;
 pub struct SimNode {
     pub disk: SimDisk,
     pub group: Option<Arc<MetadataGroup>>,
+    /// The disk's generation when this incarnation opened it.
+    opened: u64,
     watch: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -58,7 +60,9 @@ impl SimCluster {
             config: sim_config,
         };
         for id in 1..=size {
-            cluster.nodes.insert(id, SimNode { disk: SimDisk::new(), group: None, watch: None });
+            cluster
+                .nodes
+                .insert(id, SimNode { disk: SimDisk::new(), group: None, opened: 0, watch: None });
             cluster.restart(id).await;
         }
         cluster
@@ -88,7 +92,8 @@ impl SimCluster {
 
     /// Adds a node that is not yet a member (for membership changes).
     pub async fn add_node(&mut self, id: NodeId) {
-        self.nodes.insert(id, SimNode { disk: SimDisk::new(), group: None, watch: None });
+        self.nodes
+            .insert(id, SimNode { disk: SimDisk::new(), group: None, opened: 0, watch: None });
         self.restart(id).await;
     }
 
@@ -96,6 +101,7 @@ impl SimCluster {
     pub async fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.group.is_none(), "node {id} is already up");
+        node.opened = node.disk.generation();
         let store = GroupStore::open_backend(node.disk.backend(), self.shard, self.shards)
             .expect("open the store on the simulated disk");
         let factory = self.network.factory(self.shard, id);
@@ -109,19 +115,38 @@ impl SimCluster {
         node.group = Some(group);
     }
 
-    /// Cuts a node's power: the newest `lose` unsynced disk writes are lost, its Raft
-    /// instance stops, and the network forgets it.
-    pub async fn crash(&mut self, id: NodeId, lose: usize) -> usize {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        let group = node.group.take().expect("crash a running node");
+    /// Cuts a node's power: each unsynced disk write survives if `keep` says so, its Raft
+    /// instance stops, and the network forgets it. Returns how many writes were lost.
+    pub async fn crash(&mut self, id: NodeId, keep: impl FnMut(usize) -> bool) -> usize {
         // The disk goes first, so nothing the dying instance does afterwards reaches it.
-        let lost = node.disk.crash(lose);
+        let lost = self.nodes[&id].disk.crash(keep);
+        self.bury(id).await;
+        lost
+    }
+
+    /// Takes down the nodes whose scheduled power cut struck; returns them.
+    pub async fn reap_power_cuts(&mut self) -> Vec<NodeId> {
+        let struck: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.group.is_some() && node.disk.generation() != node.opened)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &struck {
+            self.bury(*id).await;
+        }
+        struck
+    }
+
+    /// Stops what is left of a node whose disk has crashed.
+    async fn bury(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let group = node.group.take().expect("a running node");
         self.network.unregister(self.shard, id);
         if let Some(watch) = node.watch.take() {
             watch.abort();
         }
         let _ = group.shutdown().await;
-        lost
     }
 
     /// The leader as the running nodes see it, if they agree on one that is up.

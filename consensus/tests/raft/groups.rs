@@ -475,7 +475,7 @@ async fn a_crash_that_loses_unsynced_writes_keeps_every_acknowledged_one() {
         }
         // The state machine's commits since the last fsync'd append are lost with the
         // crashed process (redb keeps non-durable commits in its cache); the log replays them.
-        cluster.crash(1, usize::MAX).await;
+        cluster.crash(1, |_| false).await;
         cluster.restart(1).await;
         cluster.wait_for_leader(Duration::from_secs(5)).await.expect("leader after restart");
         let view = cluster.group(1).read().await.expect("read");

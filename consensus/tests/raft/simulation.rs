@@ -1,6 +1,7 @@
 //! Seeded fault simulation: writes against a 3- or 5-node group while the network drops,
-//! delays and reorders RPCs, partitions come and go, and nodes crash (losing unsynced disk
-//! writes) and restart. After healing, the checks:
+//! delays and reorders RPCs, partitions come and go, and nodes crash (keeping a random
+//! subset of their unsynced disk writes), lose power in the middle of a commit, and
+//! restart. After healing, the checks:
 //! - every acknowledged write is there (objects, audit records, refcount increments);
 //! - no term had two leaders;
 //! - every node's state machine holds the same rows.
@@ -100,11 +101,15 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let mut writers = Vec::new();
     let mut crashes = 0u32;
+    let mut power_cuts = 0usize;
     let mut lost_writes = 0usize;
     for step in 0..STEPS {
         let roll = rng.below(100);
         let mut guard = cluster.lock().await;
-        let down = guard.nodes.len() - guard.up().len();
+        power_cuts += guard.reap_power_cuts().await.len();
+        let pending_cuts =
+            guard.nodes.values().filter(|node| node.disk.power_cut_pending()).count();
+        let down = guard.nodes.len() - guard.up().len() + pending_cuts;
         let tolerated = (guard.nodes.len() - 1) / 2;
         match roll {
             0..=54 => {
@@ -118,12 +123,21 @@ async fn run_seed(seed: u64) -> Result<String, String> {
                     )));
                 }
             }
-            55..=62 if down < tolerated => {
+            55..=59 if down < tolerated => {
                 let victims = guard.up();
                 let victim = victims[rng.below(victims.len() as u64) as usize];
-                let lose = rng.below(64) as usize;
-                lost_writes += guard.crash(victim, lose).await;
+                let mut keep = SimRng::new(rng.next_u64());
+                lost_writes += guard.crash(victim, move |_| keep.chance(500)).await;
                 crashes += 1;
+            }
+            60..=62 if down < tolerated => {
+                let victims = guard.up();
+                let victim = victims[rng.below(victims.len() as u64) as usize];
+                let mut keep = SimRng::new(rng.next_u64());
+                let writes = rng.below(40);
+                guard.nodes[&victim]
+                    .disk
+                    .cut_power_after(writes, Box::new(move |_| keep.chance(500)));
             }
             63..=72 => {
                 let downed: Vec<_> =
@@ -157,6 +171,10 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     // Heal everything, bring every node back, and let the writers finish.
     {
         let mut guard = cluster.lock().await;
+        for node in guard.nodes.values() {
+            node.disk.cancel_power_cut();
+        }
+        power_cuts += guard.reap_power_cuts().await.len();
         guard.network.heal();
         guard.network.set_faults(NetworkFaults::default());
         let downed: Vec<_> = guard.nodes.keys().copied().filter(|id| !guard.is_up(*id)).collect();
@@ -179,7 +197,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     check(&cluster, &acked).await?;
     let stats = cluster.network.stats();
     let summary = format!(
-        "{} nodes, {} objects and {} audit records acknowledged, {crashes} crashes losing {lost_writes} unsynced writes, {} requests and {} replies dropped",
+        "{} nodes, {} objects and {} audit records acknowledged, {crashes} crashes losing {lost_writes} unsynced writes, {power_cuts} power cuts mid-commit, {} requests and {} replies dropped",
         cluster.nodes.len(),
         acked.objects.len(),
         acked.audit.len(),
