@@ -10,7 +10,7 @@
 #
 # Every failing seed is printed; replay one with
 #   KISEKI_RAFT_SEED=<seed> cargo test --release -p kiseki-consensus --test raft \
-#       seeded_faults_lose_no_acknowledged_write -- --exact --nocapture
+#       simulation::seeded_faults_lose_no_acknowledged_write -- --exact --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +32,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 passed=yes
 KISEKI_RAFT_SEEDS=$seeds KISEKI_RAFT_SEED_START=$start nice -n 19 cargo test --release --quiet \
-    -p kiseki-consensus --test raft seeded_faults_lose_no_acknowledged_write -- --exact \
-    --nocapture >"$log" 2>&1 || passed=no
+    -p kiseki-consensus --test raft simulation::seeded_faults_lose_no_acknowledged_write -- \
+    --exact --nocapture >"$log" 2>&1 || passed=no
+# A filter that matches nothing "passes" with 0 tests: that is a failure of this script.
+grep -q '^test result: ok. 1 passed' "$log" || passed=no
 elapsed_ms=$(($(date +%s%N) / 1000000 - started_ms))
 # Passing seeds print one line each; show everything else (failures and their replay line).
 grep -v ': ok (' "$log" || true

@@ -131,3 +131,8 @@ pub const APPEND_ENTRIES_MAX: u64 = 16;
 /// Largest Raft RPC a node sends or accepts: `APPEND_ENTRIES_MAX` full batches plus their
 /// log ids and headers, with room to spare; anything larger is refused outright.
 pub const RAFT_RPC_MAX_BYTES: usize = 20 << 20;
+
+const _: () = assert!(
+    SNAPSHOT_CHUNK_BYTES + (64 << 10) <= RAFT_RPC_MAX_BYTES as u64,
+    "a snapshot chunk, its meta and the RPC header fit one RPC"
+);

@@ -47,6 +47,9 @@ pub struct GroupConfig {
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind a snapshot.
     pub log_kept_behind_snapshot: u64,
+    /// Bytes of snapshot per install-snapshot RPC: must leave room for the RPC's header
+    /// and meta under the RPC size limit.
+    pub snapshot_chunk_bytes: u64,
     /// A proposal or a read that has not finished after this long fails.
     pub request_timeout: Duration,
     pub inline_limits: GuardLimits,
@@ -64,6 +67,7 @@ impl GroupConfig {
             election_timeout_max: ELECTION_TIMEOUT_MAX,
             snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST_DEFAULT,
             log_kept_behind_snapshot: LOG_KEPT_BEHIND_SNAPSHOT_DEFAULT,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
             request_timeout: PROPOSAL_TIMEOUT,
             inline_limits: GuardLimits::default(),
         }
@@ -79,7 +83,7 @@ impl GroupConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.log_kept_behind_snapshot,
             max_payload_entries: APPEND_ENTRIES_MAX,
-            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
             ..Default::default()
         };
         config.validate().map_err(|e| ConsensusError::Config(e.to_string()))

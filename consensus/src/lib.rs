@@ -29,6 +29,7 @@ pub mod command;
 pub mod constants;
 pub mod error;
 pub mod guard;
+pub mod rpc;
 pub mod shards;
 pub mod sim;
 pub mod store;

@@ -3,4 +3,5 @@
 
 mod cluster;
 mod groups;
+mod rpc;
 mod simulation;

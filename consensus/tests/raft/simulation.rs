@@ -62,13 +62,13 @@ fn seeded_faults_lose_no_acknowledged_write() {
             Ok(Ok(summary)) => eprintln!("seed {seed}: ok ({summary})"),
             Ok(Err(violation)) => {
                 eprintln!(
-                    "seed {seed}: FAILED: {violation}\n  replay: KISEKI_RAFT_SEED={seed} cargo test -p kiseki-consensus --test raft seeded"
+                    "seed {seed}: FAILED: {violation}\n  replay: KISEKI_RAFT_SEED={seed} cargo test -p kiseki-consensus --test raft simulation::seeded -- --nocapture"
                 );
                 failures.push(seed);
             }
             Err(_) => {
                 eprintln!(
-                    "seed {seed}: PANICKED\n  replay: KISEKI_RAFT_SEED={seed} cargo test -p kiseki-consensus --test raft seeded"
+                    "seed {seed}: PANICKED\n  replay: KISEKI_RAFT_SEED={seed} cargo test -p kiseki-consensus --test raft simulation::seeded -- --nocapture"
                 );
                 failures.push(seed);
             }
