@@ -518,3 +518,48 @@ async fn batches_carry_many_commands_in_one_entry() {
     assert!(after - before < 50, "200 proposals took {} entries", after - before);
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_runs_one_group_per_shard_and_routes_commands_to_their_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shards = ShardMap::new(4).expect("4 shards");
+    let network = SimNetwork::new(11);
+    let meta = dir.path().join("meta");
+    let start = || {
+        kiseki_consensus::MetadataNode::start(
+            1,
+            &meta,
+            shards,
+            |shard| network.factory(shard, 1),
+            |_| {},
+        )
+    };
+    let node = start().await.expect("start");
+    for shard in shards.shards() {
+        let group = node.group(shard).expect("a group per shard");
+        group.initialize(BTreeMap::from([(1, BasicNode::new("node-1"))])).await.expect("init");
+        wait_until_leader(group).await;
+    }
+    let tenants: Vec<_> = (1..=12u8).map(tenant).collect();
+    for t in &tenants {
+        node.propose(create_tenant(*t)).await.expect("tenant in its shard");
+    }
+    let owner_of = |t| shards.shard_of(kiseki_consensus::ShardKey::Tenant(t));
+    let used: BTreeSet<_> = tenants.iter().map(|t| owner_of(*t)).collect();
+    assert!(used.len() > 1, "12 tenants spread over more than one shard");
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    let node = start().await.expect("restart");
+    for shard in shards.shards() {
+        wait_until_leader(node.group(shard).expect("group")).await;
+    }
+    for t in &tenants {
+        for shard in shards.shards() {
+            let view = node.group(shard).expect("group").read().await.expect("read");
+            let held = view.tenant(t).expect("read").is_some();
+            assert_eq!(held, shard == owner_of(*t), "tenant {:?} in {shard}", t.0[0]);
+        }
+    }
+    node.shutdown().await.expect("shutdown");
+}
