@@ -2,8 +2,8 @@
 //! inline-data guard and its reads.
 //!
 //! A proposal goes through, in order: the command's version, shape and size; its shard;
-//! leadership (a follower answers `NotLeader` with the leader it knows); the inline guard;
-//! a check against the leader's applied state. Only then does it join a batch: the batcher
+//! leadership (a follower answers `NotLeader` with the leader it knows); a check against
+//! the leader's applied state; the inline guard. Only then does it join a batch: the batcher
 //! takes whatever proposals are queued (up to `BATCH_COMMANDS_MAX` commands and
 //! `BATCH_BYTES_MAX` bytes) into one log entry, with at most `BATCHES_IN_FLIGHT_MAX`
 //! entries awaiting their quorum at once. Every node checks each command again when it
@@ -202,13 +202,14 @@ impl MetadataGroup {
         if leader != Some(self.config.node_id) {
             return Err(ConsensusError::NotLeader { leader });
         }
+        // The state check first: a command the state refuses spends no inline budget.
+        self.check_against_state(&command.command)?;
         if let Some((tenant, bytes)) = command.command.inline_bytes() {
             let mut guard = self.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             guard
                 .admit(tenant, bytes, Instant::now())
                 .map_err(|retry_after| ConsensusError::Throttled { retry_after })?;
         }
-        self.check_against_state(&command.command)?;
         let (reply, outcome) = oneshot::channel();
         self.proposals.try_send(Proposal { command, encoded_bytes, reply }).map_err(|error| {
             match error {

@@ -54,6 +54,11 @@ impl GroupStore {
         GroupStore::from_database(db, shard, shards)
     }
 
+    /// The log store and the state machine, for a caller that drives openraft itself.
+    pub fn into_parts(self) -> (LogStore, StateMachineStore) {
+        (self.log, self.state_machine)
+    }
+
     fn from_database(
         db: Database,
         shard: ShardId,

@@ -5,3 +5,4 @@ mod cluster;
 mod groups;
 mod rpc;
 mod simulation;
+mod storage_suite;
