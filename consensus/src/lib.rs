@@ -16,6 +16,12 @@
 //! `StorageBackend` (the simulated disk of `sim`); the group talks to its peers through an
 //! openraft `RaftNetworkFactory` (the simulated network of `sim` in tests).
 //!
+//! openraft runs in standard Raft mode (feature `single-term-leader`): at most one leader is
+//! ever elected per term. openraft's default "advanced" mode may elect several leaders in
+//! one term (the last one wins, which its log ids make safe); our simulation's check "no two
+//! leaders in one term" caught that on a seed, and standard mode is what the cluster's
+//! operators and our invariants assume.
+//!
 //! Invariants:
 //! - a log append or a vote is fsync'd before openraft is told it happened;
 //! - the state machine is never ahead of the durable log, and the log is only purged

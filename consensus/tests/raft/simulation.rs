@@ -188,8 +188,19 @@ async fn run_seed(seed: u64) -> Result<String, String> {
     let cluster = Arc::try_unwrap(cluster).map_err(|_| "cluster still shared")?.into_inner();
     cluster.wait_for_leader(Duration::from_secs(30)).await.ok_or("no leader after healing")?;
     // A write after healing commits an entry of the final term, which commits everything
-    // before it on every node.
-    cluster.propose(audit(u64::MAX)).await.map_err(|e| format!("write after healing: {e}"))?;
+    // before it on every node. Leadership may still move once while the healed nodes
+    // rejoin, so a write whose leader stepped down is tried again.
+    let mut barrier = Err(String::new());
+    for _ in 0..5 {
+        barrier =
+            cluster.propose(audit(u64::MAX)).await.map_err(|e| format!("write after healing: {e}"));
+        if barrier.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.wait_for_leader(Duration::from_secs(30)).await.ok_or("no leader after healing")?;
+    }
+    barrier?;
     cluster.wait_converged(Duration::from_secs(60)).await.ok_or("replicas did not converge")?;
 
     let acked =
