@@ -26,9 +26,8 @@ use clap::Args;
 use kiseki_devices::constants::BLOCK_SIZE_MIN_BYTES;
 use kiseki_devices::rng::SplitMix64;
 use kiseki_devices::{BlockDevice, IoUringDevice, MemoryDevice, OpenOptions as DeviceOptions};
-use kiseki_engine::{
-    Ack, DeviceIds, EngineError, FormatOptions, OpenOptions, Outcome, Shard, Ticket,
-};
+use kiseki_engine::store_file;
+use kiseki_engine::{Ack, DeviceIds, EngineError, Outcome, Shard, Ticket};
 use kiseki_security::{ChunkId, Dek, Envelope, MasterKey, SealParams};
 use zeroize::Zeroizing;
 
@@ -88,7 +87,7 @@ pub fn plan(args: &EngineArgs) -> Result<Plan, String> {
             }
         }
     };
-    let region = region_bytes(size_bytes, job.numjobs);
+    let region = store_file::region_bytes(size_bytes, job.numjobs as usize);
     if region < 8 << 20 {
         return Err(format!("--size={size_bytes} gives each job under 8 MiB; give more"));
     }
@@ -101,11 +100,6 @@ pub fn plan(args: &EngineArgs) -> Result<Plan, String> {
         extra_options: Vec::new(),
         args: job.clone(),
     })
-}
-
-/// Each job's region: an equal share of the device, in whole MiB.
-fn region_bytes(size_bytes: u64, jobs: u32) -> u64 {
-    (size_bytes / u64::from(jobs)) & !((1 << 20) - 1)
 }
 
 /// Runs the jobs, one pinned thread and one shard each.
@@ -170,7 +164,7 @@ pub(crate) fn create_file(path: &Path, size_bytes: u64) -> Result<(), String> {
             path.display(),
             metadata.len()
         )),
-        Err(_) => crate::layout::create(path, size_bytes, crate::layout::Content::Zeros),
+        Err(_) => crate::layout::create_store(path, size_bytes),
     }
 }
 
@@ -257,33 +251,18 @@ enum JobShard {
 }
 
 /// Whether the job's region starts with a zeroed block (a store never formatted).
-pub(crate) fn region_is_blank(path: &Path, offset: u64) -> Result<bool, String> {
-    let mut file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut block = vec![0u8; BLOCK_SIZE_MIN_BYTES as usize];
-    io::Seek::seek(&mut file, io::SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-    file.read_exact(&mut block).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(block.iter().all(|&b| b == 0))
+fn region_is_blank(path: &Path, offset: u64) -> Result<bool, String> {
+    store_file::region_is_blank(path, offset).map_err(|e| e.to_string())
 }
 
+/// Formats the job's region when `fresh` and opens it as a benchmark store.
 pub(crate) fn format_and_open<D: BlockDevice>(
-    mut device: D,
+    device: D,
     offset: u64,
     region: u64,
     fresh: bool,
 ) -> Result<Shard<D>, String> {
-    if fresh {
-        let format = FormatOptions {
-            ids: BENCH_IDS,
-            region_offset_bytes: offset,
-            region_size_bytes: Some(region),
-        };
-        Shard::format(&mut device, &format).map_err(|e| e.to_string())?;
-    }
-    let open = OpenOptions {
-        region_offset_bytes: offset,
-        expected_cluster_id: Some(BENCH_IDS.cluster_id),
-    };
-    Shard::open(device, &open).map_err(|e| {
+    store_file::format_and_open(device, &BENCH_IDS, offset, region, fresh).map_err(|e| {
         format!(
             "the store's region at {offset} is not a benchmark store this build can open \
              ({e}); delete the file or give another --filename"

@@ -6,7 +6,10 @@
 //! an engine on `--filename`/`--size`, as `kiseki-bench engine` lays it out; `--connect ADDR`
 //! runs `--numjobs` client jobs of `--iodepth` requests in flight each and prints fio's
 //! normal or JSON report. Both sides take their certificates from `--tls-dir` (the listener
-//! creates a throwaway CA there when it is empty): there is no plaintext mode.
+//! creates a throwaway CA there when it is empty; `kiseki-server dev` writes client
+//! directories of the same layout): there is no plaintext mode. A client whose certificate
+//! is a tenant's (`tenant-{org}`) acts for that org, since the chunk service lets a tenant
+//! name only its own; with a node's certificate its calls are node-to-node.
 //!
 //! A client job is one pinned thread with its own single-threaded tokio runtime, its own
 //! `TcpTransport` (up to `--connections` pooled TLS connections) and a `ChunkClient` over a
@@ -73,7 +76,7 @@ pub struct FabricArgs {
     #[arg(long)]
     pub memory: bool,
     /// Directory of the CA and certificates (created by the listener when empty; the
-    /// client reads the same directory)
+    /// client reads the same directory, or a client directory of `kiseki-server dev`)
     #[arg(long = "tls-dir")]
     pub tls_dir: PathBuf,
     /// With --connect: TLS connections each job keeps to the listener

@@ -3,10 +3,11 @@
 //! and the new part filled. Progress goes to stderr.
 //!
 //! An engine store's file is laid out with zeros instead (a blank store is formatted by the
-//! engine). Either way every block is written once before it is measured: a preallocated
-//! but never-written file has unwritten extents, and on ext4 the first write to each one
-//! converts it in the filesystem journal, so every flush of a fresh file also commits a
-//! journal transaction. A real device has no such cost; a benchmark must not pay it.
+//! engine), by `kiseki_engine::store_file`, which `kiseki-server dev` shares. Either way
+//! every block is written once before it is measured: a preallocated but never-written file
+//! has unwritten extents, and on ext4 the first write to each one converts it in the
+//! filesystem journal, so every flush of a fresh file also commits a journal transaction. A
+//! real device has no such cost; a benchmark must not pay it.
 
 use std::fs;
 use std::io::{self, IsTerminal, Write};
@@ -37,7 +38,7 @@ pub fn prepare(path: &Path, size: Option<u64>) -> Result<u64, String> {
         let size =
             size.ok_or_else(|| format!("{shown} does not exist; give --size to create it"))?;
         let size = round_up_to_block(size);
-        create(path, size, Content::Random)?;
+        create(path, size)?;
         return Ok(size);
     };
     let file_type = metadata.file_type();
@@ -60,7 +61,7 @@ pub fn prepare(path: &Path, size: Option<u64>) -> Result<u64, String> {
             fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{shown}: {e}"))?;
         file.set_len(wanted).map_err(|e| format!("{shown}: extending: {e}"))?;
         drop(file);
-        fill(path, from, wanted, Content::Random)?;
+        fill(path, from, wanted)?;
         return Ok(wanted);
     }
     Ok(wanted)
@@ -77,25 +78,28 @@ fn device_size(path: &Path) -> Result<u64, String> {
     Ok(device.geometry().size_bytes)
 }
 
-/// What a fill writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Content {
-    Random,
-    Zeros,
-}
-
-/// Creates `path` with `size` bytes of `content`, written and flushed; on failure the
+/// Creates `path` with `size` bytes of random data, written and flushed; on failure the
 /// partial file is removed.
-pub fn create(path: &Path, size: u64, content: Content) -> Result<(), String> {
+pub fn create(path: &Path, size: u64) -> Result<(), String> {
     let options = OpenOptions { create: true, size_bytes: Some(size), ..Default::default() };
     drop(IoUringDevice::open(path, &options).map_err(|e| e.to_string())?);
-    fill(path, 0, size, content).inspect_err(|_| {
+    fill(path, 0, size).inspect_err(|_| {
         let _ = fs::remove_file(path);
     })
 }
 
-/// Writes `content` over `from..to` through io_uring and flushes it.
-fn fill(path: &Path, from: u64, to: u64, content: Content) -> Result<(), String> {
+/// Creates an engine store's file: `size` bytes of zeros (see `store_file::create_zeroed`),
+/// with the same progress line as a random fill.
+pub fn create_store(path: &Path, size: u64) -> Result<(), String> {
+    let mut progress = FillProgress::new(path, size);
+    kiseki_engine::store_file::create_zeroed(path, size, &mut |written| progress.show(written))
+        .map_err(|e| e.to_string())?;
+    progress.done();
+    Ok(())
+}
+
+/// Writes random data over `from..to` through io_uring and flushes it.
+fn fill(path: &Path, from: u64, to: u64) -> Result<(), String> {
     let options = OpenOptions {
         queue_depth: FILL_DEPTH,
         buffer_count: FILL_DEPTH,
@@ -106,10 +110,7 @@ fn fill(path: &Path, from: u64, to: u64, content: Content) -> Result<(), String>
     let mut rng = SplitMix64::new(from ^ to);
     let mut buffers = Vec::with_capacity(FILL_DEPTH as usize);
     while let Some(mut buf) = device.acquire_buffer() {
-        match content {
-            Content::Random => rng.fill(buf.as_mut_slice()),
-            Content::Zeros => buf.as_mut_slice().fill(0),
-        }
+        rng.fill(buf.as_mut_slice());
         buffers.push(buf);
     }
     let mut progress = FillProgress::new(path, to - from);

@@ -44,6 +44,7 @@
 
 pub mod constants;
 pub mod format;
+pub mod store_file;
 
 mod allocator;
 mod device_state;

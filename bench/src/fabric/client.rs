@@ -16,7 +16,7 @@ use kiseki_devices::rng::SplitMix64;
 use kiseki_fabric::{
     BreakerConfig, ChunkClient, ClientError, Endpoint, FabricSelector, TcpConfig, TcpTransport,
 };
-use kiseki_security::{ChunkId, Dek, Envelope, MasterKey, SealParams, TlsContext};
+use kiseki_security::{ChunkId, Dek, Envelope, MasterKey, OrgId, Role, SealParams, TlsContext};
 use tokio::runtime::Runtime;
 use tokio::task::{JoinError, JoinSet};
 
@@ -39,6 +39,9 @@ const CLOSE_GRACE: Duration = Duration::from_millis(20);
 /// Runs the client jobs; one `JobStats` per job.
 pub fn run(plan: &ClientPlan) -> Result<Vec<JobStats>, String> {
     let tls = certs::load(&plan.tls_dir, Side::Client)?;
+    if let Some(Role::Workload { org }) = tls.local_identity().role() {
+        eprintln!("kiseki-bench: the certificate is tenant {org}'s; requests act for it");
+    }
     let key = MasterKey::generate(1).map_err(|e| format!("master key: {e}"))?;
     crate::device::run_jobs(&plan.job, |index, start, counters| {
         Job { plan, index, tls: &tls, key: &key, counters }.run(start)
@@ -58,6 +61,9 @@ struct Target {
     transport: Arc<TcpTransport>,
     client: ChunkClient,
     endpoint: Endpoint,
+    /// The org a tenant certificate acts for (the chunk service lets a tenant name only its
+    /// own); `None` with a node's certificate, whose calls are node-to-node.
+    tenant: Option<OrgId>,
     /// Shared, so a put sends the envelope from where it lies (as a gateway would).
     envelopes: Vec<Arc<Envelope>>,
 }
@@ -130,7 +136,11 @@ impl Job<'_> {
         let endpoint =
             Endpoint { node: "listener".to_owned(), addr, server_name: addr.ip().to_string() };
         client.ping(&endpoint).await.map_err(|e| format!("--connect={addr}: {e}"))?;
-        Ok(Arc::new(Target { transport, client, endpoint, envelopes }))
+        let tenant = match self.tls.local_identity().role() {
+            Some(Role::Workload { org }) => Some(org.clone()),
+            _ => None,
+        };
+        Ok(Arc::new(Target { transport, client, endpoint, tenant, envelopes }))
     }
 
     /// Puts the working set, `--iodepth` at a time, with a progress line from job 0.
@@ -228,7 +238,7 @@ impl Target {
         loop {
             let result = if get {
                 let chunk_id = envelope.chunk_id();
-                match self.client.get_chunk(&self.endpoint, None, &chunk_id).await {
+                match self.client.get_chunk(&self.endpoint, self.tenant.as_ref(), &chunk_id).await {
                     Ok(got) if got.len() != envelope.len() => {
                         return Err(format!(
                             "chunk {chunk_id} came back as {} bytes, not {}",
@@ -239,7 +249,7 @@ impl Target {
                     other => other.map(drop),
                 }
             } else {
-                self.client.put_chunk(&self.endpoint, None, envelope).await
+                self.client.put_chunk(&self.endpoint, self.tenant.as_ref(), envelope).await
             };
             match result {
                 Err(ClientError::Busy { .. }) if Instant::now() < deadline => {

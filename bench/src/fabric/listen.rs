@@ -9,7 +9,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use kiseki_devices::{IoUringDevice, MemoryDevice};
+use kiseki_devices::MemoryDevice;
+use kiseki_engine::store_file::{FileStore, FormatPolicy};
 use kiseki_engine::{Engine, EngineError};
 use kiseki_fabric::constants::TENANT_REFS_MAX_DEFAULT;
 use kiseki_fabric::{ChunkService, Handler, TcpServer, TcpServerConfig};
@@ -21,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::memory::MemoryStore;
 use super::{ListenPlan, Store, certs};
 use crate::device::{DeviceArgs, Engine as Backend, Plan};
-use crate::engine::{EngineArgs, create_file, device_options, format_and_open, region_is_blank};
+use crate::engine::{BENCH_IDS, EngineArgs, create_file, device_options, format_and_open};
 
 /// Serves until a signal or the plan's lifetime; errors before serving are returned.
 pub fn run(plan: &ListenPlan) -> Result<(), String> {
@@ -115,14 +116,14 @@ fn start_engine(plan: &Plan) -> Result<Engine, String> {
     let started = match (plan.args.ioengine, plan.args.filename.clone()) {
         (Backend::IoUring, Some(path)) => {
             create_file(&path, plan.size_bytes)?;
-            let open = move |index: usize| {
-                let offset = region * index as u64;
-                let fresh = region_is_blank(&path, offset).map_err(failed(index))?;
-                let device = IoUringDevice::open(&path, &options)
-                    .map_err(|e| failed(index)(format!("{}: {e}", path.display())))?;
-                format_and_open(device, offset, region, fresh).map_err(failed(index))
+            let store = FileStore {
+                path,
+                regions: jobs,
+                region_bytes: region,
+                ids: BENCH_IDS,
+                device: options,
             };
-            Engine::start(jobs, Arc::new(open))
+            store.start(FormatPolicy::Blank)
         }
         (Backend::Memory, _) => {
             let open = move |index: usize| {
