@@ -1,8 +1,9 @@
 //! The `kiseki-server` command line: parsing, dispatch, and how failures are reported.
 //!
-//! Subcommands today are the cluster's certificate tools (`ca`, `cert`, `identity`, in
+//! Subcommands today are the single-node dev mode (`dev`, in `cli/dev.rs` over
+//! [`crate::dev`]), the cluster's certificate tools (`ca`, `cert`, `identity`, in
 //! `cli/pki.rs`) and admission (`admission-token`, `admission serve`, `join`, in
-//! `cli/admission.rs`); the node itself (`dev`, `run`) and the other admin tools
+//! `cli/admission.rs`); `run` with a configuration and the other admin tools
 //! (`s3-credentials`) join [`Command`] as they are built.
 //!
 //! Invariants: [`main`] never panics on bad input; every failure is one line on stderr
@@ -10,6 +11,7 @@
 //! nothing secret is printed: private keys go only to files of mode 0600.
 
 mod admission;
+mod dev;
 mod pki;
 
 use std::ffi::OsString;
@@ -21,11 +23,16 @@ use clap::{Parser, Subcommand};
 use kiseki_security::{IdentityError, PkiError};
 
 use crate::admission::AdmissionServiceError;
+use crate::dev::DevError;
 
 const ABOUT: &str = "Kiseki's storage node, and the tools that set up its cluster's security";
 
 const LONG_ABOUT: &str = "\
 Kiseki's storage node, and the tools that set up its cluster's security.
+
+One node on this machine, with its CA, certificates and a device file made on first start:
+
+  kiseki-server dev [--data-dir ./kiseki-data] [--device-size 2G] [--fabric-addr ADDR]
 
 Every Kiseki connection is mutually authenticated against one cluster CA. Set one up:
 
@@ -58,9 +65,12 @@ pub struct Cli {
     command: Command,
 }
 
-/// Every subcommand. Node start-up (`dev`, `run`) and the other admin tools come later.
+/// Every subcommand. `run` (a node from a configuration) and the other admin tools come
+/// later.
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(about = dev::ABOUT)]
+    Dev(dev::DevArgs),
     /// Create the cluster CA.
     #[command(subcommand)]
     Ca(pki::CaCommand),
@@ -95,6 +105,8 @@ pub enum CliError {
     Admission(AdmissionServiceError),
     /// The async runtime, a signal handler or the listener failed.
     Runtime(io::Error),
+    /// The dev node did not start or stop cleanly.
+    Dev(DevError),
 }
 
 /// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
@@ -119,6 +131,7 @@ pub fn main(
             let _ = writeln!(err, "kiseki-server: {error}");
             ExitCode::from(match error {
                 CliError::Usage(_) => 2,
+                CliError::Dev(error) if error.is_usage() => 2,
                 _ => 1,
             })
         }
@@ -128,6 +141,7 @@ pub fn main(
 /// Runs a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
+        Command::Dev(args) => dev::dev(args, out),
         Command::Ca(command) => pki::ca(command, out),
         Command::Cert(command) => pki::cert(command, out),
         Command::Identity(command) => pki::identity(command, out),
@@ -146,6 +160,7 @@ impl fmt::Display for CliError {
             CliError::Output(error) => write!(f, "cannot write output: {error}"),
             CliError::Admission(error) => write!(f, "{error}"),
             CliError::Runtime(error) => write!(f, "{error}"),
+            CliError::Dev(error) => write!(f, "dev: {error}"),
         }
     }
 }
@@ -159,6 +174,7 @@ impl std::error::Error for CliError {
             CliError::Output(error) => Some(error),
             CliError::Admission(error) => Some(error),
             CliError::Runtime(error) => Some(error),
+            CliError::Dev(error) => Some(error),
         }
     }
 }

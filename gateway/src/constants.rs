@@ -31,3 +31,41 @@ pub const JWKS_FETCH_TIMEOUT_SECS: u64 = 10;
 /// Largest `--token-file` read by `join`: 4 KiB. A token is 75 bytes; the bound keeps a
 /// wrong path (a log, a device) from being read whole into memory.
 pub const TOKEN_FILE_MAX_BYTES: u64 = 4096;
+
+/// `kiseki-server dev`'s device file when `--device-size` is not given: 2 GiB, room for a
+/// few hundred 4 MiB chunks, and a few seconds to write out on first start.
+pub const DEV_DEVICE_SIZE_DEFAULT_BYTES: u64 = 2 << 30;
+
+/// Smallest share of the device file one dev shard may have: 32 MiB. A shard keeps a
+/// superblock, a journal of at least 256 KiB and two checkpoint slots beside its data; with
+/// 32 MiB it still takes six 4 MiB chunks before its Critical threshold (85 %), a store
+/// that is small but useful rather than one that refuses its second put.
+pub const DEV_SHARD_BYTES_MIN: u64 = 32 << 20;
+
+/// Most reactors (`--cores`) a dev node starts: 256, the bench's `--numjobs` bound. Each
+/// one pins a thread and registers [`DEV_DEVICE_BUFFERS`] buffers.
+pub const DEV_CORES_MAX: usize = 256;
+
+/// I/O buffers of each dev reactor's device, each as large as the biggest stored chunk
+/// (`kiseki_engine::constants::CHUNK_SIZE_MAX_BYTES`, 4 MiB): a put or get in flight holds
+/// one. Eight let a reactor overlap a few 4 MiB transfers while registering 32 MiB, which
+/// counts against `RLIMIT_MEMLOCK` for non-root users.
+pub const DEV_DEVICE_BUFFERS: u32 = 8;
+
+/// Request slots of each dev reactor's device: two per buffer (a chunk's extent and its
+/// share of a journal write) and eight more for flushes, checkpoints and trims, as the
+/// bench sizes its stores.
+pub const DEV_DEVICE_QUEUE_DEPTH: u32 = 2 * DEV_DEVICE_BUFFERS + 8;
+
+/// Largest node manifest (`meta/node.json`) a dev node reads: 64 KiB. It holds ids, paths
+/// and a few names (under 1 KiB); the bound keeps a wrong file from being read whole.
+pub const DEV_MANIFEST_BYTES_MAX: u64 = 64 * 1024;
+
+/// The tenant org whose workload identity a dev node generates.
+pub const DEV_TENANT_ORG: &str = "dev";
+
+/// Where a dev node will serve S3, gRPC, and metrics and health: printed as not served
+/// yet until the front ends arrive, so that a user knows the ports are planned.
+pub const DEV_S3_ADDR: &str = "127.0.0.1:9000";
+pub const DEV_GRPC_ADDR: &str = "127.0.0.1:9100";
+pub const DEV_METRICS_ADDR: &str = "127.0.0.1:9090";

@@ -4,6 +4,9 @@
 //! crates below it do not. Its admin subcommands (`ca`, `cert`, `identity`,
 //! `admission-token`) are thin shells over the `kiseki-security` crate.
 //!
+//! [`dev`] is the node on embedded defaults: the engine on a device file and the fabric's
+//! chunk service over mTLS, with the CA, certificates and device made on its first start.
+//!
 //! [`admission`] is the first network service here: the admission listener (seed 003) and
 //! the node's `join`, over tokio and tokio-rustls with the TLS configurations of
 //! `kiseki-security`. Its limits are in [`constants`].
@@ -13,4 +16,5 @@
 pub mod admission;
 pub mod cli;
 pub mod constants;
+pub mod dev;
 pub mod jwks_https;

@@ -1,0 +1,579 @@
+//! `kiseki-server dev`: one node on embedded defaults, for what exists today: the engine
+//! (one pinned reactor and shard per core on a preallocated device file) and the fabric's
+//! chunk service over TCP with TLS 1.3 and mutual authentication. S3, gRPC, Raft, the key
+//! manager, and metrics and health come with later issues; the node says so when it starts.
+//!
+//! A start: bind the fabric address (first, so that a port in use is refused before
+//! anything is made), open or make the data dir ([`data_dir`]), build the node's TLS
+//! context, on a first start write the device file out and format the shards, start the
+//! engine (recovering every shard), print what a user needs, and serve until SIGINT or
+//! SIGTERM. Then: stop accepting, let requests already read finish (the fabric's shutdown
+//! grace), stop the engine (each reactor completes what it accepted; every acknowledged
+//! put is already durable), return `Ok`.
+//!
+//! What it does not do: encrypt or decrypt (clients seal their chunks; the node stores
+//! envelopes), keep tenant references across restarts (the chunk service holds them in
+//! memory until consensus keeps them: after a restart a tenant sees none of its older
+//! chunks, a node identity sees all), or renew certificates.
+//!
+//! Output: what a user reads goes to `out` (stdout); progress of the slow first-start step
+//! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere.
+
+mod data_dir;
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiseki_devices::OpenOptions as DeviceOptions;
+use kiseki_engine::constants::CHUNK_SIZE_MAX_BYTES;
+use kiseki_engine::store_file::{self, FileStore, FormatPolicy, StoreFileError};
+use kiseki_engine::{Engine, EngineError};
+use kiseki_fabric::constants::TENANT_REFS_MAX_DEFAULT;
+use kiseki_fabric::{ChunkService, ConnectionStats, ServerStartError, TcpServer, TcpServerConfig};
+use kiseki_security::authz::Authorizer;
+use kiseki_security::{PkiError, TlsBuilder, TlsContext};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::constants::{
+    DEV_CORES_MAX, DEV_DEVICE_BUFFERS, DEV_DEVICE_QUEUE_DEPTH, DEV_DEVICE_SIZE_DEFAULT_BYTES,
+    DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+};
+use data_dir::{DataDir, Layout, NODE_CLIENT, Plan};
+
+/// Device sizes are whole MiB, so every shard's region is (see `store_file`).
+const MIB: u64 = 1 << 20;
+
+/// The working set the printed bench commands put and get: 64 MiB of 1 MiB chunks, or a
+/// quarter of a smaller device.
+const BENCH_WORKING_SET_MAX_BYTES: u64 = 64 << 20;
+
+/// How often a terminal's progress line is redrawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A dev node's settings, from the command line.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    pub data_dir: PathBuf,
+    /// `None`: the data dir's size, or the default on a first start.
+    pub device_size_bytes: Option<u64>,
+    pub fabric_addr: SocketAddr,
+    /// Reactors (and shards); `None`: the data dir's count, or one per core less one.
+    pub cores: Option<usize>,
+}
+
+/// Where a dev node writes what it says.
+pub struct Output<'a> {
+    /// What a user reads: paths, commands, the ready and stopped lines.
+    pub out: &'a mut dyn Write,
+    /// Progress of slow steps.
+    pub progress: &'a mut dyn Write,
+    /// Whether `progress` is a terminal (a redrawn line) or not (a line at each end).
+    pub progress_is_terminal: bool,
+}
+
+impl fmt::Debug for Output<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output").field("progress_is_terminal", &self.progress_is_terminal).finish()
+    }
+}
+
+/// Why a dev node did not start, or did not stop cleanly.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DevError {
+    /// A flag's value cannot work, alone or with the data dir.
+    Usage(String),
+    /// The fabric address cannot be listened on (in use, not ours, no permission).
+    Listen {
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// Another process uses the data dir.
+    InUse {
+        path: PathBuf,
+    },
+    /// The path is not a directory a dev node may make or use.
+    Foreign {
+        path: PathBuf,
+        reason: &'static str,
+    },
+    /// Kiseki's layout without a manifest: a first start that did not finish.
+    HalfMade {
+        path: PathBuf,
+        missing: PathBuf,
+    },
+    /// A made node with a file missing.
+    Damaged {
+        path: PathBuf,
+        missing: PathBuf,
+    },
+    /// The data dir, its CA, certificate or device belong to another cluster or node.
+    OtherCluster {
+        path: PathBuf,
+        reason: String,
+    },
+    /// The manifest cannot be read as this build's.
+    Manifest {
+        path: PathBuf,
+        reason: String,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Pki(PkiError),
+    /// Creating the device file failed.
+    Store(StoreFileError),
+    /// The engine did not start, or did not stop cleanly.
+    Engine {
+        device: PathBuf,
+        source: EngineError,
+    },
+    /// The fabric server did not start.
+    Fabric(ServerStartError),
+    /// The async runtime or a signal handler failed.
+    Runtime(io::Error),
+    /// Writing to the output failed.
+    Output(io::Error),
+}
+
+/// What a start found or made, for the summary.
+struct Started {
+    dir: DataDir,
+    engine: Engine,
+    chunks: u64,
+    tls: TlsContext,
+}
+
+/// Runs a dev node until SIGINT or SIGTERM; see the module's notes.
+pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> {
+    let listener = std::net::TcpListener::bind(config.fabric_addr)
+        .map_err(|source| DevError::Listen { addr: config.fabric_addr, source })?;
+    let fabric_addr = listener.local_addr().map_err(DevError::Runtime)?;
+    let started = start(config, fabric_addr, output)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kiseki-front")
+        .build()
+        .map_err(DevError::Runtime)?;
+    let service = Arc::new(ChunkService::new(
+        started.engine.handle(),
+        Authorizer::default(),
+        TENANT_REFS_MAX_DEFAULT,
+    ));
+    let served = runtime.block_on(serve(listener, &started, service, output.out));
+    let device = started.dir.layout.device();
+    let stopped = started.engine.shutdown().map_err(|source| DevError::Engine { device, source });
+    let stats = served?;
+    stopped?;
+    writeln!(
+        output.out,
+        "stopped: served {} connections and {} requests ({} handshakes refused); the engine \
+         shut down cleanly",
+        stats.connections_opened, stats.requests, stats.handshakes_failed
+    )
+    .map_err(DevError::Output)
+}
+
+/// Everything up to serving: the data dir, TLS, the device and the engine, then the
+/// summary.
+fn start(
+    config: &DevConfig,
+    fabric_addr: SocketAddr,
+    output: &mut Output<'_>,
+) -> Result<Started, DevError> {
+    let layout = Layout::new(config.data_dir.clone());
+    let (dir, rollback) =
+        DataDir::open_or_begin(layout, || first_start_plan(config, fabric_addr.ip()))?;
+    let dir = absolute(dir)?;
+    if !dir.created {
+        check_flags(config, &dir)?;
+    }
+    let layout = &dir.layout;
+    let tls = TlsBuilder::new(layout.server_tls()).build()?;
+    let manifest = &dir.manifest;
+    if dir.created {
+        create_device(layout.device(), manifest.device_size_bytes, output)?;
+    }
+    let store = FileStore {
+        path: layout.device(),
+        regions: manifest.shards,
+        region_bytes: store_file::region_bytes(manifest.device_size_bytes, manifest.shards),
+        ids: dir.device_ids(),
+        device: DeviceOptions {
+            queue_depth: DEV_DEVICE_QUEUE_DEPTH,
+            buffer_count: DEV_DEVICE_BUFFERS,
+            buffer_size_bytes: CHUNK_SIZE_MAX_BYTES,
+            ..DeviceOptions::default()
+        },
+    };
+    let policy = if dir.created { FormatPolicy::All } else { FormatPolicy::None };
+    let engine = store.start(policy).map_err(|source| engine_error(&dir, source))?;
+    let stats = engine.handle().stats_blocking();
+    let chunks = match stats {
+        Ok(stats) => stats.iter().map(|shard| shard.chunks).sum(),
+        Err(source) => {
+            let _ = engine.shutdown();
+            return Err(DevError::Engine { device: layout.device(), source });
+        }
+    };
+    if let Some(rollback) = rollback
+        && let Err(error) = dir.commit(rollback)
+    {
+        let _ = engine.shutdown();
+        return Err(error);
+    }
+    warn_unnamed_address(&dir, fabric_addr, output);
+    let started = Started { dir, engine, chunks, tls };
+    if let Err(error) = summary(&started, fabric_addr, output.out) {
+        let _ = started.engine.shutdown();
+        return Err(error);
+    }
+    Ok(started)
+}
+
+/// What a first start makes: the device size and shard count from the flags or the
+/// defaults, checked against each other.
+fn first_start_plan(config: &DevConfig, fabric_ip: IpAddr) -> Result<Plan, DevError> {
+    let size = config.device_size_bytes.unwrap_or(DEV_DEVICE_SIZE_DEFAULT_BYTES);
+    let size = size.next_multiple_of(MIB);
+    let shards = match config.cores {
+        Some(cores) => cores,
+        // One per core, leaving one to the front ends, and no more than the device feeds.
+        None => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let fits = usize::try_from(size / DEV_SHARD_BYTES_MIN).unwrap_or(usize::MAX);
+            cores.saturating_sub(1).min(DEV_CORES_MAX).min(fits).max(1)
+        }
+    };
+    let needed = DEV_SHARD_BYTES_MIN * shards as u64;
+    if store_file::region_bytes(size, shards) < DEV_SHARD_BYTES_MIN {
+        return Err(DevError::Usage(format!(
+            "--device-size {} is too small: each of {shards} shard(s) needs at least {} \
+             (give --device-size {} or more, or fewer --cores)",
+            binary_size(size),
+            binary_size(DEV_SHARD_BYTES_MIN),
+            binary_size(needed)
+        )));
+    }
+    Ok(Plan { device_size_bytes: size, shards, fabric_ip })
+}
+
+/// A later start: flags given must agree with what the data dir was made with (the device
+/// is neither grown nor resharded).
+fn check_flags(config: &DevConfig, dir: &DataDir) -> Result<(), DevError> {
+    let manifest = &dir.manifest;
+    let root = dir.layout.root().display();
+    if let Some(size) = config.device_size_bytes
+        && size.next_multiple_of(MIB) != manifest.device_size_bytes
+    {
+        return Err(DevError::Usage(format!(
+            "--device-size {}: {root} was made with a {} device, which a dev node neither \
+             grows nor shrinks (omit the flag, or give a new --data-dir)",
+            binary_size(size),
+            binary_size(manifest.device_size_bytes)
+        )));
+    }
+    if let Some(cores) = config.cores
+        && cores != manifest.shards
+    {
+        return Err(DevError::Usage(format!(
+            "--cores {cores}: {root} was made with {} shard(s), one per reactor, and a dev \
+             node does not reshard (omit the flag, or give a new --data-dir)",
+            manifest.shards
+        )));
+    }
+    Ok(())
+}
+
+/// The data dir with an absolute root, so that printed paths work from anywhere.
+fn absolute(mut dir: DataDir) -> Result<DataDir, DevError> {
+    let root = dir.layout.root().to_owned();
+    let canonical =
+        std::fs::canonicalize(&root).map_err(|source| DevError::Io { path: root, source })?;
+    dir.layout = Layout::new(canonical);
+    Ok(dir)
+}
+
+/// Writes the device file out with zeros, with a progress line.
+fn create_device(path: PathBuf, size: u64, output: &mut Output<'_>) -> Result<(), DevError> {
+    let progress = &mut *output.progress;
+    let terminal = output.progress_is_terminal;
+    let _ = writeln!(progress, "preallocating {} ({})", path.display(), binary_size(size));
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    store_file::create_zeroed(&path, size, &mut |written| {
+        if terminal && shown.elapsed() >= PROGRESS_INTERVAL {
+            shown = Instant::now();
+            let percent = written as f64 * 100.0 / size as f64;
+            let _ = write!(progress, "\r  {percent:5.1}% of {}", binary_size(size));
+            let _ = progress.flush();
+        }
+    })
+    .map_err(DevError::Store)?;
+    if terminal {
+        let _ = write!(progress, "\r\x1b[2K");
+    }
+    let _ = writeln!(progress, "preallocated in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A later start on an address the node certificate does not name: clients that connect
+/// to it and check the name will fail, so say it before they do.
+fn warn_unnamed_address(dir: &DataDir, addr: SocketAddr, output: &mut Output<'_>) {
+    let ip = addr.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        return;
+    }
+    if !dir.manifest.server_names.iter().any(|name| name == &ip.to_string()) {
+        let _ = writeln!(
+            output.progress,
+            "warning: the node certificate names {} only; clients that connect to {ip} will \
+             refuse it",
+            dir.manifest.server_names.join(", ")
+        );
+    }
+}
+
+fn summary(
+    started: &Started,
+    fabric_addr: SocketAddr,
+    out: &mut dyn Write,
+) -> Result<(), DevError> {
+    let layout = &started.dir.layout;
+    let manifest = &started.dir.manifest;
+    let connect = connect_addr(fabric_addr);
+    let node_client = layout.client_dir(NODE_CLIENT);
+    let tenant_client = layout.tenant_client_dir();
+    let state = if started.dir.created {
+        "made on this start".to_owned()
+    } else {
+        format!("reused; {} chunk(s) recovered", started.chunks)
+    };
+    let working_set =
+        (manifest.device_size_bytes / 4 / MIB * MIB).clamp(MIB, BENCH_WORKING_SET_MAX_BYTES);
+    let lines = [
+        format!("kiseki-server dev: one node on embedded defaults ({state})"),
+        format!("  data dir:    {}", layout.root().display()),
+        format!("  CA bundle:   {}", layout.ca_cert().display()),
+        format!(
+            "  device:      {} ({}, {} shard(s), one reactor each)",
+            layout.device().display(),
+            binary_size(manifest.device_size_bytes),
+            manifest.shards
+        ),
+        format!(
+            "  fabric:      {fabric_addr} (chunk service; TCP, TLS 1.3, client certificates \
+             of this CA only)"
+        ),
+        format!(
+            "  identities:  {} (server role: node-to-node calls, kiseki-bench)",
+            node_client.display()
+        ),
+        format!(
+            "               {} (tenant org {DEV_TENANT_ORG}: sees only chunks it put since \
+             this start)",
+            tenant_client.display()
+        ),
+        "Put chunks, then get them back (from the repository root):".to_owned(),
+        bench_command(connect, &node_client, "put", working_set),
+        bench_command(connect, &node_client, "get", working_set),
+        format!(
+            "Not served yet: S3 ({DEV_S3_ADDR}), gRPC ({DEV_GRPC_ADDR}), metrics and health \
+             ({DEV_METRICS_ADDR}); they come with later issues."
+        ),
+    ];
+    for line in lines {
+        writeln!(out, "{line}").map_err(DevError::Output)?;
+    }
+    out.flush().map_err(DevError::Output)
+}
+
+fn bench_command(connect: SocketAddr, tls_dir: &std::path::Path, rw: &str, size: u64) -> String {
+    format!(
+        "  cargo run --release -p kiseki-bench -- fabric --connect {connect} --tls-dir {} \
+         --rw={rw} --bs=1M --size={}M --iodepth=4",
+        tls_dir.display(),
+        size / MIB
+    )
+}
+
+/// Where a client on this machine connects: the address itself, or loopback for a
+/// wildcard one.
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Serves the chunk service until SIGINT or SIGTERM, then shuts the server down
+/// gracefully. Returns what it served.
+async fn serve(
+    listener: std::net::TcpListener,
+    started: &Started,
+    service: Arc<ChunkService>,
+    out: &mut dyn Write,
+) -> Result<ConnectionStats, DevError> {
+    // Handlers first: a signal from here on stops the node cleanly instead of killing it.
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DevError::Runtime)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(DevError::Runtime)?;
+    let _crl_poller = started.tls.spawn_crl_poller()?;
+    listener.set_nonblocking(true).map_err(DevError::Runtime)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(DevError::Runtime)?;
+    let server = TcpServer::start(listener, &started.tls, TcpServerConfig::default(), service)
+        .map_err(DevError::Fabric)?;
+    let line = format!(
+        "ready: serving the fabric on {}; stop with Ctrl-C or SIGTERM",
+        server.local_addr()
+    );
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(DevError::Output)?;
+    let reason = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    let grace = TcpServerConfig::default().shutdown_grace.as_secs();
+    let _ = writeln!(
+        out,
+        "{reason}: stopping: no new connections; requests in flight finish (up to {grace} s)"
+    );
+    let _ = out.flush();
+    // Taken before the drain: no connection opens after the stop, and the requests it
+    // lets finish were read (and counted) before it.
+    let stats = server.stats();
+    server.shutdown().await;
+    Ok(stats)
+}
+
+fn engine_error(dir: &DataDir, source: EngineError) -> DevError {
+    let device = dir.layout.device();
+    match source {
+        EngineError::WrongCluster { expected, found } => DevError::OtherCluster {
+            path: dir.layout.root().to_owned(),
+            reason: format!(
+                "{} belongs to cluster {}, not to this data dir's cluster {}",
+                device.display(),
+                hex(&found),
+                hex(&expected)
+            ),
+        },
+        source => DevError::Engine { device, source },
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `bytes` in binary units, as a user wrote them: "2 GiB", "96 MiB", "1.5 GiB".
+pub fn binary_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+impl DevError {
+    /// Whether the command line is at fault (exit code 2) rather than the system.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, DevError::Usage(_))
+    }
+}
+
+impl fmt::Display for DevError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DevError::Usage(message) => f.write_str(message),
+            DevError::Listen { addr, source } if source.kind() == io::ErrorKind::AddrInUse => {
+                write!(
+                    f,
+                    "--fabric-addr {addr}: the address is in use (another kiseki-server?); \
+                     stop it or give another --fabric-addr"
+                )
+            }
+            DevError::Listen { addr, source } => {
+                write!(f, "--fabric-addr {addr}: cannot listen there: {source}")
+            }
+            DevError::InUse { path } => write!(
+                f,
+                "{} is in use by another kiseki-server (it holds meta/lock); stop it or give \
+                 another --data-dir",
+                path.display()
+            ),
+            DevError::Foreign { path, reason } => write!(
+                f,
+                "{} cannot be a data dir: {reason}; give an empty or new --data-dir",
+                path.display()
+            ),
+            DevError::HalfMade { path, missing } => write!(
+                f,
+                "{} is a half-made data dir: a first start did not finish ({} is missing); \
+                 remove the directory and start again",
+                path.display(),
+                missing.display()
+            ),
+            DevError::Damaged { path, missing } => write!(
+                f,
+                "{} is damaged: {} is missing; restore it, or remove the directory to start \
+                 a new node (its chunks are lost)",
+                path.display(),
+                missing.display()
+            ),
+            DevError::OtherCluster { path, reason } => write!(
+                f,
+                "{} does not hold one node of one cluster: {reason}; put back the data dir's \
+                 own files, or give another --data-dir",
+                path.display()
+            ),
+            DevError::Manifest { path, reason } => {
+                write!(f, "{}: not a manifest this build reads: {reason}", path.display())
+            }
+            DevError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            DevError::Pki(error) => write!(f, "{error}"),
+            DevError::Store(error) => write!(f, "creating the device file: {error}"),
+            DevError::Engine { device, source } => {
+                write!(f, "the engine on {}: {source}", device.display())
+            }
+            DevError::Fabric(error) => write!(f, "the fabric server: {error}"),
+            DevError::Runtime(error) => write!(f, "runtime: {error}"),
+            DevError::Output(error) => write!(f, "cannot write output: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for DevError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DevError::Listen { source, .. } | DevError::Io { source, .. } => Some(source),
+            DevError::Pki(error) => Some(error),
+            DevError::Store(error) => Some(error),
+            DevError::Engine { source, .. } => Some(source),
+            DevError::Fabric(error) => Some(error),
+            DevError::Runtime(error) | DevError::Output(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<PkiError> for DevError {
+    fn from(error: PkiError) -> DevError {
+        DevError::Pki(error)
+    }
+}

@@ -1,0 +1,441 @@
+//! `kiseki-server dev` as a user runs it: the real binary on a temporary data dir with a
+//! 64 MiB device on a free port, talked to over the fabric with the identities it wrote,
+//! stopped with SIGTERM and started again; and every refusal it promises, each checked to
+//! leave nothing behind or nothing changed.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiseki_fabric::{
+    BreakerConfig, ChunkClient, ClientError, Endpoint, FabricSelector, TcpConfig, TcpTransport,
+};
+use kiseki_security::{
+    CertificateAuthority, ChunkId, Dek, Envelope, IssueRequest, MasterKey, OrgId, Role, SealParams,
+    TlsBuilder, TlsPaths, Validity,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kiseki-server");
+
+/// Longest a node may take to print its ready line or to exit: generous for a loaded CI
+/// machine, and a hung node fails the test instead of hanging it.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `kiseki-server dev`.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    /// Stdout up to and including the ready line.
+    printed: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Node {
+    /// Starts a node on `data_dir` with `extra` flags and waits for its ready line.
+    fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(BIN)
+            .args(["dev", "--data-dir", path(data_dir), "--fabric-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(child.stdout.take().unwrap());
+        let mut printed = String::new();
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    printed.push_str(&line);
+                    printed.push('\n');
+                    if let Some(rest) = line.strip_prefix("ready: serving the fabric on ") {
+                        let addr = rest.split(';').next().unwrap().parse().unwrap();
+                        return Node { child, addr, printed, lines };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let mut err = String::new();
+                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                    panic!("no ready line; stdout:\n{printed}\nstderr:\n{err}");
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and the rest of stdout.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = wait(&mut self.child);
+        // The pipe closed with the process: the reader thread ends after its last line.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(PROCESS_TIMEOUT) {
+            rest.push(line);
+        }
+        (status, rest.join("\n"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a node running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `kiseki-server dev` with `args` to its exit: the status and stderr.
+fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .arg("dev")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait(&mut child);
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, err)
+}
+
+fn wait(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiseki-server did not exit within {PROCESS_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines of a pipe, read on a thread so a silent process cannot block the test.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A chunk client with the TLS files of `paths`, on its own runtime.
+struct Client {
+    runtime: tokio::runtime::Runtime,
+    client: ChunkClient,
+    endpoint: Endpoint,
+}
+
+impl Client {
+    /// A client of the node at `addr` with a client directory's files.
+    fn of_dir(dir: &Path, addr: SocketAddr, server_name: &str) -> Client {
+        let paths = TlsPaths {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("client.crt"),
+            key: dir.join("client.key"),
+            crl: Some(dir.join("crl.pem")),
+        };
+        Client::with(paths, addr, server_name)
+    }
+
+    fn with(paths: TlsPaths, addr: SocketAddr, server_name: &str) -> Client {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tls = TlsBuilder::new(paths).build().unwrap();
+        let transport = {
+            let _entered = runtime.enter();
+            Arc::new(TcpTransport::new(&tls, TcpConfig::default()).unwrap())
+        };
+        let selector = FabricSelector::new(transport, BreakerConfig::default()).unwrap();
+        let client = ChunkClient::new(Arc::new(selector));
+        let endpoint =
+            Endpoint { node: "dev".to_owned(), addr, server_name: server_name.to_owned() };
+        Client { runtime, client, endpoint }
+    }
+
+    fn ping(&self) -> Result<(), ClientError> {
+        self.runtime.block_on(self.client.ping(&self.endpoint))
+    }
+
+    fn put(&self, tenant: Option<&str>, envelope: &Envelope) -> Result<(), ClientError> {
+        let tenant = tenant.map(|org| OrgId::parse(org).unwrap());
+        let envelope = Arc::new(envelope.clone());
+        self.runtime.block_on(self.client.put_chunk(&self.endpoint, tenant.as_ref(), &envelope))
+    }
+
+    fn get(&self, tenant: Option<&str>, chunk_id: &ChunkId) -> Result<Envelope, ClientError> {
+        let tenant = tenant.map(|org| OrgId::parse(org).unwrap());
+        self.runtime.block_on(self.client.get_chunk(&self.endpoint, tenant.as_ref(), chunk_id))
+    }
+}
+
+/// A chunk sealed as an HPC client seals it: the node only ever sees the envelope.
+fn sealed(key: &MasterKey, plaintext: &[u8]) -> Envelope {
+    let dek = Dek::derive(key, &ChunkId::of_plaintext(plaintext), None);
+    Envelope::seal(plaintext, &SealParams::new(&dek)).unwrap()
+}
+
+fn opened(key: &MasterKey, envelope: &Envelope) -> Vec<u8> {
+    let dek = Dek::derive(key, &envelope.chunk_id(), None);
+    envelope.open(&dek).unwrap().to_vec()
+}
+
+#[test]
+fn dev_serves_chunks_over_mtls_stops_on_sigterm_and_recovers_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("kiseki-data");
+    let node = Node::start(&data, &["--device-size", "64M", "--cores", "1"]);
+    let printed = node.printed.clone();
+    let (node_dir, tenant_dir) =
+        (data.join("tls/clients/node"), data.join("tls/clients/tenant-dev"));
+    for needle in [
+        "made on this start".to_owned(),
+        format!("data dir:    {}", data.display()),
+        format!("CA bundle:   {}", data.join("tls/ca/ca.crt").display()),
+        format!("fabric:      {}", node.addr),
+        format!("{} (server role", node_dir.display()),
+        format!("{} (tenant org dev", tenant_dir.display()),
+        format!(
+            "kiseki-bench -- fabric --connect {} --tls-dir {} --rw=put",
+            node.addr,
+            node_dir.display()
+        ),
+        "--rw=get".to_owned(),
+        "Not served yet: S3 (127.0.0.1:9000), gRPC (127.0.0.1:9100), metrics and health \
+         (127.0.0.1:9090)"
+            .to_owned(),
+    ] {
+        assert!(printed.contains(&needle), "{needle:?} not in:\n{printed}");
+    }
+    assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+    assert_eq!(mode(&data), 0o700);
+    for key in ["tls/ca/ca.key", "tls/server/server.key", "tls/clients/node/client.key"] {
+        assert_eq!(mode(&data.join(key)), 0o600, "{key}");
+    }
+    assert_eq!(fs::metadata(data.join("devices/dev0.img")).unwrap().len(), 64 << 20);
+    let ca_before = fs::read(data.join("tls/ca/ca.crt")).unwrap();
+    let tenant_cert_before = fs::read(tenant_dir.join("client.crt")).unwrap();
+
+    // The node identity (server role) stores and reads back; the bytes open to the
+    // plaintext, so the node kept the envelope whole.
+    let key = MasterKey::generate(1).unwrap();
+    let as_node = Client::of_dir(&node_dir, node.addr, "localhost");
+    let chunk_a = sealed(&key, b"chunk a, put by the node identity");
+    as_node.put(None, &chunk_a).unwrap();
+    let got = as_node.get(None, &chunk_a.chunk_id()).unwrap();
+    assert_eq!(opened(&key, &got), b"chunk a, put by the node identity");
+
+    // The tenant identity acts for its own org only, and sees only what it put.
+    let as_tenant = Client::of_dir(&tenant_dir, node.addr, "127.0.0.1");
+    let chunk_b = sealed(&key, b"chunk b, put by tenant dev");
+    as_tenant.put(Some("dev"), &chunk_b).unwrap();
+    assert_eq!(
+        as_tenant.get(Some("dev"), &chunk_b.chunk_id()).unwrap().as_bytes(),
+        chunk_b.as_bytes()
+    );
+    assert!(matches!(
+        as_tenant.get(Some("dev"), &chunk_a.chunk_id()),
+        Err(ClientError::NotFound { .. })
+    ));
+    assert!(matches!(as_tenant.put(Some("other"), &chunk_b), Err(ClientError::Denied { .. })));
+    assert!(matches!(as_tenant.put(None, &chunk_b), Err(ClientError::Denied { .. })));
+
+    // A client certificate from another CA, even with the server role, is refused at the
+    // handshake (the client trusts the node's CA, so only its own certificate is wrong).
+    let foreign = temp.path().join("foreign-ca");
+    let foreign_ca =
+        CertificateAuthority::init(&foreign, "another cluster", Validity::days_from_now(1))
+            .unwrap();
+    let request = IssueRequest {
+        role: Role::Server,
+        common_name: "intruder".to_owned(),
+        spiffe_id: None,
+        subject_alt_names: Vec::new(),
+        validity: Validity::days_from_now(1),
+    };
+    foreign_ca.issue(&request).unwrap().write_files(&foreign, "intruder").unwrap();
+    let intruder = Client::with(
+        TlsPaths {
+            ca: data.join("tls/ca/ca.crt"),
+            cert: foreign.join("intruder.crt"),
+            key: foreign.join("intruder.key"),
+            crl: None,
+        },
+        node.addr,
+        "localhost",
+    );
+    assert!(intruder.ping().is_err(), "a foreign client certificate was accepted");
+    assert!(matches!(intruder.put(None, &chunk_a), Err(ClientError::Fabric(_))));
+    as_node.ping().unwrap();
+
+    // A second node on the same data dir is refused while the first holds it.
+    let (status, err) = run_to_exit(&["--data-dir", path(&data), "--fabric-addr", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another kiseki-server"), "{err}");
+
+    drop((as_node, as_tenant, intruder));
+    let (status, rest) = node.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM must end in a clean exit: {rest}");
+    assert!(rest.contains("SIGTERM: stopping"), "{rest}");
+    assert!(rest.contains("the engine shut down cleanly"), "{rest}");
+
+    // Second start: everything reused, nothing regenerated, both chunks recovered.
+    let node = Node::start(&data, &[]);
+    assert!(node.printed.contains("reused; 2 chunk(s) recovered"), "{}", node.printed);
+    assert_eq!(fs::read(data.join("tls/ca/ca.crt")).unwrap(), ca_before);
+    assert_eq!(fs::read(tenant_dir.join("client.crt")).unwrap(), tenant_cert_before);
+    let as_node = Client::of_dir(&node_dir, node.addr, "localhost");
+    assert_eq!(as_node.get(None, &chunk_a.chunk_id()).unwrap().as_bytes(), chunk_a.as_bytes());
+    let got = as_node.get(None, &chunk_b.chunk_id()).unwrap();
+    assert_eq!(opened(&key, &got), b"chunk b, put by tenant dev");
+    drop(as_node);
+    let (status, rest) = node.terminate();
+    assert_eq!(status.code(), Some(0), "{rest}");
+}
+
+#[test]
+fn a_data_dir_of_another_cluster_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let (status, _) = Node::start(&data, &["--device-size", "64M", "--cores", "1"]).terminate();
+    assert!(status.success());
+    let start = ["--data-dir", path(&data), "--fabric-addr", "127.0.0.1:0"];
+
+    // The manifest names another cluster than the device's superblocks carry.
+    let manifest_path = data.join("meta/node.json");
+    let manifest = fs::read_to_string(&manifest_path).unwrap();
+    let mut tampered: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    tampered["cluster_id"] = "00112233445566778899aabbccddeeff".into();
+    fs::write(&manifest_path, tampered.to_string()).unwrap();
+    let (status, err) = run_to_exit(&start);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("belongs to cluster"), "{err}");
+    assert!(err.contains("00112233445566778899aabbccddeeff"), "{err}");
+    fs::write(&manifest_path, &manifest).unwrap();
+
+    // Another cluster's CA in place of this one's.
+    let other = temp.path().join("other-ca");
+    CertificateAuthority::init(&other, "another cluster", Validity::days_from_now(1)).unwrap();
+    let ca_path = data.join("tls/ca/ca.crt");
+    let own_ca = fs::read(&ca_path).unwrap();
+    fs::copy(other.join("ca.crt"), &ca_path).unwrap();
+    let (status, err) = run_to_exit(&start);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("is not this node's cluster CA"), "{err}");
+    fs::write(&ca_path, own_ca).unwrap();
+
+    // A missing piece is named.
+    let tenant_key = data.join("tls/clients/tenant-dev/client.key");
+    fs::rename(&tenant_key, temp.path().join("moved.key")).unwrap();
+    let (status, err) = run_to_exit(&start);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("is damaged") && err.contains("client.key is missing"), "{err}");
+    fs::rename(temp.path().join("moved.key"), &tenant_key).unwrap();
+
+    // Put back, it is a node again; flags it was not made with are refused.
+    let (status, err) = run_to_exit(&[&start[..], &["--device-size", "128M"]].concat());
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("neither grows nor shrinks"), "{err}");
+    let (status, _) = Node::start(&data, &[]).terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn bad_flags_and_directories_are_refused_before_anything_is_made() {
+    let temp = tempfile::tempdir().unwrap();
+    let fresh = temp.path().join("fresh");
+    let fresh_args = |extra: &[&'static str]| -> Vec<String> {
+        let mut args = vec!["--data-dir".to_owned(), path(&fresh).to_owned()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let run = |args: &[String]| run_to_exit(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Too small a device, alone or for the cores asked.
+    let (status, err) = run(&fresh_args(&["--device-size", "16M", "--fabric-addr", "127.0.0.1:0"]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--device-size 16 MiB is too small"), "{err}");
+    let args =
+        fresh_args(&["--device-size", "64M", "--cores", "3", "--fabric-addr", "127.0.0.1:0"]);
+    let (status, err) = run(&args);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("give --device-size 96 MiB or more"), "{err}");
+    let (status, err) = run(&fresh_args(&["--device-size", "lots"]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(!fresh.exists(), "a refused start made {}", fresh.display());
+
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, err) = run_to_exit(&["--data-dir", path(&fresh), "--fabric-addr", &addr]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("the address is in use"), "{err}");
+    assert!(!fresh.exists());
+
+    // A directory that holds something else is left as it was.
+    let foreign = temp.path().join("home");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("thesis.tex"), b"\\begin{document}").unwrap();
+    let (status, err) =
+        run_to_exit(&["--data-dir", path(&foreign), "--fabric-addr", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not empty and holds no kiseki data dir"), "{err}");
+    let entries: Vec<PathBuf> =
+        fs::read_dir(&foreign).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(entries, [foreign.join("thesis.tex")]);
+
+    // A first start that never finished: Kiseki's layout without a manifest.
+    let half = temp.path().join("half");
+    fs::create_dir_all(half.join("tls/ca")).unwrap();
+    fs::write(half.join("tls/ca/ca.crt"), b"").unwrap();
+    let (status, err) = run_to_exit(&["--data-dir", path(&half), "--fabric-addr", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("half-made") && err.contains("ca.key is missing"), "{err}");
+}
+
+#[test]
+fn help_explains_what_dev_runs_and_each_flag() {
+    let output = Command::new(BIN).args(["dev", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "--data-dir",
+        "--device-size",
+        "--fabric-addr",
+        "--cores",
+        "chunk service",
+        "S3 (127.0.0.1:9000)",
+        "half-made",
+        "SIGTERM",
+        "RLIMIT_MEMLOCK",
+        "tls/clients/tenant-dev",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8(output.stdout).unwrap().contains("kiseki-server dev"));
+}
