@@ -29,6 +29,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiseki_engine::DeviceIds;
+use kiseki_engine::store_file::region_bytes;
 use kiseki_security::constants::{CA_VALIDITY_DEFAULT_DAYS, LEAF_VALIDITY_DEFAULT_DAYS};
 use kiseki_security::{
     CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertificateAuthority, IssueRequest, KesIdentity, OrgId,
@@ -37,7 +38,9 @@ use kiseki_security::{
 use serde::{Deserialize, Serialize};
 
 use super::DevError;
-use crate::constants::{DEV_MANIFEST_BYTES_MAX, DEV_TENANT_ORG};
+use crate::constants::{
+    DEV_CORES_MAX, DEV_MANIFEST_BYTES_MAX, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+};
 
 /// What the manifest says it is: a dev node's, in this version of its format.
 const MANIFEST_KIND: &str = "kiseki-dev-node";
@@ -361,8 +364,16 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
             return Err(bad(format!("{field} is not 32 hex digits")));
         }
     }
-    if manifest.shards == 0 || manifest.device_size_bytes == 0 {
-        return Err(bad("no shards or no device".to_owned()));
+    // Bounded as a first start bounds them, so a damaged manifest cannot start a million
+    // reactors or cut the device into shards too small to open.
+    if manifest.shards == 0 || manifest.shards > DEV_CORES_MAX {
+        return Err(bad(format!("{} shards (1 to {DEV_CORES_MAX})", manifest.shards)));
+    }
+    if region_bytes(manifest.device_size_bytes, manifest.shards) < DEV_SHARD_BYTES_MIN {
+        return Err(bad(format!(
+            "a {}-byte device leaves under {DEV_SHARD_BYTES_MIN} bytes to each of {} shards",
+            manifest.device_size_bytes, manifest.shards
+        )));
     }
     Ok(manifest)
 }
@@ -600,7 +611,9 @@ mod tests {
             (Manifest { version: 2, ..good.clone() }, "format version 2"),
             (Manifest { kind: "other".into(), ..good.clone() }, "not a dev node"),
             (Manifest { cluster_id: "00".into(), ..good.clone() }, "cluster_id"),
-            (Manifest { shards: 0, ..good.clone() }, "no shards"),
+            (Manifest { shards: 0, ..good.clone() }, "0 shards"),
+            (Manifest { shards: 1 << 20, ..good.clone() }, "1048576 shards"),
+            (Manifest { shards: 3, ..good.clone() }, "under 33554432 bytes"),
         ];
         for (manifest, needle) in cases {
             write(&manifest);
