@@ -138,7 +138,8 @@ impl MetadataGroup {
             .await
             .map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        let batcher = tokio::spawn(run_batcher(raft.clone(), config.shard, queue));
+        let batcher =
+            tokio::spawn(run_batcher(raft.clone(), config.shard, config.request_timeout, queue));
         let guard = Mutex::new(InlineGuard::new(config.inline_limits, Instant::now()));
         Ok(MetadataGroup { config, raft, db, proposals, guard, batcher })
     }
@@ -285,8 +286,16 @@ fn fatal(error: openraft::error::Fatal<NodeId>) -> ConsensusError {
 }
 
 /// Gathers queued proposals into batches and proposes each, at most
-/// `BATCHES_IN_FLIGHT_MAX` at once.
-async fn run_batcher(raft: Raft, shard: ShardId, mut queue: mpsc::Receiver<Proposal>) {
+/// `BATCHES_IN_FLIGHT_MAX` at once. A batch that has not committed within `timeout` gives
+/// its permit back: openraft may never answer for an entry a deposed leader appended, and
+/// without the bound such batches would hold every permit and stall the group's proposals
+/// for good (the seeded simulation found this).
+async fn run_batcher(
+    raft: Raft,
+    shard: ShardId,
+    timeout: Duration,
+    mut queue: mpsc::Receiver<Proposal>,
+) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut carried: Option<Proposal> = None;
     loop {
@@ -316,17 +325,25 @@ async fn run_batcher(raft: Raft, shard: ShardId, mut queue: mpsc::Receiver<Propo
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            propose_batch(&raft, shard, batch).await;
+            propose_batch(&raft, shard, timeout, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn propose_batch(raft: &Raft, shard: ShardId, batch: Vec<Proposal>) {
+async fn propose_batch(raft: &Raft, shard: ShardId, timeout: Duration, batch: Vec<Proposal>) {
     let (commands, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|proposal| (proposal.command, proposal.reply)).unzip();
     let count = commands.len();
-    match raft.client_write(Batch { shard, commands }).await {
+    let written = tokio::time::timeout(timeout, raft.client_write(Batch { shard, commands }));
+    let Ok(written) = written.await else {
+        for reply in replies {
+            let why = "not committed before the timeout".to_string();
+            let _ = reply.send(Err(ConsensusError::OutcomeUnknown(why)));
+        }
+        return;
+    };
+    match written {
         Ok(response) => {
             let outcomes = response.data.outcomes;
             if outcomes.len() != count {

@@ -219,6 +219,32 @@ impl SimCluster {
             .collect()
     }
 
+    /// Each node's Raft state in a line, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut lines = Vec::new();
+        for (id, node) in &self.nodes {
+            let Some(group) = &node.group else {
+                lines.push(format!("node {id}: down"));
+                continue;
+            };
+            let m = group.raft().metrics().borrow().clone();
+            lines.push(format!(
+                "node {id}: {:?} term {} vote {} leader {:?} last_log {:?} applied {:?} snapshot {:?} purged {:?} running {:?} members {:?}",
+                m.state,
+                m.current_term,
+                m.vote,
+                m.current_leader,
+                m.last_log_index,
+                m.last_applied.map(|l| l.index),
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index),
+                m.running_state,
+                m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+            ));
+        }
+        lines.join("\n  ")
+    }
+
     /// Terms in which more than one node was seen leading.
     pub fn split_terms(&self) -> Vec<(u64, BTreeSet<NodeId>)> {
         let leaders = self.leaders.lock().expect("leader log");

@@ -200,7 +200,7 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         cluster.wait_for_leader(Duration::from_secs(30)).await.ok_or("no leader after healing")?;
     }
-    barrier?;
+    barrier.map_err(|e| format!("{e}; {}", cluster.describe()))?;
     cluster.wait_converged(Duration::from_secs(60)).await.ok_or("replicas did not converge")?;
 
     let acked =
