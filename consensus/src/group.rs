@@ -104,6 +104,7 @@ pub struct MetadataGroup {
     proposals: mpsc::Sender<Proposal>,
     guard: Mutex<InlineGuard>,
     batcher: tokio::task::JoinHandle<()>,
+    election_watch: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for MetadataGroup {
@@ -141,7 +142,13 @@ impl MetadataGroup {
         let batcher =
             tokio::spawn(run_batcher(raft.clone(), config.shard, config.request_timeout, queue));
         let guard = Mutex::new(InlineGuard::new(config.inline_limits, Instant::now()));
-        Ok(MetadataGroup { config, raft, db, proposals, guard, batcher })
+        let election_watch = tokio::spawn(break_election_ties(
+            raft.clone(),
+            config.node_id,
+            config.election_timeout_min,
+            config.election_timeout_max,
+        ));
+        Ok(MetadataGroup { config, raft, db, proposals, guard, batcher, election_watch })
     }
 
     pub fn shard(&self) -> ShardId {
@@ -253,6 +260,7 @@ impl MetadataGroup {
     /// Stops the group's Raft instance and its batcher; the store stays as it is on disk.
     pub async fn shutdown(&self) -> Result<(), ConsensusError> {
         self.batcher.abort();
+        self.election_watch.abort();
         self.raft.shutdown().await.map_err(|e| ConsensusError::Storage(e.to_string()))
     }
 
@@ -283,6 +291,49 @@ fn fatal(error: openraft::error::Fatal<NodeId>) -> ConsensusError {
         openraft::error::Fatal::Stopped => ConsensusError::Stopped,
         other => ConsensusError::Storage(other.to_string()),
     }
+}
+
+/// Breaks election ties openraft 0.9 cannot break by itself. It draws each node's election
+/// timeout once, at start, and checks it on a tick of 1.5 heartbeats, so two candidates whose
+/// timeouts fall in the same tick time out together in every term after: with standard
+/// Raft's one vote per term, each votes for itself and the group has no leader for as long
+/// as that lasts (the seeded simulation found a group stuck for 170 terms). This watch looks
+/// at random intervals, not aligned with any tick; a node it finds a candidate with no
+/// leader twice in a row starts the next election at once, ahead of the others, which then
+/// see a higher term and vote for it.
+async fn break_election_ties(raft: Raft, node_id: NodeId, min: Duration, max: Duration) {
+    let mut rng = crate::sim::SimRng::new(election_seed(node_id));
+    let span_us = u64::try_from((max.saturating_sub(min)).as_micros()).unwrap_or(u64::MAX).max(1);
+    let mut stuck_in_term = None;
+    loop {
+        tokio::time::sleep(min + Duration::from_micros(rng.below(span_us))).await;
+        let (state, term, leader) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.current_term, metrics.current_leader)
+        };
+        if state != openraft::ServerState::Candidate || leader.is_some() {
+            stuck_in_term = None;
+            continue;
+        }
+        // Seen campaigning in an earlier term and still no leader: a tie.
+        if stuck_in_term.is_some_and(|earlier| earlier < term) {
+            stuck_in_term = None;
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        } else if stuck_in_term.is_none() {
+            stuck_in_term = Some(term);
+        }
+    }
+}
+
+/// A seed that differs between the nodes of a group and between runs.
+fn election_seed(node_id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Gathers queued proposals into batches and proposes each, at most

@@ -229,7 +229,7 @@ impl SimCluster {
             };
             let m = group.raft().metrics().borrow().clone();
             lines.push(format!(
-                "node {id}: {:?} term {} vote {} leader {:?} last_log {:?} applied {:?} snapshot {:?} purged {:?} running {:?} members {:?}",
+                "node {id}: {:?} term {} vote {} leader {:?} last_log {:?} applied {:?} snapshot {:?} purged {:?} running {:?} members {:?} replication {:?}",
                 m.state,
                 m.current_term,
                 m.vote,
@@ -240,8 +240,10 @@ impl SimCluster {
                 m.purged.map(|l| l.index),
                 m.running_state,
                 m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                m.replication,
             ));
         }
+        lines.push(format!("network {:?}", self.network.stats()));
         lines.join("\n  ")
     }
 

@@ -186,7 +186,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         writer.await.map_err(|e| format!("writer task: {e}"))?;
     }
     let cluster = Arc::try_unwrap(cluster).map_err(|_| "cluster still shared")?.into_inner();
-    cluster.wait_for_leader(Duration::from_secs(30)).await.ok_or("no leader after healing")?;
+    if cluster.wait_for_leader(Duration::from_secs(30)).await.is_none() {
+        return Err(format!("no leader after healing; {}", cluster.describe()));
+    }
     // A write after healing commits an entry of the final term, which commits everything
     // before it on every node. Leadership may still move once while the healed nodes
     // rejoin, so a write whose leader stepped down is tried again.
@@ -201,7 +203,9 @@ async fn run_seed(seed: u64) -> Result<String, String> {
         cluster.wait_for_leader(Duration::from_secs(30)).await.ok_or("no leader after healing")?;
     }
     barrier.map_err(|e| format!("{e}; {}", cluster.describe()))?;
-    cluster.wait_converged(Duration::from_secs(60)).await.ok_or("replicas did not converge")?;
+    if cluster.wait_converged(Duration::from_secs(60)).await.is_none() {
+        return Err(format!("replicas did not converge; {}", cluster.describe()));
+    }
 
     let acked =
         Arc::try_unwrap(acked).map_err(|_| "acked still shared")?.into_inner().expect("acked");
