@@ -135,6 +135,7 @@ impl MetadataGroup {
     {
         let raft_config = Arc::new(config.raft_config()?);
         let GroupStore { db, log, state_machine } = store;
+        tracing::debug!(node = config.node_id, shard = %config.shard, store = ?Arc::as_ptr(&db), "group starting");
         let raft = Raft::new(config.node_id, raft_config, network, log, state_machine)
             .await
             .map_err(|e| ConsensusError::Storage(e.to_string()))?;

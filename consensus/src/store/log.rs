@@ -58,6 +58,12 @@ impl LogStore {
     }
 
     fn append_durably(&self, entries: &[Entry]) -> Result<(), redb::Error> {
+        tracing::debug!(
+            store = ?Arc::as_ptr(&self.db),
+            first = ?entries.first().map(|e| e.get_log_id().index),
+            last = ?entries.last().map(|e| e.get_log_id().index),
+            "log append"
+        );
         self.write_durably(|txn| {
             let mut log = txn.open_table(LOG)?;
             for entry in entries {
@@ -86,10 +92,50 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
             let bounds: (Bound<u64>, Bound<u64>) =
                 (range.start_bound().cloned(), range.end_bound().cloned());
-            let mut entries = Vec::new();
+            let mut entries: Vec<Entry> = Vec::new();
             for row in log.range::<u64>(bounds).map_err(|e| e.to_string())? {
-                let (_, value) = row.map_err(|e| e.to_string())?;
-                entries.push(decode(value.value()).map_err(|e| format!("{e:?}"))?);
+                let (index, value) = row.map_err(|e| e.to_string())?;
+                let entry: Entry = decode(value.value()).map_err(|e| format!("{e:?}"))?;
+                // The log has no holes and each row holds the entry of its index: checked
+                // on every read, so a damaged store stops the group instead of feeding
+                // openraft a log it would misread.
+                if entry.get_log_id().index != index.value() {
+                    return Err(format!(
+                        "log row {} holds entry {}",
+                        index.value(),
+                        entry.get_log_id()
+                    ));
+                }
+                if let Some(previous) = entries.last()
+                    && previous.get_log_id().index + 1 != index.value()
+                {
+                    return Err(format!(
+                        "log hole between {} and {}",
+                        previous.get_log_id().index,
+                        index.value()
+                    ));
+                }
+                entries.push(entry);
+            }
+            // openraft's replication takes what it gets as the entries from the range's
+            // start on. A purge running beside it can remove that start; answering with the
+            // entries after it would send a follower a log with a hole (the simulation
+            // found that on seed 1424). Nothing is a valid answer: openraft retries and
+            // sends a snapshot instead.
+            let start = match range.start_bound() {
+                Bound::Included(start) => Some(*start),
+                Bound::Excluded(start) => Some(start + 1),
+                Bound::Unbounded => None,
+            };
+            if let (Some(start), Some(first)) = (start, entries.first())
+                && first.get_log_id().index != start
+            {
+                tracing::debug!(
+                    start,
+                    first = first.get_log_id().index,
+                    "log start purged under a read"
+                );
+                entries.clear();
             }
             Ok(entries)
         };
@@ -112,6 +158,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     Some(*entry.get_log_id())
                 }
             };
+            tracing::debug!(store = ?Arc::as_ptr(&self.db), ?last_purged_log_id, ?last, "log state");
             Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
         };
         read().map_err(|e| StorageError::from(openraft::StorageIOError::read_logs(any(e))))
@@ -138,6 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// hears from a leader; losing the newest one in a crash only delays that, so it is
     /// written without its own fsync (the next durable append carries it to disk).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        tracing::debug!(store = ?Arc::as_ptr(&self.db), ?committed, "log save committed");
         let write = || -> Result<(), redb::Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::None)?;
@@ -155,8 +203,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read_meta(META_COMMITTED)
-            .map_err(|e| StorageError::from(openraft::StorageIOError::read(any(e))))
+        let committed: Result<Option<LogId>, String> = self.read_meta(META_COMMITTED);
+        tracing::debug!(store = ?Arc::as_ptr(&self.db), ?committed, "log read committed");
+        committed.map_err(|e| StorageError::from(openraft::StorageIOError::read(any(e))))
     }
 
     /// Appends and fsyncs before acknowledging: the callback runs after the durable commit,
@@ -185,6 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(store = ?Arc::as_ptr(&self.db), since = log_id.index, "log truncate");
         self.write_durably(|txn| {
             let mut log = txn.open_table(LOG)?;
             log.retain_in::<u64, _>(log_id.index.., |_, _| false)?;
@@ -194,6 +244,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(store = ?Arc::as_ptr(&self.db), upto = log_id.index, "log purge");
         self.write_durably(|txn| {
             txn.open_table(LOG_META)?.insert(META_PURGED, encode(&log_id).as_slice())?;
             let mut log = txn.open_table(LOG)?;

@@ -49,6 +49,13 @@ fn seeded_faults_lose_no_acknowledged_write() {
             (start..start + count).collect()
         }
     };
+    // KISEKI_RAFT_TRACE=<filter> (e.g. "openraft=debug") logs to stderr, for a replay.
+    if let Ok(filter) = std::env::var("KISEKI_RAFT_TRACE") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut failures = Vec::new();
     for seed in seeds {
         let runtime = tokio::runtime::Builder::new_current_thread()
