@@ -28,11 +28,14 @@ const META_COMMITTED: &[u8] = b"committed";
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Set on the readers handed to replication streams: a read whose start was purged
+    /// answers nothing (see `try_get_log_entries`).
+    replication_reader: bool,
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+        LogStore { db, replication_reader: false }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, String> {
@@ -117,24 +120,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 }
                 entries.push(entry);
             }
-            // openraft's replication takes what it gets as the entries from the range's
-            // start on. A purge running beside it can remove that start; answering with the
-            // entries after it would send a follower a log with a hole (the simulation
-            // found that on seed 1424). Nothing is a valid answer: openraft retries and
-            // sends a snapshot instead.
+            // openraft's replication takes what its reader returns as the entries from the
+            // range's start on. A purge running beside it can remove that start; answering
+            // with the entries after it would send a follower a log with a hole (the
+            // simulation found that on seed 1424). For a replication reader nothing is the
+            // answer then: openraft retries and sends a snapshot instead. (Other readers get
+            // what is left, as openraft's storage contract says.) The purge mark is read in
+            // the same transaction as the entries, so the two agree.
             let start = match range.start_bound() {
-                Bound::Included(start) => Some(*start),
-                Bound::Excluded(start) => Some(start + 1),
-                Bound::Unbounded => None,
+                Bound::Included(start) => *start,
+                Bound::Excluded(start) => start + 1,
+                Bound::Unbounded => 0,
             };
-            if let (Some(start), Some(first)) = (start, entries.first())
-                && first.get_log_id().index != start
-            {
-                tracing::debug!(
-                    start,
-                    first = first.get_log_id().index,
-                    "log start purged under a read"
-                );
+            let meta = txn.open_table(LOG_META).map_err(|e| e.to_string())?;
+            let purged: Option<LogId> = match meta.get(META_PURGED).map_err(|e| e.to_string())? {
+                None => None,
+                Some(bytes) => Some(decode(bytes.value()).map_err(|e| format!("{e:?}"))?),
+            };
+            let start_purged = purged.is_some_and(|purged| start <= purged.index);
+            if self.replication_reader && start_purged && !entries.is_empty() {
+                tracing::debug!(start, ?purged, "log start purged under a read");
                 entries.clear();
             }
             Ok(entries)
@@ -165,7 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
+        LogStore { db: self.db.clone(), replication_reader: true }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -252,5 +257,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         })
         .map_err(|e| StorageError::from(openraft::StorageIOError::write_logs(any(e))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::shards::ShardMap;
+    use crate::sim::SimDisk;
+    use crate::store::GroupStore;
+    use crate::types::ShardId;
+
+    fn entry(index: u64) -> Entry {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        Entry { log_id, payload: EntryPayload::Blank }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.get_log_id().index).collect()
+    }
+
+    #[tokio::test]
+    async fn a_replication_reader_never_answers_from_past_a_purge() {
+        let shards = ShardMap::new(1).expect("one shard");
+        let store =
+            GroupStore::open_backend(SimDisk::new().backend(), ShardId(0), shards).expect("store");
+        let (mut log, _) = store.into_parts();
+        log.append_durably(&(1..=10).map(entry).collect::<Vec<_>>()).expect("append");
+        let mut reader = log.get_log_reader().await;
+        assert_eq!(
+            indexes(&reader.try_get_log_entries(3..8).await.expect("read")),
+            [3, 4, 5, 6, 7]
+        );
+        log.purge(*entry(5).get_log_id()).await.expect("purge");
+        // The storage contract: what is left of the range.
+        assert_eq!(indexes(&log.try_get_log_entries(3..8).await.expect("read")), [6, 7]);
+        // A replication stream asking from 3 would take 6 for 3: it gets nothing instead.
+        assert!(reader.try_get_log_entries(3..8).await.expect("read").is_empty());
+        assert_eq!(indexes(&reader.try_get_log_entries(6..8).await.expect("read")), [6, 7]);
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(5));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(10));
     }
 }
