@@ -34,6 +34,7 @@
 pub mod command;
 pub mod constants;
 pub mod error;
+pub mod fabric;
 pub mod guard;
 pub mod node;
 pub mod rpc;

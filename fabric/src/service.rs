@@ -174,6 +174,8 @@ impl ChunkService {
             Op::PutChunk => self.put(peer, &asker, request.payload).await,
             Op::GetChunk | Op::HasChunks => self.read(peer, &asker, request).await,
             Op::RdmaSetup => self.rdma_setup(peer, &asker, &request.payload),
+            // Served by the metadata node's own listener, never by the chunk service.
+            Op::Raft => bad_request(peer, request.op, &"not a chunk-service op"),
         }
     }
 

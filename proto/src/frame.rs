@@ -58,6 +58,9 @@ pub enum Op {
     /// idempotent: each setup that lands creates a queue pair on the node, so a retry would
     /// leave another one behind.
     RdmaSetup,
+    /// A Raft RPC of a metadata group (payload: `kiseki_consensus`'s RPC bytes, which carry
+    /// their own versioned header and shard). Raft tolerates a repeated vote or append.
+    Raft,
 }
 
 /// The outcome a response reports. Security failures are deliberately coarse: an absent
@@ -196,7 +199,8 @@ impl FrameHeader {
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks, Op::RdmaSetup];
+    pub const ALL: [Op; 6] =
+        [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks, Op::RdmaSetup, Op::Raft];
 
     pub fn code(self) -> u8 {
         match self {
@@ -205,6 +209,7 @@ impl Op {
             Op::GetChunk => 3,
             Op::HasChunks => 4,
             Op::RdmaSetup => 5,
+            Op::Raft => 6,
         }
     }
 
@@ -339,13 +344,14 @@ mod tests {
     #[test]
     fn op_codes_round_trip_and_are_distinct() {
         let expected = [(Op::Ping, 1), (Op::PutChunk, 2), (Op::GetChunk, 3)];
-        let expected = expected.into_iter().chain([(Op::HasChunks, 4), (Op::RdmaSetup, 5)]);
+        let expected =
+            expected.into_iter().chain([(Op::HasChunks, 4), (Op::RdmaSetup, 5), (Op::Raft, 6)]);
         for (op, code) in expected {
             assert_eq!(op.code(), code, "{op:?}");
             assert_eq!(Op::from_code(code), Some(op));
         }
         assert_eq!(Op::from_code(0), None);
-        assert_eq!(Op::from_code(6), None);
+        assert_eq!(Op::from_code(7), None);
         let header = FrameHeader::request(Op::RdmaSetup, 11, 48);
         assert_eq!(header.encode()[7], 5);
         assert_eq!(FrameHeader::decode(&header.encode(), MAX), Ok(header));
@@ -354,6 +360,6 @@ mod tests {
     #[test]
     fn only_puts_and_rdma_setups_are_not_idempotent() {
         let retryable: Vec<Op> = Op::ALL.into_iter().filter(|op| op.is_idempotent()).collect();
-        assert_eq!(retryable, [Op::Ping, Op::GetChunk, Op::HasChunks]);
+        assert_eq!(retryable, [Op::Ping, Op::GetChunk, Op::HasChunks, Op::Raft]);
     }
 }

@@ -2,6 +2,7 @@
 //! on the simulated disk and network under seeded faults.
 
 mod cluster;
+mod fabric_mtls;
 mod groups;
 mod rpc;
 mod simulation;

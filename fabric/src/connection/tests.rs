@@ -38,7 +38,9 @@ impl Handler for TestHandler {
                     FabricResponse::new(Status::Ok, request.payload)
                 }
                 Op::GetChunk => panic!("the test handler panics on GetChunk"),
-                Op::RdmaSetup => unreachable!("no connection test sends an RDMA setup"),
+                Op::RdmaSetup | Op::Raft => {
+                    unreachable!("no connection test sends {:?}", request.op)
+                }
             };
             self.current.fetch_sub(1, Ordering::SeqCst);
             response

@@ -1,0 +1,189 @@
+//! A group whose Raft RPCs cross real TCP+mTLS connections of the fabric on 127.0.0.1:
+//! three nodes elect a leader and commit; a node from another CA, or a revoked one, never
+//! reaches the groups; a tenant certificate is denied; a plaintext client is refused.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiseki_consensus::command::{AuditScope, Command, Sealed};
+use kiseki_consensus::fabric::{FabricRpcTransport, RaftHandler};
+use kiseki_consensus::rpc::{RpcLimits, RpcNetworkFactory, RpcServer, RpcTransport};
+use kiseki_consensus::sim::SimDisk;
+use kiseki_consensus::{Applied, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_fabric::{TcpConfig, TcpServer, TcpServerConfig, TcpTransport};
+use kiseki_security::{
+    CRL_FILE, CertificateAuthority, IssueRequest, OrgId, Role, SubjectAltName, TlsBuilder,
+    TlsContext, TlsPaths, Validity,
+};
+use openraft::BasicNode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cluster::sim_config;
+
+/// A throwaway cluster CA and the leaves it issues (files in a temp dir).
+struct Ca {
+    temp: tempfile::TempDir,
+    ca: CertificateAuthority,
+    leaves: usize,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let ca =
+            CertificateAuthority::init(&temp.path().join("ca"), name, Validity::days_from_now(2))
+                .expect("CA");
+        Ca { temp, ca, leaves: 0 }
+    }
+
+    /// A TLS context for a fresh leaf of `role`, valid for 127.0.0.1; the leaf's DER too,
+    /// for revoking it.
+    fn context(&mut self, role: Role) -> (TlsContext, Vec<u8>) {
+        let request = IssueRequest {
+            role,
+            common_name: format!("leaf-{}", self.leaves),
+            spiffe_id: None,
+            subject_alt_names: vec![SubjectAltName::parse("127.0.0.1").expect("SAN")],
+            validity: Validity::days_from_now(1),
+        };
+        let issued = self.ca.issue(&request).expect("issue");
+        let stem = format!("leaf-{}", self.leaves);
+        self.leaves += 1;
+        let (cert, key) =
+            issued.write_files(&self.temp.path().join("leaves"), &stem).expect("leaf files");
+        let ca_dir = self.temp.path().join("ca");
+        let paths = TlsPaths {
+            ca: ca_dir.join(kiseki_security::CA_CERT_FILE),
+            cert,
+            key,
+            crl: Some(ca_dir.join(CRL_FILE)),
+        };
+        let context = TlsBuilder::new(paths).build().expect("TLS context");
+        (context, issued.certificate_der().to_vec())
+    }
+
+    fn revoke(&self, der: &[u8]) {
+        self.ca.revoke(der, &self.crl_path()).expect("revoke");
+    }
+
+    fn crl_path(&self) -> PathBuf {
+        self.temp.path().join("ca").join(CRL_FILE)
+    }
+}
+
+struct Node {
+    group: MetadataGroup,
+    server: TcpServer,
+    tls: TlsContext,
+}
+
+async fn start_node(ca: &mut Ca, id: u64, shards: ShardMap) -> Node {
+    let (tls, _) = ca.context(Role::Server);
+    let rpc = RpcServer::new(RpcLimits::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server =
+        TcpServer::start(listener, &tls, TcpServerConfig::default(), RaftHandler::new(rpc.clone()))
+            .expect("raft listener");
+    let transport = TcpTransport::new(&tls, TcpConfig::default()).expect("transport");
+    let rpc_transport = Arc::new(FabricRpcTransport::new(Arc::new(transport)));
+    let network = RpcNetworkFactory::new(rpc_transport, ShardId(0), RpcLimits::default());
+    let store =
+        GroupStore::open_backend(SimDisk::new().backend(), ShardId(0), shards).expect("store");
+    let group = MetadataGroup::start(sim_config(id, ShardId(0), shards), store, network)
+        .await
+        .expect("start");
+    rpc.register(ShardId(0), group.raft().clone());
+    Node { group, server, tls }
+}
+
+fn audit(n: u8) -> Command {
+    Command::AppendAudit { scope: AuditScope::System, sealed_record: Sealed(vec![n; 64]) }
+}
+
+/// A vote request for shard 0, as a stranger would send it, through `tls`.
+async fn vote_from(tls: &TlsContext, node: &Node) -> Result<Vec<u8>, String> {
+    let transport = TcpTransport::new(tls, TcpConfig::default()).expect("transport");
+    let stranger = FabricRpcTransport::new(Arc::new(transport));
+    let addr = BasicNode::new(node.server.local_addr().to_string());
+    // Any bytes will do: an identity that may not talk to the groups is refused before
+    // they are decoded.
+    stranger.call(1, &addr, vec![0; 16]).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_commit_over_mtls_and_strangers_never_reach_a_group() {
+    let shards = ShardMap::new(1).expect("one shard");
+    let mut ca = Ca::new("Raft Test CA");
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        nodes.insert(id, start_node(&mut ca, id, shards).await);
+    }
+    let members = nodes
+        .iter()
+        .map(|(id, node)| (*id, BasicNode::new(node.server.local_addr().to_string())))
+        .collect();
+    nodes[&1].group.initialize(members).await.expect("initialize over mTLS");
+    let mut leader = None;
+    for _ in 0..200 {
+        leader = nodes[&1].group.raft().metrics().borrow().current_leader;
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let leader = leader.expect("a leader elected over TCP+mTLS");
+    for n in 0..5 {
+        let applied = nodes[&leader].group.propose(audit(n)).await.expect("commit over mTLS");
+        assert!(matches!(applied, Applied::AuditSequence(_)), "{applied:?}");
+    }
+    let target = nodes[&leader].group.raft().metrics().borrow().last_log_index;
+    for (id, node) in &nodes {
+        let mut metrics = node.group.raft().metrics();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while metrics.borrow_and_update().last_applied.map(|l| l.index) < target {
+                metrics.changed().await.expect("metrics");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("node {id} applies every entry"));
+    }
+    let rows = |id: u64| nodes[&id].group.local_view().and_then(|v| v.rows()).expect("rows");
+    assert_eq!(rows(1), rows(2));
+    assert_eq!(rows(1), rows(3));
+
+    // A server certificate from another CA: the handshake fails, no RPC is delivered.
+    let (foreign, _) = Ca::new("Another CA").context(Role::Server);
+    let refused = vote_from(&foreign, &nodes[&1]).await;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("handshake")), "{refused:?}");
+
+    // A tenant of this CA connects but is denied before its bytes are decoded.
+    let (tenant, _) = ca.context(Role::Workload { org: OrgId::parse("acme").expect("org") });
+    let denied = vote_from(&tenant, &nodes[&1]).await;
+    assert!(denied.as_ref().is_err_and(|e| e.contains("Denied")), "{denied:?}");
+
+    // A revoked server certificate is refused once the node reloads its CRL.
+    let (revoked_tls, revoked_der) = ca.context(Role::Server);
+    ca.revoke(&revoked_der);
+    assert!(ca.crl_path().exists());
+    nodes[&1].tls.reload_crl().expect("reload CRL");
+    let refused = vote_from(&revoked_tls, &nodes[&1]).await;
+    assert!(refused.is_err(), "a revoked node's RPC was answered: {refused:?}");
+
+    // Plaintext to the Raft port: no TLS, no answer; the connection is closed.
+    let mut plain = TcpStream::connect(nodes[&1].server.local_addr()).await.expect("connect");
+    plain.write_all(b"\x00\x00\x00\x10plaintext raft rpc").await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server closes a plaintext connection");
+    assert!(!answer.windows(4).any(|w| w == b"raft"), "nothing echoed in the clear");
+
+    // The cluster still commits after all that.
+    nodes[&leader].group.propose(audit(9)).await.expect("commit after the strangers");
+    for node in nodes.into_values() {
+        node.group.shutdown().await.expect("shutdown");
+        node.server.shutdown().await;
+    }
+}
