@@ -115,40 +115,14 @@ async fn vote_from(tls: &TlsContext, node: &Node) -> Result<Vec<u8>, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_commit_over_mtls_and_strangers_never_reach_a_group() {
-    let shards = ShardMap::new(1).expect("one shard");
-    let mut ca = Ca::new("Raft Test CA");
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        nodes.insert(id, start_node(&mut ca, id, shards).await);
-    }
-    let members = nodes
-        .iter()
-        .map(|(id, node)| (*id, BasicNode::new(node.server.local_addr().to_string())))
-        .collect();
-    nodes[&1].group.initialize(members).await.expect("initialize over mTLS");
-    let mut leader = None;
-    for _ in 0..200 {
-        leader = nodes[&1].group.raft().metrics().borrow().current_leader;
-        if leader.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let leader = leader.expect("a leader elected over TCP+mTLS");
+    let (mut ca, nodes, leader) = three_node_cluster("Raft Test CA").await;
     for n in 0..5 {
         let applied = nodes[&leader].group.propose(audit(n)).await.expect("commit over mTLS");
         assert!(matches!(applied, Applied::AuditSequence(_)), "{applied:?}");
     }
     let target = nodes[&leader].group.raft().metrics().borrow().last_log_index;
     for (id, node) in &nodes {
-        let mut metrics = node.group.raft().metrics();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while metrics.borrow_and_update().last_applied.map(|l| l.index) < target {
-                metrics.changed().await.expect("metrics");
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("node {id} applies every entry"));
+        applied_to(node, target, &format!("node {id}")).await;
     }
     let rows = |id: u64| nodes[&id].group.local_view().and_then(|v| v.rows()).expect("rows");
     assert_eq!(rows(1), rows(2));
@@ -182,6 +156,77 @@ async fn three_nodes_commit_over_mtls_and_strangers_never_reach_a_group() {
 
     // The cluster still commits after all that.
     nodes[&leader].group.propose(audit(9)).await.expect("commit after the strangers");
+    for node in nodes.into_values() {
+        node.group.shutdown().await.expect("shutdown");
+        node.server.shutdown().await;
+    }
+}
+
+/// Nodes 1-3 of a one-shard group, listening on 127.0.0.1 with certificates of a new CA,
+/// initialized over mTLS; and the leader they elected.
+async fn three_node_cluster(ca_name: &str) -> (Ca, BTreeMap<u64, Node>, u64) {
+    let shards = ShardMap::new(1).expect("one shard");
+    let mut ca = Ca::new(ca_name);
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        nodes.insert(id, start_node(&mut ca, id, shards).await);
+    }
+    let members = nodes
+        .iter()
+        .map(|(id, node)| (*id, BasicNode::new(node.server.local_addr().to_string())))
+        .collect();
+    nodes[&1].group.initialize(members).await.expect("initialize over mTLS");
+    let leader = elected(&nodes[&1]).await;
+    (ca, nodes, leader)
+}
+
+/// The leader `node` sees elected, within 5 s.
+async fn elected(node: &Node) -> u64 {
+    for _ in 0..200 {
+        if let Some(leader) = node.group.raft().metrics().borrow().current_leader {
+            return leader;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no leader elected over TCP+mTLS");
+}
+
+/// Waits until `node` has applied the log up to `index`.
+async fn applied_to(node: &Node, index: Option<u64>, what: &str) {
+    let mut metrics = node.group.raft().metrics();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.borrow_and_update().last_applied.map(|l| l.index) < index {
+            metrics.changed().await.expect("metrics");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the log is applied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_over_mtls_and_a_voter_leaves_while_writes_go_on() {
+    let (mut ca, mut nodes, leader) = three_node_cluster("Raft Membership CA").await;
+    nodes[&leader].group.propose(audit(1)).await.expect("commit before the change");
+
+    let fourth = start_node(&mut ca, 4, ShardMap::new(1).expect("one shard")).await;
+    let fourth_addr = BasicNode::new(fourth.server.local_addr().to_string());
+    nodes.insert(4, fourth);
+    nodes[&leader].group.add_learner(4, fourth_addr).await.expect("the learner catches up");
+    nodes[&leader].group.propose(audit(2)).await.expect("commit with a learner");
+    nodes[&leader].group.promote([4].into()).await.expect("promote over mTLS");
+    let leaving = *nodes.keys().find(|id| **id != leader && **id != 4).expect("a follower");
+    nodes[&leader].group.remove([leaving].into()).await.expect("remove a voter");
+    for n in 3..6 {
+        nodes[&leader].group.propose(audit(n)).await.expect("commit after the change");
+    }
+
+    let membership = nodes[&leader].group.raft().metrics().borrow().membership_config.clone();
+    let voters: Vec<u64> = membership.membership().voter_ids().collect();
+    assert!(voters.contains(&4) && !voters.contains(&leaving), "voters now {voters:?}");
+    let target = nodes[&leader].group.raft().metrics().borrow().last_log_index;
+    applied_to(&nodes[&4], target, "the new node").await;
+    let rows = |id: u64| nodes[&id].group.local_view().and_then(|v| v.rows()).expect("rows");
+    assert_eq!(rows(4), rows(leader), "the new node holds what the leader holds");
     for node in nodes.into_values() {
         node.group.shutdown().await.expect("shutdown");
         node.server.shutdown().await;
