@@ -61,7 +61,7 @@ impl FabricRequest {
 
     /// The payload's length on the wire.
     pub fn len_bytes(&self) -> usize {
-        self.payload.len() + self.shared.as_ref().map_or(0, |shared| shared.len())
+        wire_len(&self.payload, &self.shared)
     }
 
     /// The whole payload in one buffer (copying `shared` in), for transports that send one
@@ -79,7 +79,7 @@ impl FabricResponse {
 
     /// The payload's length on the wire.
     pub fn len_bytes(&self) -> usize {
-        self.payload.len() + self.shared.as_ref().map_or(0, |shared| shared.len())
+        wire_len(&self.payload, &self.shared)
     }
 
     /// The whole payload in one buffer (copying `shared` in).
@@ -87,6 +87,10 @@ impl FabricResponse {
         let payload = contiguous(self.payload, self.shared);
         FabricResponse { status: self.status, payload, shared: None }
     }
+}
+
+fn wire_len(payload: &[u8], shared: &Option<SharedBytes>) -> usize {
+    payload.len() + shared.as_ref().map_or(0, SharedBytes::len)
 }
 
 fn contiguous(mut payload: Vec<u8>, shared: Option<SharedBytes>) -> Vec<u8> {

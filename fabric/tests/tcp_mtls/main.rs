@@ -65,11 +65,8 @@ fn held(payload: &[u8], asked: usize) -> Vec<bool> {
 async fn put_get_has_round_trip_between_nodes() {
     let cluster = Cluster::new("Test Cluster CA");
     let node = Node::start();
-    let server_tls = cluster.context_for(Role::Server, "node1");
-    let server =
-        start_server(&server_tls, TcpServerConfig::default(), Arc::clone(&node.service)).await;
+    let (server, peer) = node.serve(&cluster).await;
     let client = transport(&cluster.context_for(Role::Server, "node2"), TcpConfig::default());
-    let peer = endpoint(&server);
     let (id, envelope) = chunk(1);
     let (absent, _) = chunk(2);
 
@@ -155,10 +152,7 @@ async fn a_revoked_client_certificate_is_refused_after_a_crl_reload() {
 async fn a_tenant_sees_only_chunks_its_org_references() {
     let cluster = Cluster::new("Test Cluster CA");
     let node = Node::start();
-    let server_tls = cluster.context_for(Role::Server, "node1");
-    let server =
-        start_server(&server_tls, TcpServerConfig::default(), Arc::clone(&node.service)).await;
-    let peer = endpoint(&server);
+    let (server, peer) = node.serve(&cluster).await;
     let acme = transport(&cluster.context_for(tenant("acme"), "acme-app"), TcpConfig::default());
     let zeta = transport(&cluster.context_for(tenant("zeta"), "zeta-app"), TcpConfig::default());
     let (x, envelope) = chunk(10);
@@ -213,10 +207,7 @@ async fn a_tenant_sees_only_chunks_its_org_references() {
 async fn roles_other_than_server_and_workload_are_denied_everything() {
     let cluster = Cluster::new("Test Cluster CA");
     let node = Node::start();
-    let server_tls = cluster.context_for(Role::Server, "node1");
-    let server =
-        start_server(&server_tls, TcpServerConfig::default(), Arc::clone(&node.service)).await;
-    let peer = endpoint(&server);
+    let (server, peer) = node.serve(&cluster).await;
     let (x, envelope) = chunk(20);
     let writer = transport(&cluster.context_for(Role::Server, "node2"), TcpConfig::default());
     ok(&writer, &peer, put_request(None, &envelope)).await;

@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use kiseki_fabric::rdma::{self, QpEndpointInfo, RdmaSetupChannel, TcpSetupChannel};
 use kiseki_fabric::{
-    BreakerConfig, FabricRequest, FabricSelector, TcpConfig, TcpServerConfig, Transport,
-    TransportError,
+    BreakerConfig, FabricRequest, FabricSelector, TcpConfig, Transport, TransportError,
 };
 use kiseki_proto::{Op, Status};
 use kiseki_security::Role;
 
-use crate::support::{Cluster, Node, WAIT, endpoint, start_server, tenant, transport};
+use crate::support::{Cluster, Node, WAIT, tenant, transport};
 
 /// A well-formed record, as a client with a device would send.
 fn record() -> QpEndpointInfo {
@@ -38,10 +37,7 @@ fn setup_request(payload: Vec<u8>) -> FabricRequest {
 async fn a_node_without_rdma_answers_unavailable_and_the_peer_becomes_tcp_only() {
     let cluster = Cluster::new("Test Cluster CA");
     let node = Node::start();
-    let server_tls = cluster.context_for(Role::Server, "node1");
-    let server =
-        start_server(&server_tls, TcpServerConfig::default(), Arc::clone(&node.service)).await;
-    let peer = endpoint(&server);
+    let (_server, peer) = node.serve(&cluster).await;
 
     for role in [Role::Server, tenant("acme")] {
         let tls = cluster.context_for(role.clone(), "caller");
@@ -72,10 +68,7 @@ async fn a_node_without_rdma_answers_unavailable_and_the_peer_becomes_tcp_only()
 async fn roles_that_may_not_use_the_chunk_service_may_not_set_up_rdma() {
     let cluster = Cluster::new("Test Cluster CA");
     let node = Node::start();
-    let server_tls = cluster.context_for(Role::Server, "node1");
-    let server =
-        start_server(&server_tls, TcpServerConfig::default(), Arc::clone(&node.service)).await;
-    let peer = endpoint(&server);
+    let (_server, peer) = node.serve(&cluster).await;
 
     for role in [Role::ClusterAdmin, Role::Sre, Role::KeyServer] {
         let tls = cluster.context_for(role.clone(), "someone");
@@ -102,10 +95,7 @@ async fn roles_that_may_not_use_the_chunk_service_may_not_set_up_rdma() {
 async fn a_malformed_setup_record_is_a_bad_request() {
     let cluster = Cluster::new("Test Cluster CA");
     let node = Node::start();
-    let server_tls = cluster.context_for(Role::Server, "node1");
-    let server =
-        start_server(&server_tls, TcpServerConfig::default(), Arc::clone(&node.service)).await;
-    let peer = endpoint(&server);
+    let (_server, peer) = node.serve(&cluster).await;
     let tcp = transport(&cluster.context_for(Role::Server, "node2"), TcpConfig::default());
 
     let good = record().encode();

@@ -226,6 +226,16 @@ impl Node {
         let service = Arc::new(ChunkService::new(engine.handle(), Authorizer::default(), 1024));
         Node { engine: Some(engine), service }
     }
+
+    /// Serves the chunk service on 127.0.0.1 with a fresh server certificate (`node1`) of
+    /// `cluster`; the server and the endpoint that reaches it.
+    pub async fn serve(&self, cluster: &Cluster) -> (TcpServer, Endpoint) {
+        let tls = cluster.context_for(Role::Server, "node1");
+        let server =
+            start_server(&tls, TcpServerConfig::default(), Arc::clone(&self.service)).await;
+        let peer = endpoint(&server);
+        (server, peer)
+    }
 }
 
 impl Drop for Node {
