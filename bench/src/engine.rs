@@ -383,7 +383,12 @@ impl<'a> Driver<'a> {
             if stopping && self.in_flight.is_empty() {
                 break;
             }
-            while !stopping && self.in_flight.len() < depth {
+            // At most `depth` issues per turn, so the clock is read between them even when
+            // every poll frees a slot.
+            for _ in 0..depth {
+                if stopping || self.in_flight.len() >= depth {
+                    break;
+                }
                 let read = match plan.read_percent {
                     100 => true,
                     0 => false,
@@ -401,6 +406,9 @@ impl<'a> Driver<'a> {
                         // group when the last one is durable, instead of after the whole
                         // batch is sealed: sealing a batch takes longer than a flush.
                         shard.poll(&mut self.acks).map_err(|e| e.to_string())?;
+                        // Counts what finished at once, so its slot takes the next chunk
+                        // instead of waiting for the whole depth to be in flight.
+                        self.absorb_acks(&mut stats);
                     }
                     Err(EngineError::Busy { .. }) => break,
                     Err(e) => {
@@ -409,7 +417,8 @@ impl<'a> Driver<'a> {
                     }
                 }
             }
-            self.reap_into(shard, &mut stats)?;
+            let full = stopping || self.in_flight.len() >= depth;
+            self.reap_into(shard, full, &mut stats)?;
         }
         self.release_written(shard)?;
         window.finish(Instant::now(), &mut stats);
@@ -498,17 +507,29 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
+    /// One measured turn of the shard: waits for a completion when `wait` (every slot in
+    /// flight, or stopping), else only polls; then counts what finished.
     fn reap_into<D: BlockDevice>(
         &mut self,
         shard: &mut Shard<D>,
+        wait: bool,
         stats: &mut JobStats,
     ) -> Result<(), String> {
-        if self.acks.is_empty() {
+        if wait && self.acks.is_empty() {
             shard.poll_wait(&mut self.acks).map_err(|e| e.to_string())?;
+        } else {
+            shard.poll(&mut self.acks).map_err(|e| e.to_string())?;
         }
+        self.absorb_acks(stats);
+        Ok(())
+    }
+
+    /// Counts and times the acknowledgements gathered so far, opening what reads returned.
+    fn absorb_acks(&mut self, stats: &mut JobStats) {
         let bs = self.job.plan.bs_bytes;
         let (mut read_bytes, mut write_bytes, mut ios) = (0, 0, 0);
-        for ack in std::mem::take(&mut self.acks) {
+        let mut acks = std::mem::take(&mut self.acks);
+        for ack in acks.drain(..) {
             let Some(op) = self.in_flight.remove(&ack.ticket) else {
                 // Releases that keep the store at its window are not timed, but may fail.
                 if let Outcome::Release(Err(e)) = ack.outcome {
@@ -542,10 +563,10 @@ impl<'a> Driver<'a> {
                 direction.record(bs, latency_ns);
             }
         }
+        self.acks = acks;
         self.job.counters.ios.fetch_add(ios, Ordering::Relaxed);
         self.job.counters.read_bytes.fetch_add(read_bytes, Ordering::Relaxed);
         self.job.counters.write_bytes.fetch_add(write_bytes, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Parses and opens a chunk read back, and checks it is the chunk asked for.

@@ -32,6 +32,7 @@ pub mod constants;
 pub mod rng;
 
 mod buffer;
+mod crc;
 mod doorbell;
 mod error;
 mod fault;
@@ -42,6 +43,7 @@ mod spdk;
 mod uring;
 
 pub use buffer::{BufferPool, DmaBuf};
+pub use crc::{crc32c, crc32c_parts};
 pub use doorbell::{Doorbell, DoorbellRinger};
 pub use error::{DeviceError, Misalignment};
 pub use fault::{FaultPlan, FaultyDevice};

@@ -12,6 +12,8 @@
 //! 1+J+2C .. end                data area: D blocks handed out by the allocator
 //! ```
 
+use kiseki_devices::{crc32c, crc32c_parts};
+
 use crate::constants::{
     BLOCK_SIZE_BYTES, FORMAT_VERSION, INDEX_ENTRIES_MAX, JOURNAL_BLOCKS_MAX, JOURNAL_BLOCKS_MIN,
     JOURNAL_GROUP_BLOCKS_MAX, JOURNAL_RECORDS_PER_BLOCK, JOURNAL_SHARE_DIVISOR, REGION_BLOCKS_MIN,
@@ -85,7 +87,7 @@ impl Superblock {
         put_u32(out, 88, l.checkpoint_blocks);
         put_u64(out, 96, l.data_blocks);
         put_u64(out, 104, l.index_capacity);
-        let crc = crc32c::crc32c(&out[..SUPERBLOCK_CRC_AT]);
+        let crc = crc32c(&out[..SUPERBLOCK_CRC_AT]);
         put_u32(out, SUPERBLOCK_CRC_AT, crc);
     }
 
@@ -99,7 +101,7 @@ impl Superblock {
         }
         let version = u32_at(bytes, 8);
         let stored = u32_at(bytes, SUPERBLOCK_CRC_AT);
-        let computed = crc32c::crc32c(&bytes[..SUPERBLOCK_CRC_AT]);
+        let computed = crc32c(&bytes[..SUPERBLOCK_CRC_AT]);
         if version != FORMAT_VERSION {
             return Err(DecodeError::BadVersion { found: version });
         }
@@ -474,8 +476,7 @@ impl JournalHeader {
 }
 
 fn journal_crc(block: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&block[..JOURNAL_CRC_AT]);
-    crc32c::crc32c_append(crc, &block[JOURNAL_HEADER_SIZE_BYTES..BLOCK])
+    crc32c_parts(&[&block[..JOURNAL_CRC_AT], &block[JOURNAL_HEADER_SIZE_BYTES..BLOCK]])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -577,7 +578,7 @@ pub fn encode_checkpoint(
         out.extend_from_slice(&word.to_le_bytes());
     }
     let body_bytes = (out.len() - CHECKPOINT_HEADER_SIZE_BYTES) as u64;
-    let body_crc = crc32c::crc32c(&out[CHECKPOINT_HEADER_SIZE_BYTES..]);
+    let body_crc = crc32c(&out[CHECKPOINT_HEADER_SIZE_BYTES..]);
     let h = &mut out[..CHECKPOINT_HEADER_SIZE_BYTES];
     h[0..8].copy_from_slice(&CHECKPOINT_MAGIC);
     put_u32(h, 8, CHECKPOINT_VERSION);
@@ -590,7 +591,7 @@ pub fn encode_checkpoint(
     put_u64(h, 56, body_bytes);
     put_u32(h, 64, body_crc);
     h[68..84].copy_from_slice(device_id);
-    let crc = crc32c::crc32c(&h[..CHECKPOINT_CRC_AT]);
+    let crc = crc32c(&h[..CHECKPOINT_CRC_AT]);
     put_u32(h, CHECKPOINT_CRC_AT, crc);
     out.resize(out.len().next_multiple_of(BLOCK), 0);
 }
@@ -608,8 +609,7 @@ pub fn decode_checkpoint(
     if h[0..8] != CHECKPOINT_MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let (stored, computed) =
-        (u32_at(h, CHECKPOINT_CRC_AT), crc32c::crc32c(&h[..CHECKPOINT_CRC_AT]));
+    let (stored, computed) = (u32_at(h, CHECKPOINT_CRC_AT), crc32c(&h[..CHECKPOINT_CRC_AT]));
     if stored != computed {
         return Err(DecodeError::BadChecksum { stored, computed });
     }
@@ -647,7 +647,7 @@ pub fn decode_checkpoint(
         .map_err(|_| DecodeError::Truncated { len_bytes: bytes.len(), needed_bytes: usize::MAX })?;
     let total = CHECKPOINT_HEADER_SIZE_BYTES.saturating_add(body_len);
     let body = &need(bytes, total)?[CHECKPOINT_HEADER_SIZE_BYTES..];
-    let (stored, computed) = (u32_at(h, 64), crc32c::crc32c(body));
+    let (stored, computed) = (u32_at(h, 64), crc32c(body));
     if stored != computed {
         return Err(DecodeError::BadChecksum { stored, computed });
     }

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use kiseki_devices::{BlockDevice, Completion, DmaBuf, Op, OpKind, Rejected, Request};
+use kiseki_devices::{BlockDevice, Completion, DmaBuf, Op, OpKind, Rejected, Request, crc32c};
 use kiseki_security::CryptoError;
 
 use crate::allocator::Allocator;
@@ -488,7 +488,7 @@ impl<D: BlockDevice> Shard<D> {
             chunk_id,
             extent,
             payload_len_bytes: len,
-            payload_crc32c: crc32c::crc32c(payload),
+            payload_crc32c: crc32c(payload),
             durable_refs: 0,
             live_refs: 1,
             queued_ops: 0,
@@ -1058,7 +1058,7 @@ impl<D: BlockDevice> Shard<D> {
         let result = match completion.result {
             Ok(_) => {
                 let payload = &buf.as_slice()[..slot.payload_len_bytes as usize];
-                let actual_crc32c = crc32c::crc32c(payload);
+                let actual_crc32c = crc32c(payload);
                 if actual_crc32c == slot.payload_crc32c {
                     Ok(slot.ticket.map(|_| payload.to_vec()).unwrap_or_default())
                 } else {
@@ -1213,7 +1213,7 @@ impl<D: BlockDevice> Shard<D> {
                 data.resize(e.blocks as usize * BLOCK, 0);
                 sync_read(&mut self.device, layout.data_block_offset_bytes(e.block), &mut data)?;
                 let payload = &data[..record.payload_len_bytes as usize];
-                if crc32c::crc32c(payload) != record.payload_crc32c {
+                if crc32c(payload) != record.payload_crc32c {
                     return Ok(false);
                 }
             }
