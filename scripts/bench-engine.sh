@@ -3,9 +3,13 @@
 #   (a) the device: `kiseki-bench device` 1M write qd16 and 4k randread qd64;
 #   (b) the crypto: SHA-256 + HKDF + AES-256-GCM seal of 1 MiB chunks, one job per core;
 #   (c) the engine: `kiseki-bench engine` 1 MiB chunk writes (seal before put) and 4 KiB
-#       chunk random reads (open after get), one job per core;
-# then the scaling of the engine's whole write path on the memory backend (1 job vs one
-# per core). Prints a table, and last `ratio <x>`: the lower of
+#       chunk random reads (open after get), one job per core. Writes run at iodepth 16
+#       per job, the device run's depth: a put is held until its journal group is flushed,
+#       and every flush waits for the other job's data writes too, which the device run
+#       never does; at 8 per job both cores sat ~9% idle waiting for flushes (2026-11-22).
+#   (d) the scaling of the engine's whole write path on the memory backend (1 job vs one
+#       per core), in every round too: single runs of it swung from 1.72 to 1.92.
+# Prints a table, and last `ratio <x>`: the lower of
 # engine write / min(device write, crypto) and engine randread / device randread.
 #
 # Usage: scripts/bench-engine.sh [--quick] [--rounds N] [DIR] [SIZE]
@@ -55,17 +59,17 @@ for round in $(seq 1 "$ROUNDS"); do
   run crypto-$round "$BENCH" crypto --bs=1M --numjobs="$CORES" --runtime="$RUNTIME" \
     --output-format=json
   run engine-write-$round "$BENCH" engine --name=engine-write --filename="$ENG" --size="$SIZE" \
-    --rw=write --bs=1M --iodepth=8 --numjobs="$CORES" --group_reporting "${TIMED[@]}"
+    --rw=write --bs=1M --iodepth=16 --numjobs="$CORES" --group_reporting "${TIMED[@]}"
   run device-randread-$round "$BENCH" device --name=device-randread --filename="$DEV" \
     --size="$SIZE" --rw=randread --bs=4k --iodepth=64 "${TIMED[@]}"
   run engine-randread-$round "$BENCH" engine --name=engine-randread --filename="$ENG" \
     --size="$SIZE" --rw=randread --bs=4k --iodepth=$((64 / CORES)) --numjobs="$CORES" \
     --group_reporting "${TIMED[@]}"
+  run scaling-1-$round "$BENCH" engine --name=scaling-1 --ioengine=memory --size=512M \
+    --rw=write --bs=1M --iodepth=8 --numjobs=1 "${TIMED[@]}"
+  run scaling-n-$round "$BENCH" engine --name=scaling-n --ioengine=memory --size=1G \
+    --rw=write --bs=1M --iodepth=8 --numjobs="$CORES" --group_reporting "${TIMED[@]}"
 done
-run scaling-1 "$BENCH" engine --name=scaling-1 --ioengine=memory --size=512M --rw=write \
-  --bs=1M --iodepth=8 --numjobs=1 "${TIMED[@]}"
-run scaling-n "$BENCH" engine --name=scaling-n --ioengine=memory --size=1G --rw=write \
-  --bs=1M --iodepth=8 --numjobs="$CORES" --group_reporting "${TIMED[@]}"
 
 python3 - "$RESULTS" "$CORES" "$ROUNDS" "$(uname -r)" "$(date -u +%F)" \
   "$(git -C "$ROOT" rev-parse --short HEAD)" <<'PY'
@@ -100,14 +104,15 @@ for r in range(1, rounds + 1):
         eng_w_p99=p99_us(ew, "write"), eng_r_p99=p99_us(er, "read"),
         eng_w_cpu=cpu_per_io(ew, "write"), eng_r_cpu=cpu_per_io(er, "read"),
         dev_r_cpu=cpu_per_io(dr, "read"),
+        mem_1=job(f"scaling-1-{r}")["write"]["bw_bytes"],
+        mem_n=job(f"scaling-n-{r}")["write"]["bw_bytes"],
     ))
+    per_round[-1]["scaling"] = per_round[-1]["mem_n"] / per_round[-1]["mem_1"]
 def med(key):
     return statistics.median(x[key] for x in per_round)
 def span(key, fmt):
     values = [x[key] for x in per_round]
     return f"{fmt(min(values))}-{fmt(max(values))}"
-s1, sn = job("scaling-1"), job("scaling-n")
-scaling = sn["write"]["bw_bytes"] / s1["write"]["bw_bytes"]
 m = lambda v: f"{mib(v):,.0f}"
 n = lambda v: f"{v:,.0f}"
 rows = [
@@ -119,8 +124,8 @@ rows = [
      f"p99 {med('eng_w_p99'):,.0f} us, cpu {med('eng_w_cpu'):,.0f} us/chunk"),
     (f"engine 4k chunk randread x {cores} jobs", f"{n(med('eng_r'))} IOPS", span('eng_r', n),
      f"p99 {med('eng_r_p99'):,.0f} us, cpu {med('eng_r_cpu'):,.1f} us/chunk"),
-    ("engine write, memory, 1 job", f"{m(s1['write']['bw_bytes'])} MiB/s", "", ""),
-    (f"engine write, memory, {cores} jobs", f"{m(sn['write']['bw_bytes'])} MiB/s", "", ""),
+    ("engine write, memory, 1 job", f"{m(med('mem_1'))} MiB/s", span('mem_1', m), ""),
+    (f"engine write, memory, {cores} jobs", f"{m(med('mem_n'))} MiB/s", span('mem_n', m), ""),
 ]
 print(f"### Engine vs its ceilings, {day}\n")
 print(f"{cores} cores, Linux {kernel}; io_uring on files on this machine's disk; memory backend "
@@ -135,6 +140,7 @@ print(f"engine write / min(device write, crypto): median {write_ratio:.2f} "
       f"(rounds {', '.join(format(x['write_ratio'], '.2f') for x in per_round)})")
 print(f"engine 4k randread / device 4k randread: median {read_ratio:.2f} "
       f"(rounds {', '.join(format(x['read_ratio'], '.2f') for x in per_round)})")
-print(f"scaling, memory write path: {cores} jobs / 1 job = {scaling:.2f}")
+print(f"scaling, memory write path: {cores} jobs / 1 job: median {med('scaling'):.2f} "
+      f"(rounds {', '.join(format(x['scaling'], '.2f') for x in per_round)})")
 print(f"ratio {min(write_ratio, read_ratio):.2f}")
 PY
