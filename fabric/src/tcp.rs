@@ -451,6 +451,12 @@ impl TcpServer {
         self.counters.stats()
     }
 
+    /// The live counters behind [`Self::stats`], for a reader that outlives this handle
+    /// (a metrics endpoint).
+    pub fn counters(&self) -> Arc<ConnectionCounters> {
+        Arc::clone(&self.counters)
+    }
+
     /// Stops accepting, lets each connection finish the requests it has read (up to the
     /// shutdown grace), closes them, and returns when all are closed.
     pub async fn shutdown(mut self) {

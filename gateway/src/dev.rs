@@ -1,9 +1,10 @@
 //! `kiseki-server dev`: one node on embedded defaults, for what exists today: the engine
 //! (one pinned reactor and shard per core on a preallocated device file) and the fabric's
-//! chunk service over TCP with TLS 1.3 and mutual authentication. S3, gRPC, Raft, the key
-//! manager, and metrics and health come with later issues; the node says so when it starts.
+//! chunk service over TCP with TLS 1.3 and mutual authentication, and Prometheus metrics
+//! with health probes on the admin address ([`crate::observe`]). S3, gRPC, Raft and the key
+//! manager come with later issues; the node says so when it starts.
 //!
-//! A start: bind the fabric address (first, so that a port in use is refused before
+//! A start: bind the fabric and admin addresses (first, so that a port in use is refused before
 //! anything is made), open or make the data dir ([`data_dir`]), build the node's TLS
 //! context, on a first start write the device file out and format the shards, start the
 //! engine (recovering every shard), print what a user needs, and serve until SIGINT or
@@ -38,9 +39,11 @@ use kiseki_security::authz::Authorizer;
 use kiseki_security::{PkiError, TlsBuilder, TlsContext};
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::observe::{AdminServer, MeteredHandler, Metrics, Sources};
+
 use crate::constants::{
     DEV_CORES_MAX, DEV_DEVICE_BUFFERS, DEV_DEVICE_QUEUE_DEPTH, DEV_DEVICE_SIZE_DEFAULT_BYTES,
-    DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+    DEV_GRPC_ADDR, DEV_S3_ADDR, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
 };
 use data_dir::{DataDir, Layout, NODE_CLIENT, Plan};
 
@@ -61,6 +64,8 @@ pub struct DevConfig {
     /// `None`: the data dir's size, or the default on a first start.
     pub device_size_bytes: Option<u64>,
     pub fabric_addr: SocketAddr,
+    /// Where metrics and health are served (plain HTTP).
+    pub admin_addr: SocketAddr,
     /// Reactors (and shards); `None`: the data dir's count, or one per core less one.
     pub cores: Option<usize>,
 }
@@ -154,18 +159,26 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
     let listener = std::net::TcpListener::bind(config.fabric_addr)
         .map_err(|source| DevError::Listen { addr: config.fabric_addr, source })?;
     let fabric_addr = listener.local_addr().map_err(DevError::Runtime)?;
-    let started = start(config, fabric_addr, output)?;
+    let admin = std::net::TcpListener::bind(config.admin_addr)
+        .map_err(|source| DevError::Listen { addr: config.admin_addr, source })?;
+    let admin_addr = admin.local_addr().map_err(DevError::Runtime)?;
+    let started = start(config, fabric_addr, admin_addr, output)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiseki-front")
         .build()
         .map_err(DevError::Runtime)?;
-    let service = Arc::new(ChunkService::new(
-        started.engine.handle(),
-        Authorizer::default(),
-        TENANT_REFS_MAX_DEFAULT,
+    let metrics = Arc::new(Metrics::new());
+    let service = Arc::new(MeteredHandler::new(
+        Arc::clone(&metrics),
+        Arc::new(ChunkService::new(
+            started.engine.handle(),
+            Authorizer::default(),
+            TENANT_REFS_MAX_DEFAULT,
+        )),
     ));
-    let served = runtime.block_on(serve(listener, &started, service, output.out));
+    let listeners = Listeners { fabric: listener, admin };
+    let served = runtime.block_on(serve(listeners, &started, service, metrics, output.out));
     let device = started.dir.layout.device();
     let stopped = started.engine.shutdown().map_err(|source| DevError::Engine { device, source });
     let stats = served?;
@@ -184,6 +197,7 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
 fn start(
     config: &DevConfig,
     fabric_addr: SocketAddr,
+    admin_addr: SocketAddr,
     output: &mut Output<'_>,
 ) -> Result<Started, DevError> {
     let layout = Layout::new(config.data_dir.clone());
@@ -229,7 +243,7 @@ fn start(
     }
     warn_unnamed_address(&dir, fabric_addr, output);
     let started = Started { dir, engine, chunks, tls };
-    if let Err(error) = summary(&started, fabric_addr, output.out) {
+    if let Err(error) = summary(&started, fabric_addr, admin_addr, output.out) {
         let _ = started.engine.shutdown();
         return Err(error);
     }
@@ -342,6 +356,7 @@ fn warn_unnamed_address(dir: &DataDir, addr: SocketAddr, output: &mut Output<'_>
 fn summary(
     started: &Started,
     fabric_addr: SocketAddr,
+    admin_addr: SocketAddr,
     out: &mut dyn Write,
 ) -> Result<(), DevError> {
     let layout = &started.dir.layout;
@@ -370,6 +385,7 @@ fn summary(
             "  fabric:      {fabric_addr} (chunk service; TCP, TLS 1.3, client certificates \
              of this CA only)"
         ),
+        format!("  admin:       http://{admin_addr} (GET /metrics: Prometheus; /healthz, /readyz)"),
         format!(
             "  identities:  {} (server role: node-to-node calls, kiseki-bench)",
             node_client.display()
@@ -383,8 +399,8 @@ fn summary(
         bench_command(connect, &node_client, "put", working_set),
         bench_command(connect, &node_client, "get", working_set),
         format!(
-            "Not served yet: S3 ({DEV_S3_ADDR}), gRPC ({DEV_GRPC_ADDR}), metrics and health \
-             ({DEV_METRICS_ADDR}); they come with later issues."
+            "Not served yet: S3 ({DEV_S3_ADDR}) and gRPC ({DEV_GRPC_ADDR}); they come with \
+             later issues."
         ),
     ];
     for line in lines {
@@ -416,22 +432,36 @@ fn connect_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Serves the chunk service until SIGINT or SIGTERM, then shuts the server down
-/// gracefully. Returns what it served.
+/// The sockets a dev node serves, bound before anything is made.
+struct Listeners {
+    fabric: std::net::TcpListener,
+    admin: std::net::TcpListener,
+}
+
+/// Serves the chunk service and the admin endpoints until SIGINT or SIGTERM, then shuts
+/// both down gracefully. Returns what the chunk service served.
 async fn serve(
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     started: &Started,
-    service: Arc<ChunkService>,
+    service: Arc<MeteredHandler<ChunkService>>,
+    metrics: Arc<Metrics>,
     out: &mut dyn Write,
 ) -> Result<ConnectionStats, DevError> {
     // Handlers first: a signal from here on stops the node cleanly instead of killing it.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DevError::Runtime)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(DevError::Runtime)?;
     let _crl_poller = started.tls.spawn_crl_poller()?;
-    listener.set_nonblocking(true).map_err(DevError::Runtime)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(DevError::Runtime)?;
+    let tokio_listener = |listener: std::net::TcpListener| {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    };
+    let listener = tokio_listener(listeners.fabric).map_err(DevError::Runtime)?;
     let server = TcpServer::start(listener, &started.tls, TcpServerConfig::default(), service)
         .map_err(DevError::Fabric)?;
+    let sources = Sources { engine: started.engine.handle(), connections: Some(server.counters()) };
+    let admin = tokio_listener(listeners.admin)
+        .and_then(|listener| AdminServer::start(listener, metrics, sources))
+        .map_err(DevError::Runtime)?;
     let line = format!(
         "ready: serving the fabric on {}; stop with Ctrl-C or SIGTERM",
         server.local_addr()
@@ -447,10 +477,12 @@ async fn serve(
         "{reason}: stopping: no new connections; requests in flight finish (up to {grace} s)"
     );
     let _ = out.flush();
+    admin.set_stopping();
     // Taken before the drain: no connection opens after the stop, and the requests it
     // lets finish were read (and counted) before it.
     let stats = server.stats();
     server.shutdown().await;
+    admin.shutdown().await;
     Ok(stats)
 }
 

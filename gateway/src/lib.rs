@@ -10,6 +10,8 @@
 //! [`admission`] is the first network service here: the admission listener (seed 003) and
 //! the node's `join`, over tokio and tokio-rustls with the TLS configurations of
 //! `kiseki-security`. Its limits are in [`constants`].
+//!
+//! [`observe`] is what an operator watches: Prometheus metrics and the health probes.
 
 #![forbid(unsafe_code)]
 
@@ -18,3 +20,4 @@ pub mod cli;
 pub mod constants;
 pub mod dev;
 pub mod jwks_https;
+pub mod observe;

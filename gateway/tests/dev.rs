@@ -41,6 +41,7 @@ impl Node {
     fn start(data_dir: &Path, extra: &[&str]) -> Node {
         let mut child = Command::new(BIN)
             .args(["dev", "--data-dir", path(data_dir), "--fabric-addr", "127.0.0.1:0"])
+            .args(free_admin_port(extra))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -97,6 +98,7 @@ impl Drop for Node {
 fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
     let mut child = Command::new(BIN)
         .arg("dev")
+        .args(free_admin_port(args))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -106,6 +108,12 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     (status, err)
+}
+
+/// A free admin port for a node started with `args`, unless they name one: tests run side
+/// by side and the default, 9090, would be taken by the first.
+fn free_admin_port(args: &[&str]) -> &'static [&'static str] {
+    if args.contains(&"--admin-addr") { &[] } else { &["--admin-addr", "127.0.0.1:0"] }
 }
 
 fn wait(child: &mut Child) -> ExitStatus {
@@ -225,9 +233,8 @@ fn dev_serves_chunks_over_mtls_stops_on_sigterm_and_recovers_them() {
             node_dir.display()
         ),
         "--rw=get".to_owned(),
-        "Not served yet: S3 (127.0.0.1:9000), gRPC (127.0.0.1:9100), metrics and health \
-         (127.0.0.1:9090)"
-            .to_owned(),
+        "Not served yet: S3 (127.0.0.1:9000) and gRPC (127.0.0.1:9100)".to_owned(),
+        "  admin:       http://127.0.0.1:".to_owned(),
     ] {
         assert!(printed.contains(&needle), "{needle:?} not in:\n{printed}");
     }
@@ -426,6 +433,8 @@ fn help_explains_what_dev_runs_and_each_flag() {
         "--data-dir",
         "--device-size",
         "--fabric-addr",
+        "--admin-addr",
+        "/readyz",
         "--cores",
         "chunk service",
         "S3 (127.0.0.1:9000)",
@@ -509,4 +518,80 @@ fn chunk_plaintext(n: u32) -> Vec<u8> {
     }
     bytes[..4].copy_from_slice(&n.to_le_bytes());
     bytes
+}
+
+/// `GET http://{addr}{path}` with the bare minimum of HTTP/1.1: the status and the body.
+fn http_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PROCESS_TIMEOUT)).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap();
+    (status, body)
+}
+
+/// The admin address a node printed.
+fn admin_addr(printed: &str) -> SocketAddr {
+    let line = printed.lines().find(|line| line.contains("admin:")).expect("an admin line");
+    let url = line.split_whitespace().nth(1).unwrap();
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+#[test]
+fn metrics_and_health_count_what_the_node_serves_and_name_no_tenant() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("kiseki-data");
+    let node = Node::start(&data, &["--device-size", "64M", "--cores", "1"]);
+    let admin = admin_addr(&node.printed);
+
+    assert_eq!(http_get(admin, "GET", "/healthz"), (200, "ok\n".to_owned()));
+    let (status, body) = http_get(admin, "GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("shard 0: ok"), "{body}");
+
+    let key = MasterKey::generate(1).unwrap();
+    let as_tenant = Client::of_dir(&data.join("tls/clients/tenant-dev"), node.addr, "localhost");
+    let chunk = sealed(&key, b"counted, not named");
+    as_tenant.put(Some("dev"), &chunk).unwrap();
+    as_tenant.put(Some("dev"), &chunk).unwrap();
+    assert!(matches!(
+        as_tenant.get(Some("dev"), &ChunkId::of_plaintext(b"never put")),
+        Err(ClientError::NotFound { .. })
+    ));
+    assert!(matches!(as_tenant.put(Some("other"), &chunk), Err(ClientError::Denied { .. })));
+
+    let (status, metrics) = http_get(admin, "GET", "/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    for needle in [
+        "kiseki_fabric_requests_total{op=\"put_chunk\",status=\"ok\"} 2",
+        "kiseki_fabric_requests_total{op=\"get_chunk\",status=\"not_found\"} 1",
+        "kiseki_fabric_requests_total{op=\"put_chunk\",status=\"denied\"} 1",
+        "kiseki_fabric_request_seconds_count{op=\"put_chunk\"} 3",
+        "kiseki_engine_chunks{shard=\"0\"} 1",
+        "kiseki_engine_device_state{shard=\"0\"} 0",
+        "kiseki_fabric_connection_events{event=\"opened\"}",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(needle), "{needle:?} not in:\n{metrics}");
+    }
+    // Load, not whose: no tenant, org or certificate name in any label.
+    for tenant_word in ["dev", "other", "tenant", "org="] {
+        let labelled = metrics.lines().filter(|line| !line.starts_with('#')).any(|line| {
+            line.split_once('{').is_some_and(|(_, labels)| labels.contains(tenant_word))
+        });
+        assert!(!labelled, "{tenant_word:?} in a label:\n{metrics}");
+    }
+
+    assert_eq!(http_get(admin, "POST", "/metrics").0, 405);
+    assert_eq!(http_get(admin, "GET", "/").0, 404);
+    assert_eq!(http_get(admin, "GET", "/metrics/../readyz").0, 404);
+
+    drop(as_tenant);
+    let (status, rest) = node.terminate();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(std::net::TcpStream::connect(admin).is_err(), "the admin port closed with the node");
 }

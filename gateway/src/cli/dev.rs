@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::constants::DEV_CORES_MAX;
+use crate::constants::{DEV_CORES_MAX, DEV_METRICS_ADDR};
 use crate::dev::{self, DevConfig, Output};
 
 pub(super) const ABOUT: &str =
@@ -19,8 +19,10 @@ Run one Kiseki node on embedded defaults, to develop against and to try Kiseki o
 
 What it runs today: the storage engine (one pinned reactor and one shard per core on a
 preallocated device file) and the fabric's chunk service on --fabric-addr, over TCP with
-TLS 1.3 and client certificates required. S3 (127.0.0.1:9000), gRPC (127.0.0.1:9100), and
-metrics and health (127.0.0.1:9090) are not served yet: they come with the front ends.
+TLS 1.3 and client certificates required; Prometheus metrics and health probes on
+--admin-addr (plain HTTP: GET /metrics, /healthz, /readyz; no tenant in any label).
+S3 (127.0.0.1:9000) and gRPC (127.0.0.1:9100) are not served yet: they come with the
+front ends.
 
 The first start makes the data dir (mode 0700): a cluster CA (tls/ca), a certificate for
 the node valid for localhost, 127.0.0.1 and ::1 (tls/server), two client identities in the
@@ -34,13 +36,13 @@ keeps them); the node identity sees all.
 
 Refused, with the reason: a --data-dir that is not empty and not Kiseki's, one whose first
 start did not finish (half-made), one in use by another node, one whose CA, certificate or
-device belong to another cluster; a device too small for its shards; a --fabric-addr in
-use; a --device-size or --cores other than the data dir was made with.
+device belong to another cluster; a device too small for its shards; a --fabric-addr or
+--admin-addr in use; a --device-size or --cores other than the data dir was made with.
 
-On start it prints the data dir, the CA bundle, the fabric address, the client identity
-directories and the kiseki-bench commands that put and get chunks, then serves until
-SIGINT or SIGTERM: it stops accepting, lets requests in flight finish, shuts the engine down
-and exits 0.
+On start it prints the data dir, the CA bundle, the fabric and admin addresses, the client
+identity directories and the kiseki-bench commands that put and get chunks, then serves
+until SIGINT or SIGTERM: /readyz turns 503, it stops accepting, lets requests in flight
+finish, shuts the engine down and exits 0.
 
 Each reactor registers 32 MiB of I/O buffers, which count against RLIMIT_MEMLOCK for
 non-root users: raise it with `ulimit -l unlimited` if the start says so.";
@@ -61,6 +63,10 @@ pub(super) struct DevArgs {
     /// data dir's CA only); port 0 picks a free port, printed on start.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9200")]
     fabric_addr: SocketAddr,
+    /// Where Prometheus metrics and the health probes are served (plain HTTP: keep it on a
+    /// loopback or management address); port 0 picks a free port, printed on start.
+    #[arg(long, value_name = "ADDR", default_value = DEV_METRICS_ADDR)]
+    admin_addr: SocketAddr,
     /// Engine reactors, each a thread pinned to a core that owns one shard of the device;
     /// set on the first start [default: one per core less one for the front ends, at
     /// least 1].
@@ -74,6 +80,7 @@ pub(super) fn dev(args: DevArgs, out: &mut dyn Write) -> Result<(), CliError> {
         data_dir: args.data_dir,
         device_size_bytes: args.device_size,
         fabric_addr: args.fabric_addr,
+        admin_addr: args.admin_addr,
         cores: args.cores.map(usize::from),
     };
     let mut stderr = std::io::stderr();
