@@ -57,10 +57,11 @@ pub use error::{
     PolicyFileProblem, RemoteError,
 };
 pub use grant::{AccessGrants, AccessRequest, Audited, GrantScope, RequestState};
-pub use kes::{ApiPattern, KesPolicies, KesPolicy, KesVerdict};
+pub use kes::{ApiPattern, KesEditError, KesPolicies, KesPolicy, KesVerdict};
 pub use rbac::{Assigned, Permission, PolicyFile, RoleFiles, ScopeFile, ScopeIdentity};
 pub use table::{Reach, RoleKind};
 
+pub(crate) use audit::clean as clean_for_audit;
 pub(crate) use error::shorten;
 
 use crate::constants::API_PATH_MAX_BYTES;
@@ -112,6 +113,15 @@ impl Authorizer {
         };
         let action = AuditAction::Call { path: audit::clean(path, API_PATH_MAX_BYTES) };
         Decision { audit: AuditEvent::new(now_unix_s, caller, action, target.clone(), result) }
+    }
+
+    pub fn kes_policies(&self) -> &KesPolicies {
+        &self.kes_policies
+    }
+
+    /// The KES policies, to edit through the key service's policy and identity APIs.
+    pub fn kes_policies_mut(&mut self) -> &mut KesPolicies {
+        &mut self.kes_policies
     }
 
     /// A cluster admin asks for access to a tenant's resources; see `grant.rs`.

@@ -48,6 +48,8 @@ pub enum Api {
     KeyList,
     KeyGenerate,
     KeyDecrypt,
+    KeyRotate,
+    KeyStatus,
     // Authorization management: KES policies and identity bindings.
     PolicyList,
     PolicyRead,
@@ -182,7 +184,7 @@ pub enum InvalidApiPath {
 
 impl Api {
     /// Every API of the product, in declaration order.
-    pub const ALL: [Api; 46] = [
+    pub const ALL: [Api; 48] = [
         Api::StorageList,
         Api::StorageGet,
         Api::StorageStatus,
@@ -201,6 +203,8 @@ impl Api {
         Api::KeyList,
         Api::KeyGenerate,
         Api::KeyDecrypt,
+        Api::KeyRotate,
+        Api::KeyStatus,
         Api::PolicyList,
         Api::PolicyRead,
         Api::PolicyWrite,
@@ -264,6 +268,8 @@ impl Api {
             Api::KeyList => ("key", "list", OptionalName, O::Key, Read, ClusterOrTenant, true),
             Api::KeyGenerate => ("key", "generate", Name, O::Key, Write, ClusterOrTenant, true),
             Api::KeyDecrypt => ("key", "decrypt", Name, O::Key, Write, ClusterOrTenant, true),
+            Api::KeyRotate => ("key", "rotate", Name, O::Key, Write, ClusterOrTenant, true),
+            Api::KeyStatus => ("key", "status", None, O::Key, Read, Cluster, false),
             Api::PolicyList => ("policy", "list", OptionalName, O::Policy, Read, Cluster, false),
             Api::PolicyRead => ("policy", "read", Name, O::Policy, Read, Cluster, false),
             Api::PolicyWrite => ("policy", "write", Name, O::Policy, Write, Cluster, false),

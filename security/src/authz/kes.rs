@@ -273,6 +273,112 @@ impl KesPolicies {
     }
 }
 
+/// Why an edit of the policies through the key service was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KesEditError {
+    /// A policy name outside `[A-Za-z0-9_.-]{1,128}`.
+    BadName,
+    BadPattern {
+        index: usize,
+        problem: InvalidApiPattern,
+    },
+    /// An allow list must name at least one pattern; lists are bounded.
+    BadList,
+    /// Not 64 hex digits.
+    BadIdentity,
+    NoSuchPolicy,
+    TooMany,
+}
+
+impl fmt::Display for KesEditError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KesEditError::BadName => f.write_str("policy names are 1-128 of [A-Za-z0-9_.-]"),
+            KesEditError::BadPattern { index, problem } => {
+                write!(f, "pattern {index}: {problem}")
+            }
+            KesEditError::BadList => f.write_str("an allow list of 1 to 128 distinct patterns"),
+            KesEditError::BadIdentity => f.write_str("an identity is 64 hex digits"),
+            KesEditError::NoSuchPolicy => f.write_str("no such policy"),
+            KesEditError::TooMany => f.write_str("too many policies or identities"),
+        }
+    }
+}
+
+impl std::error::Error for KesEditError {}
+
+impl KesPolicies {
+    /// Creates or replaces the policy `name`; identities bound to it stay bound.
+    pub fn put_policy(
+        &mut self,
+        name: &str,
+        allow: &[&str],
+        deny: &[&str],
+    ) -> Result<(), KesEditError> {
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        if name.is_empty()
+            || name.len() > crate::constants::POLICY_NAME_MAX_BYTES
+            || !name.chars().all(plain)
+        {
+            return Err(KesEditError::BadName);
+        }
+        if !self.policies.contains_key(name) && self.policies.len() >= KES_POLICIES_MAX {
+            return Err(KesEditError::TooMany);
+        }
+        let parse_list = |texts: &[&str], may_be_empty: bool| {
+            if (!may_be_empty && texts.is_empty()) || texts.len() > KES_POLICY_PATTERNS_MAX {
+                return Err(KesEditError::BadList);
+            }
+            let mut patterns: Vec<ApiPattern> = Vec::with_capacity(texts.len());
+            for (index, text) in texts.iter().enumerate() {
+                let pattern = ApiPattern::parse(text)
+                    .map_err(|problem| KesEditError::BadPattern { index, problem })?;
+                if patterns.contains(&pattern) {
+                    return Err(KesEditError::BadList);
+                }
+                patterns.push(pattern);
+            }
+            Ok(patterns)
+        };
+        let policy = KesPolicy {
+            name: name.to_owned(),
+            allow: parse_list(allow, false)?,
+            deny: parse_list(deny, true)?,
+        };
+        self.policies.insert(name.to_owned(), policy);
+        Ok(())
+    }
+
+    /// Removes a policy and unbinds every identity bound to it. False if it was absent.
+    pub fn remove_policy(&mut self, name: &str) -> bool {
+        let removed = self.policies.remove(name).is_some();
+        self.bindings.retain(|_, policy| policy != name);
+        removed
+    }
+
+    /// Binds `identity` to `policy`, replacing any earlier binding (an identity has at
+    /// most one policy). Returns the policy it was bound to before.
+    pub fn assign(&mut self, identity: &str, policy: &str) -> Result<Option<String>, KesEditError> {
+        if !is_key_identity(identity) {
+            return Err(KesEditError::BadIdentity);
+        }
+        if !self.policies.contains_key(policy) {
+            return Err(KesEditError::NoSuchPolicy);
+        }
+        let identity = identity.to_ascii_lowercase();
+        if !self.bindings.contains_key(&identity) && self.bindings.len() >= KES_IDENTITIES_MAX {
+            return Err(KesEditError::TooMany);
+        }
+        Ok(self.bindings.insert(identity, policy.to_owned()))
+    }
+
+    /// Unbinds `identity`; returns the policy it was bound to.
+    pub fn unassign(&mut self, identity: &str) -> Option<String> {
+        self.bindings.remove(&identity.to_ascii_lowercase())
+    }
+}
+
 fn parse_policy<'a>(
     reader: &FileReader,
     name: &str,
