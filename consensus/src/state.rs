@@ -246,6 +246,57 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(read_record::<u64, _>(&self.meta, META_AUDIT_NEXT)?.unwrap_or(1))
     }
 
+    /// The tenant's bucket names, in byte order.
+    pub(crate) fn buckets(&self, tenant: &TenantId) -> Result<Vec<String>, StateError> {
+        let mut names = Vec::new();
+        for row in self.buckets.range(tenant.0.as_slice()..)? {
+            let (key, _) = row?;
+            let Some(name) = key.value().strip_prefix(tenant.0.as_slice()) else { break };
+            let name = std::str::from_utf8(name)
+                .map_err(|_| StateError::Store("bucket name is not UTF-8".into()))?;
+            names.push(name.to_owned());
+        }
+        Ok(names)
+    }
+
+    /// Up to `limit` objects of a bucket whose keys start with `prefix` and sort after
+    /// `after` (all of them from the prefix on when `None`), in byte order of their keys.
+    pub(crate) fn objects(
+        &self,
+        tenant: &TenantId,
+        bucket: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Manifest)>, StateError> {
+        let bucket_prefix = object_prefix(tenant, bucket);
+        let start = match after {
+            Some(after) if after >= prefix => {
+                // The smallest key after `after`: `after` followed by a zero byte.
+                let mut start = object_key(tenant, bucket, after);
+                start.push(0);
+                start
+            }
+            _ => object_key(tenant, bucket, prefix),
+        };
+        let mut objects = Vec::new();
+        if limit == 0 {
+            return Ok(objects);
+        }
+        for row in self.objects.range(start.as_slice()..)? {
+            let (key, value) = row?;
+            let Some(object) = key.value().strip_prefix(bucket_prefix.as_slice()) else { break };
+            if !object.starts_with(prefix) {
+                break;
+            }
+            objects.push((object.to_vec(), decode(value.value())?));
+            if objects.len() == limit {
+                break;
+            }
+        }
+        Ok(objects)
+    }
+
     fn has_rows_with_prefix(table: &T, prefix: &[u8]) -> Result<bool, StateError> {
         match table.range(prefix..)?.next() {
             None => Ok(false),

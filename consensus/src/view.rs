@@ -44,6 +44,24 @@ impl StateView {
         self.tables.bucket_exists(tenant, bucket).map_err(storage)
     }
 
+    /// The tenant's bucket names, in byte order.
+    pub fn buckets(&self, tenant: &TenantId) -> Result<Vec<String>, ConsensusError> {
+        self.tables.buckets(tenant).map_err(storage)
+    }
+
+    /// Up to `limit` objects of a bucket whose keys start with `prefix` and sort after
+    /// `after`, in byte order of their keys (S3's listing order).
+    pub fn objects(
+        &self,
+        tenant: &TenantId,
+        bucket: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Manifest)>, ConsensusError> {
+        self.tables.objects(tenant, bucket, prefix, after, limit).map_err(storage)
+    }
+
     pub fn object(
         &self,
         tenant: &TenantId,

@@ -563,3 +563,60 @@ async fn a_node_runs_one_group_per_shard_and_routes_commands_to_their_owner() {
     }
     node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn buckets_and_objects_list_in_key_order_by_prefix_and_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let group = file_group(dir.path(), GroupConfig::new(1, ShardId(0), one_shard())).await;
+    let (owner, other) = (tenant(1), tenant(2));
+    for t in [owner, other] {
+        group.propose(create_tenant(t)).await.expect("tenant");
+    }
+    for bucket in ["photos", "logs", "photos-old"] {
+        group.propose(create_bucket(owner, bucket)).await.expect("bucket");
+    }
+    group.propose(create_bucket(other, "theirs")).await.expect("bucket");
+    // object-0 .. object-11 in "photos", one in "photos-old" (a bucket whose name extends
+    // "photos" must not leak into its listing), one in the other tenant's bucket.
+    for n in 0..12 {
+        group.propose(put_object(owner, "photos", n)).await.expect("put");
+    }
+    group.propose(put_object(owner, "photos-old", 99)).await.expect("put");
+    group.propose(put_object(other, "theirs", 5)).await.expect("put");
+
+    let view = group.read().await.expect("linearizable read");
+    assert_eq!(view.buckets(&owner).unwrap(), ["logs", "photos", "photos-old"]);
+    assert_eq!(view.buckets(&other).unwrap(), ["theirs"]);
+    assert!(view.buckets(&tenant(3)).unwrap().is_empty());
+
+    let keys = |listed: Vec<(Vec<u8>, Manifest)>| -> Vec<String> {
+        listed.into_iter().map(|(key, _)| String::from_utf8(key).unwrap()).collect()
+    };
+    let all = keys(view.objects(&owner, "photos", b"", None, 100).unwrap());
+    let mut expected: Vec<String> = (0..12).map(|n| format!("object-{n}")).collect();
+    expected.sort();
+    assert_eq!(all, expected, "byte order, this bucket only");
+
+    // Pages of 5 continue after the last key of the page before.
+    let first = keys(view.objects(&owner, "photos", b"", None, 5).unwrap());
+    let second = view.objects(&owner, "photos", b"", Some(first[4].as_bytes()), 5).unwrap();
+    assert_eq!(first, expected[..5]);
+    assert_eq!(keys(second), expected[5..10]);
+
+    // A prefix, with and without a start inside it; a start before the prefix is ignored.
+    assert_eq!(
+        keys(view.objects(&owner, "photos", b"object-1", None, 100).unwrap()),
+        ["object-1", "object-10", "object-11"]
+    );
+    let after = view.objects(&owner, "photos", b"object-1", Some(b"object-10"), 100).unwrap();
+    assert_eq!(keys(after), ["object-11"]);
+    let before = view.objects(&owner, "photos", b"object-1", Some(b"a"), 100).unwrap();
+    assert_eq!(before.len(), 3);
+    assert!(view.objects(&owner, "photos", b"nothing", None, 100).unwrap().is_empty());
+    assert!(view.objects(&owner, "photos", b"", None, 0).unwrap().is_empty());
+
+    // The manifest comes with the key.
+    let (_, manifest) = &view.objects(&owner, "photos-old", b"", None, 10).unwrap()[0];
+    assert_eq!(manifest.etag, ETag([99; 16]));
+    assert!(view.objects(&owner, "theirs", b"", None, 10).unwrap().is_empty(), "other tenant's");
+}
