@@ -468,10 +468,16 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             }
             Command::PutObject { tenant, bucket, key, manifest } => {
                 let row = object_key(tenant, bucket, key);
-                self.objects.insert(row.as_slice(), encode(manifest).as_slice())?;
+                let old = self.objects.insert(row.as_slice(), encode(manifest).as_slice())?;
+                if let Some(old) = old {
+                    return Ok(Applied::Replaced(Box::new(decode(old.value())?)));
+                }
             }
             Command::DeleteObject { tenant, bucket, key } => {
-                self.objects.remove(object_key(tenant, bucket, key).as_slice())?;
+                let old = self.objects.remove(object_key(tenant, bucket, key).as_slice())?;
+                if let Some(old) = old {
+                    return Ok(Applied::Replaced(Box::new(decode(old.value())?)));
+                }
             }
             Command::CreateUpload { tenant, bucket, key, upload, sealed_user_metadata } => {
                 let record = UploadRecord {

@@ -47,6 +47,9 @@ pub enum Applied {
     Done,
     /// An audit record was appended with this sequence number.
     AuditSequence(u64),
+    /// A put replaced, or a delete removed, this manifest: the caller releases the chunks
+    /// it named (exactly once, since only the command that unlinked it gets it back).
+    Replaced(Box<crate::command::Manifest>),
 }
 
 /// One outcome per command of a batch, in the batch's order.

@@ -620,3 +620,30 @@ async fn buckets_and_objects_list_in_key_order_by_prefix_and_page() {
     assert_eq!(manifest.etag, ETag([99; 16]));
     assert!(view.objects(&owner, "theirs", b"", None, 10).unwrap().is_empty(), "other tenant's");
 }
+
+#[tokio::test]
+async fn an_overwrite_or_delete_hands_back_the_manifest_it_unlinked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let group = file_group(dir.path(), GroupConfig::new(1, ShardId(0), one_shard())).await;
+    let owner = tenant(1);
+    group.propose(create_tenant(owner)).await.expect("tenant");
+    group.propose(create_bucket(owner, "b")).await.expect("bucket");
+    let first = put_object(owner, "b", 1);
+    assert_eq!(group.propose(first.clone()).await.unwrap(), Applied::Done, "nothing replaced");
+    // The same key, another manifest: the first comes back.
+    let Command::PutObject { manifest: first_manifest, .. } = first else { unreachable!() };
+    let mut second = put_object(owner, "b", 2);
+    if let Command::PutObject { key, .. } = &mut second {
+        *key = object_key(1);
+    }
+    let Command::PutObject { manifest: second_manifest, .. } = second.clone() else {
+        unreachable!()
+    };
+    assert_eq!(group.propose(second).await.unwrap(), Applied::Replaced(Box::new(first_manifest)));
+    let delete = Command::DeleteObject { tenant: owner, bucket: "b".into(), key: object_key(1) };
+    assert_eq!(
+        group.propose(delete.clone()).await.unwrap(),
+        Applied::Replaced(Box::new(second_manifest))
+    );
+    assert!(matches!(rejection(group.propose(delete).await), Rejection::NotFound(_)));
+}
