@@ -627,12 +627,12 @@ async fn an_overwrite_or_delete_hands_back_the_manifest_it_unlinked() {
     let group = file_group(dir.path(), GroupConfig::new(1, ShardId(0), one_shard())).await;
     let owner = tenant(1);
     group.propose(create_tenant(owner)).await.expect("tenant");
-    group.propose(create_bucket(owner, "b")).await.expect("bucket");
-    let first = put_object(owner, "b", 1);
+    group.propose(create_bucket(owner, "bkt")).await.expect("bucket");
+    let first = put_object(owner, "bkt", 1);
     assert_eq!(group.propose(first.clone()).await.unwrap(), Applied::Done, "nothing replaced");
     // The same key, another manifest: the first comes back.
     let Command::PutObject { manifest: first_manifest, .. } = first else { unreachable!() };
-    let mut second = put_object(owner, "b", 2);
+    let mut second = put_object(owner, "bkt", 2);
     if let Command::PutObject { key, .. } = &mut second {
         *key = object_key(1);
     }
@@ -640,7 +640,7 @@ async fn an_overwrite_or_delete_hands_back_the_manifest_it_unlinked() {
         unreachable!()
     };
     assert_eq!(group.propose(second).await.unwrap(), Applied::Replaced(Box::new(first_manifest)));
-    let delete = Command::DeleteObject { tenant: owner, bucket: "b".into(), key: object_key(1) };
+    let delete = Command::DeleteObject { tenant: owner, bucket: "bkt".into(), key: object_key(1) };
     assert_eq!(
         group.propose(delete.clone()).await.unwrap(),
         Applied::Replaced(Box::new(second_manifest))
