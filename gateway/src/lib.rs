@@ -20,4 +20,5 @@ pub mod cli;
 pub mod constants;
 pub mod dev;
 pub mod jwks_https;
+pub mod objects;
 pub mod observe;

@@ -1,0 +1,625 @@
+//! The object layer under the S3 front end: objects cut into chunks, sealed at the
+//! gateway, stored in the engine, and named by manifests committed through Raft.
+//!
+//! A put cuts the body into chunks of [`ObjectConfig::chunk_size_bytes`]; each gets its
+//! id (SHA-256, or HMAC under the tenant's id key for an isolated tenant), its DEK from the
+//! current master-key epoch (and the tenant secret when isolated), and is sealed and put
+//! into the engine, which counts a second put of the same id as a second reference. Then
+//! the manifest (chunk ids and sizes, the MD5 ETag, the user metadata sealed under the
+//! tenant's KEK) is committed. A body of at most [`ObjectConfig::inline_max_bytes`] is
+//! sealed under the KEK and kept in the manifest itself (no chunk). A get reads the
+//! manifest from a linearizable view, then only the chunks a range covers.
+//!
+//! Overwrites and deletes release the chunks of the manifest the committed command
+//! unlinked (`Applied::Replaced`), so each reference is released once whoever races.
+//!
+//! What it does not do yet: replicate chunks to other nodes (one node's engine), stream
+//! (a body is in memory, bounded by the caller), or collect chunks a crash left between
+//! their put and the manifest's commit (they stay referenced until a sweep exists).
+//!
+//! Invariants: no plaintext byte of a body or of user metadata reaches the engine or the
+//! metadata log unsealed; errors carry no bucket or object names. Bucket names and object
+//! keys themselves are plaintext in the metadata (listings need their order): DESIGN.md
+//! wants names sealed too, which an order-preserving scheme would have to give; not yet.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kiseki_consensus::command::{
+    ChunkId as MetaChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, Sealed,
+    TenantId as MetaTenantId,
+};
+use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, Rejection};
+use kiseki_engine::{EngineError, EngineHandle};
+use kiseki_security::keymanager::{KeyManager, KeyManagerError, KeyStoreBackend};
+use kiseki_security::{ChunkId, Dek, Envelope, SealParams, TenantId, TenantKey, TenantSecret};
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+/// How objects are cut and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectConfig {
+    /// Plaintext bytes per chunk (the last chunk of an object may be shorter).
+    pub chunk_size_bytes: usize,
+    /// Bodies up to this size are sealed into the manifest instead of a chunk.
+    pub inline_max_bytes: usize,
+}
+
+impl Default for ObjectConfig {
+    fn default() -> ObjectConfig {
+        ObjectConfig { chunk_size_bytes: 1 << 20, inline_max_bytes: 4 << 10 }
+    }
+}
+
+/// What a user attached to an object: its content type and its `x-amz-meta-*` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMetadata {
+    pub content_type: Option<String>,
+    pub entries: BTreeMap<String, String>,
+}
+
+/// An object as a head or a get sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size_bytes: u64,
+    pub etag: [u8; 16],
+    pub user: UserMetadata,
+}
+
+/// An object as a listing sees it (its metadata stays sealed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: Vec<u8>,
+    pub size_bytes: u64,
+    pub etag: [u8; 16],
+}
+
+/// Why an object operation failed; each maps to one S3 error.
+#[derive(Debug)]
+pub enum ObjectError {
+    NoSuchTenant,
+    NoSuchBucket,
+    NoSuchKey,
+    /// The bucket exists (whoever owns it: S3 says no more).
+    BucketExists,
+    BucketNotEmpty,
+    InvalidBucketName(&'static str),
+    InvalidKey(&'static str),
+    /// The range starts at or past the end of an object of this size.
+    InvalidRange {
+        size_bytes: u64,
+    },
+    /// The tenant's keys were crypto-shredded: nothing of it opens again.
+    TenantKeysDestroyed,
+    /// The node cannot take it now (a full queue, a device over its critical level).
+    Unavailable(String),
+    /// A stored chunk failed its checksum or its tag.
+    Integrity(String),
+    Internal(String),
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectError::NoSuchTenant => f.write_str("no such tenant"),
+            ObjectError::NoSuchBucket => f.write_str("no such bucket"),
+            ObjectError::NoSuchKey => f.write_str("no such key"),
+            ObjectError::BucketExists => f.write_str("the bucket exists"),
+            ObjectError::BucketNotEmpty => f.write_str("the bucket is not empty"),
+            ObjectError::InvalidBucketName(why) => write!(f, "invalid bucket name: {why}"),
+            ObjectError::InvalidKey(why) => write!(f, "invalid object key: {why}"),
+            ObjectError::InvalidRange { size_bytes } => {
+                write!(f, "the range is not satisfiable for an object of {size_bytes} bytes")
+            }
+            ObjectError::TenantKeysDestroyed => f.write_str("tenant keys destroyed"),
+            ObjectError::Unavailable(why) => write!(f, "unavailable: {why}"),
+            ObjectError::Integrity(why) => write!(f, "integrity: {why}"),
+            ObjectError::Internal(why) => write!(f, "internal: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ObjectError {}
+
+/// Object keys S3 allows: 1 to 1024 bytes.
+pub const OBJECT_KEY_MAX_BYTES: usize = 1024;
+
+/// The object layer of one node; see the module's notes.
+pub struct ObjectStore<S> {
+    meta: Arc<MetadataGroup>,
+    engine: EngineHandle,
+    keys: Arc<Mutex<KeyManager<S>>>,
+    config: ObjectConfig,
+}
+
+impl<S> fmt::Debug for ObjectStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStore").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// How one tenant's chunks are named and keyed.
+enum Tenancy {
+    Shared,
+    Isolated { id_key: Box<TenantKey>, secret: TenantSecret },
+}
+
+impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
+    pub fn new(
+        meta: Arc<MetadataGroup>,
+        engine: EngineHandle,
+        keys: Arc<Mutex<KeyManager<S>>>,
+        config: ObjectConfig,
+    ) -> ObjectStore<S> {
+        assert!(config.chunk_size_bytes > 0, "chunks hold at least a byte");
+        ObjectStore { meta, engine, keys, config }
+    }
+
+    /// Creates a tenant: its first KEK (and secret, when isolated), then its record.
+    /// Creating a tenant that exists with keys is refused as `BucketExists`'s sibling:
+    /// `Internal("the tenant exists")`.
+    pub async fn create_tenant(
+        &self,
+        tenant: TenantId,
+        dedup: DedupMode,
+    ) -> Result<(), ObjectError> {
+        let isolated = matches!(dedup, DedupMode::Isolated);
+        match self.key_manager().create_tenant_kek(tenant, isolated) {
+            Ok(_) | Err(KeyManagerError::AlreadyExists { .. }) => {}
+            Err(error) => return Err(key_error(error)),
+        }
+        let command = Command::CreateTenant {
+            tenant: meta_tenant(tenant),
+            dedup,
+            sealed_config: Sealed::default(),
+        };
+        match self.meta.propose(command).await {
+            Ok(_) => Ok(()),
+            Err(ConsensusError::Rejected(Rejection::AlreadyExists(_))) => Ok(()),
+            Err(error) => Err(consensus_error(error)),
+        }
+    }
+
+    pub async fn create_bucket(&self, tenant: TenantId, bucket: &str) -> Result<(), ObjectError> {
+        check_bucket_name(bucket)?;
+        let command =
+            Command::CreateBucket { tenant: meta_tenant(tenant), bucket: bucket.to_owned() };
+        match self.meta.propose(command).await {
+            Ok(_) => Ok(()),
+            Err(ConsensusError::Rejected(Rejection::AlreadyExists(_))) => {
+                Err(ObjectError::BucketExists)
+            }
+            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => Err(ObjectError::NoSuchTenant),
+            Err(error) => Err(consensus_error(error)),
+        }
+    }
+
+    pub async fn delete_bucket(&self, tenant: TenantId, bucket: &str) -> Result<(), ObjectError> {
+        let command =
+            Command::DeleteBucket { tenant: meta_tenant(tenant), bucket: bucket.to_owned() };
+        match self.meta.propose(command).await {
+            Ok(_) => Ok(()),
+            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => Err(ObjectError::NoSuchBucket),
+            Err(ConsensusError::Rejected(Rejection::Conflict(_))) => {
+                Err(ObjectError::BucketNotEmpty)
+            }
+            Err(error) => Err(consensus_error(error)),
+        }
+    }
+
+    pub async fn bucket_exists(&self, tenant: TenantId, bucket: &str) -> Result<bool, ObjectError> {
+        let view = self.meta.read().await.map_err(consensus_error)?;
+        view.bucket_exists(&meta_tenant(tenant), bucket).map_err(consensus_error)
+    }
+
+    pub async fn list_buckets(&self, tenant: TenantId) -> Result<Vec<String>, ObjectError> {
+        let view = self.meta.read().await.map_err(consensus_error)?;
+        view.buckets(&meta_tenant(tenant)).map_err(consensus_error)
+    }
+
+    /// Stores `body` as `key`, replacing what was there; returns its ETag (MD5).
+    pub async fn put_object(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        body: &[u8],
+        user: &UserMetadata,
+    ) -> Result<[u8; 16], ObjectError> {
+        check_key(key)?;
+        let etag: [u8; 16] = Md5::digest(body).into();
+        let owner = meta_tenant(tenant);
+        if !self.bucket_exists(tenant, bucket).await? {
+            return Err(ObjectError::NoSuchBucket);
+        }
+        let user_json =
+            serde_json::to_vec(user).map_err(|e| ObjectError::Internal(e.to_string()))?;
+        let sealed_user_metadata =
+            Sealed(self.seal_for_tenant(tenant, &context(b"meta", bucket, key), &user_json)?);
+        let (body_ref, stored) = if body.len() <= self.config.inline_max_bytes {
+            let sealed = self.seal_for_tenant(tenant, &context(b"body", bucket, key), body)?;
+            (ObjectBody::Inline(Sealed(sealed)), Vec::new())
+        } else {
+            let chunks = self.store_chunks(tenant, body).await?;
+            (ObjectBody::Chunks(chunks.clone()), chunks)
+        };
+        let manifest = Manifest {
+            size_bytes: body.len() as u64,
+            body: body_ref,
+            sealed_user_metadata,
+            etag: ETag(etag),
+        };
+        let command = Command::PutObject {
+            tenant: owner,
+            bucket: bucket.to_owned(),
+            key: key.to_vec(),
+            manifest,
+        };
+        match self.meta.propose(command).await {
+            Ok(Applied::Replaced(old)) => {
+                self.release_chunks(&old).await;
+                Ok(etag)
+            }
+            Ok(_) => Ok(etag),
+            Err(error) => {
+                // Nothing names the chunks this put stored: give their references back.
+                self.release_refs(&stored).await;
+                Err(match error {
+                    ConsensusError::Rejected(Rejection::NotFound(_)) => ObjectError::NoSuchBucket,
+                    other => consensus_error(other),
+                })
+            }
+        }
+    }
+
+    /// The object's size, ETag and user metadata.
+    pub async fn head_object(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<ObjectMeta, ObjectError> {
+        let manifest = self.manifest(tenant, bucket, key).await?;
+        self.object_meta(tenant, bucket, key, &manifest)
+    }
+
+    /// The object's metadata and the bytes of `range` (`start..end`, clamped to the
+    /// object; the whole object when `None`), reading only the chunks the range covers.
+    pub async fn get_object(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        range: Option<(u64, u64)>,
+    ) -> Result<(ObjectMeta, Vec<u8>), ObjectError> {
+        let manifest = self.manifest(tenant, bucket, key).await?;
+        let meta = self.object_meta(tenant, bucket, key, &manifest)?;
+        let size = manifest.size_bytes;
+        let (start, end) = match range {
+            None => (0, size),
+            Some((start, _)) if start >= size && size > 0 => {
+                return Err(ObjectError::InvalidRange { size_bytes: size });
+            }
+            Some((start, end)) => (start.min(size), end.min(size)),
+        };
+        let bytes = match &manifest.body {
+            ObjectBody::Inline(sealed) => {
+                let body =
+                    self.open_for_tenant(tenant, &context(b"body", bucket, key), &sealed.0)?;
+                body[start as usize..end as usize].to_vec()
+            }
+            ObjectBody::Chunks(chunks) => self.read_range(tenant, chunks, start, end).await?,
+        };
+        Ok((meta, bytes))
+    }
+
+    pub async fn delete_object(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<(), ObjectError> {
+        let command = Command::DeleteObject {
+            tenant: meta_tenant(tenant),
+            bucket: bucket.to_owned(),
+            key: key.to_vec(),
+        };
+        match self.meta.propose(command).await {
+            Ok(Applied::Replaced(old)) => {
+                self.release_chunks(&old).await;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => Err(ObjectError::NoSuchKey),
+            Err(error) => Err(consensus_error(error)),
+        }
+    }
+
+    /// Up to `limit` objects whose keys start with `prefix` and sort after `after`.
+    pub async fn list_objects(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, ObjectError> {
+        let view = self.meta.read().await.map_err(consensus_error)?;
+        let owner = meta_tenant(tenant);
+        if !view.bucket_exists(&owner, bucket).map_err(consensus_error)? {
+            return Err(ObjectError::NoSuchBucket);
+        }
+        let objects =
+            view.objects(&owner, bucket, prefix, after, limit).map_err(consensus_error)?;
+        Ok(objects
+            .into_iter()
+            .map(|(key, manifest)| Listed {
+                key,
+                size_bytes: manifest.size_bytes,
+                etag: manifest.etag.0,
+            })
+            .collect())
+    }
+
+    // ---- chunks ----
+
+    async fn store_chunks(
+        &self,
+        tenant: TenantId,
+        body: &[u8],
+    ) -> Result<Vec<ChunkRef>, ObjectError> {
+        let tenancy = self.tenancy(tenant).await?;
+        let master = self.key_manager().current_master_key().map_err(key_error)?;
+        let mut stored = Vec::with_capacity(body.len().div_ceil(self.config.chunk_size_bytes));
+        for plaintext in body.chunks(self.config.chunk_size_bytes) {
+            let envelope = match &tenancy {
+                Tenancy::Shared => {
+                    let dek = Dek::derive(&master, &ChunkId::of_plaintext(plaintext), None);
+                    Envelope::seal(plaintext, &SealParams::new(&dek))
+                }
+                Tenancy::Isolated { id_key, secret } => {
+                    let dek =
+                        Dek::derive(&master, &ChunkId::isolated(id_key, plaintext), Some(secret));
+                    Envelope::seal(plaintext, &SealParams::new(&dek))
+                }
+            }
+            .map_err(|e| ObjectError::Internal(e.to_string()))?;
+            let chunk = ChunkRef {
+                id: MetaChunkId(*envelope.chunk_id().as_bytes()),
+                size_bytes: plaintext.len() as u32,
+            };
+            if let Err(error) = self.engine.put(envelope).await {
+                self.release_refs(&stored).await;
+                return Err(engine_error(error));
+            }
+            stored.push(chunk);
+        }
+        Ok(stored)
+    }
+
+    /// The plaintext of `start..end` of an object made of `chunks`.
+    async fn read_range(
+        &self,
+        tenant: TenantId,
+        chunks: &[ChunkRef],
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<u8>, ObjectError> {
+        let mut bytes = Vec::with_capacity((end - start) as usize);
+        let mut tenancy = None;
+        let mut offset = 0u64;
+        for chunk in chunks {
+            let (chunk_start, chunk_end) = (offset, offset + u64::from(chunk.size_bytes));
+            offset = chunk_end;
+            if chunk_end <= start || chunk_start >= end {
+                continue;
+            }
+            if tenancy.is_none() {
+                tenancy = Some(self.tenancy(tenant).await?);
+            }
+            let id = ChunkId::from_bytes(chunk.id.0);
+            let envelope = self.engine.get(chunk.id.0).await.map_err(engine_error)?;
+            let master = self.key_manager().master_key(envelope.key_epoch()).map_err(key_error)?;
+            let secret = match tenancy.as_ref().expect("set above") {
+                Tenancy::Shared => None,
+                Tenancy::Isolated { secret, .. } => Some(secret),
+            };
+            let dek = Dek::derive(&master, &id, secret);
+            let plaintext = envelope
+                .open(&dek)
+                .map_err(|e| ObjectError::Integrity(format!("a chunk did not open: {e}")))?;
+            let from = start.saturating_sub(chunk_start) as usize;
+            let to = (end.min(chunk_end) - chunk_start) as usize;
+            bytes.extend_from_slice(&plaintext[from..to]);
+        }
+        Ok(bytes)
+    }
+
+    async fn release_chunks(&self, manifest: &Manifest) {
+        if let ObjectBody::Chunks(chunks) = &manifest.body {
+            self.release_refs(chunks).await;
+        }
+    }
+
+    /// Gives back one reference per chunk. A failure leaves a reference behind (space, not
+    /// data, is lost), so it is logged, not returned.
+    async fn release_refs(&self, chunks: &[ChunkRef]) {
+        for chunk in chunks {
+            if let Err(error) = self.engine.release(chunk.id.0).await {
+                tracing::warn!(%error, "releasing a chunk reference failed; its space stays in use");
+            }
+        }
+    }
+
+    // ---- keys and metadata ----
+
+    async fn tenancy(&self, tenant: TenantId) -> Result<Tenancy, ObjectError> {
+        let view = self.meta.read().await.map_err(consensus_error)?;
+        let record = view
+            .tenant(&meta_tenant(tenant))
+            .map_err(consensus_error)?
+            .ok_or(ObjectError::NoSuchTenant)?;
+        match record.dedup {
+            DedupMode::CrossTenant => {
+                // A shredded tenant's chunks are shared ciphertext; its manifests are what
+                // no longer open. Checked here too so a put fails at once.
+                self.key_manager().tenant_epoch(tenant).map_err(key_error)?;
+                Ok(Tenancy::Shared)
+            }
+            DedupMode::Isolated => {
+                let mut keys = self.key_manager();
+                let id_key = keys.tenant_id_key(tenant).map_err(key_error)?;
+                let secret = keys.tenant_secret(tenant).map_err(key_error)?;
+                Ok(Tenancy::Isolated { id_key: Box::new(id_key), secret })
+            }
+        }
+    }
+
+    async fn manifest(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+    ) -> Result<Manifest, ObjectError> {
+        let view = self.meta.read().await.map_err(consensus_error)?;
+        let owner = meta_tenant(tenant);
+        match view.object(&owner, bucket, key).map_err(consensus_error)? {
+            Some(manifest) => Ok(manifest),
+            None if view.bucket_exists(&owner, bucket).map_err(consensus_error)? => {
+                Err(ObjectError::NoSuchKey)
+            }
+            None => Err(ObjectError::NoSuchBucket),
+        }
+    }
+
+    fn object_meta(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        manifest: &Manifest,
+    ) -> Result<ObjectMeta, ObjectError> {
+        let json = self.open_for_tenant(
+            tenant,
+            &context(b"meta", bucket, key),
+            &manifest.sealed_user_metadata.0,
+        )?;
+        let user = serde_json::from_slice(&json)
+            .map_err(|_| ObjectError::Integrity("user metadata does not parse".to_owned()))?;
+        Ok(ObjectMeta { size_bytes: manifest.size_bytes, etag: manifest.etag.0, user })
+    }
+
+    fn seal_for_tenant(
+        &self,
+        tenant: TenantId,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, ObjectError> {
+        self.key_manager().seal_for_tenant(tenant, context, plaintext).map_err(key_error)
+    }
+
+    fn open_for_tenant(
+        &self,
+        tenant: TenantId,
+        context: &[u8],
+        blob: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ObjectError> {
+        self.key_manager().open_for_tenant(tenant, context, blob).map_err(key_error)
+    }
+
+    fn key_manager(&self) -> MutexGuard<'_, KeyManager<S>> {
+        // A panic while holding the lock leaves no half-made key (each call is one store
+        // operation), so a poisoned lock is taken over.
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a sealed blob of an object is bound to: its kind, bucket and key, with lengths so
+/// that no two (bucket, key) pairs give the same bytes.
+fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
+    let mut context = Vec::with_capacity(kind.len() + bucket.len() + key.len() + 4);
+    context.extend_from_slice(kind);
+    context.push(bucket.len() as u8);
+    context.extend_from_slice(bucket.as_bytes());
+    context.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    context.extend_from_slice(key);
+    context
+}
+
+fn meta_tenant(tenant: TenantId) -> MetaTenantId {
+    MetaTenantId(*tenant.as_bytes())
+}
+
+/// S3's bucket naming rules: 3 to 63 characters of lowercase letters, digits, dots and
+/// hyphens, starting and ending with a letter or digit, no two adjacent dots, not an IPv4
+/// address.
+pub fn check_bucket_name(name: &str) -> Result<(), ObjectError> {
+    let bytes = name.as_bytes();
+    if !(3..=63).contains(&bytes.len()) {
+        return Err(ObjectError::InvalidBucketName("3 to 63 characters"));
+    }
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-';
+    if !bytes.iter().all(allowed) {
+        return Err(ObjectError::InvalidBucketName(
+            "lowercase letters, digits, dots and hyphens only",
+        ));
+    }
+    let edge = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !edge(bytes[0]) || !edge(bytes[bytes.len() - 1]) {
+        return Err(ObjectError::InvalidBucketName("starts and ends with a letter or digit"));
+    }
+    if name.contains("..") {
+        return Err(ObjectError::InvalidBucketName("no two adjacent dots"));
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(ObjectError::InvalidBucketName("not an IP address"));
+    }
+    Ok(())
+}
+
+fn check_key(key: &[u8]) -> Result<(), ObjectError> {
+    if key.is_empty() || key.len() > OBJECT_KEY_MAX_BYTES {
+        return Err(ObjectError::InvalidKey("1 to 1024 bytes"));
+    }
+    if std::str::from_utf8(key).is_err() {
+        return Err(ObjectError::InvalidKey("UTF-8"));
+    }
+    Ok(())
+}
+
+fn key_error(error: KeyManagerError) -> ObjectError {
+    match error {
+        KeyManagerError::TenantKeysDestroyed { .. } => ObjectError::TenantKeysDestroyed,
+        KeyManagerError::NoKey { .. } => ObjectError::NoSuchTenant,
+        KeyManagerError::OpenFailed => {
+            ObjectError::Integrity("sealed metadata did not open".to_owned())
+        }
+        other => ObjectError::Internal(other.to_string()),
+    }
+}
+
+fn consensus_error(error: ConsensusError) -> ObjectError {
+    match error {
+        ConsensusError::Rejected(rejection) => {
+            ObjectError::Internal(format!("metadata refused: {rejection}"))
+        }
+        other => ObjectError::Unavailable(format!("metadata: {other}")),
+    }
+}
+
+fn engine_error(error: EngineError) -> ObjectError {
+    match error {
+        EngineError::Integrity { .. } => ObjectError::Integrity(error.to_string()),
+        EngineError::Busy { .. }
+        | EngineError::CapacityCritical { .. }
+        | EngineError::NoSpace { .. }
+        | EngineError::IndexFull { .. }
+        | EngineError::DeviceNotWritable { .. }
+        | EngineError::Stopped => ObjectError::Unavailable(error.to_string()),
+        EngineError::NotFound { .. } => {
+            ObjectError::Integrity(format!("a chunk of the object is missing: {error}"))
+        }
+        other => ObjectError::Internal(other.to_string()),
+    }
+}
