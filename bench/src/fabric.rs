@@ -20,7 +20,7 @@
 //! calls all run there). Bytes are chunk plaintext bytes; each chunk travels as its
 //! envelope, 100 bytes longer.
 
-mod certs;
+pub(crate) mod certs;
 mod client;
 mod listen;
 mod memory;

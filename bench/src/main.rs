@@ -1,7 +1,8 @@
 //! `kiseki-bench`: fio-style benchmarks of Kiseki's layers, each side by side with the tool
 //! it must match: `device` (against fio), `engine` (against the device and crypto ceilings,
 //! which `device` and `crypto` measure), `fabric` (against iperf3 and openssl's AES-GCM rate,
-//! which `scripts/bench-fabric.sh` measures). `s3` and `raft` come with their crates.
+//! which `scripts/bench-fabric.sh` measures), `raft` (committed metadata operations, against
+//! etcd with the same load: `scripts/bench-raft-vs-etcd.sh`). `s3` comes with its crate.
 
 mod clock;
 mod crypto;
@@ -10,6 +11,7 @@ mod engine;
 mod fabric;
 mod layout;
 mod progress;
+mod raft;
 mod report;
 mod stats;
 mod units;
@@ -45,6 +47,9 @@ enum Command {
     /// Serve chunks over TCP+mTLS (--listen), or put and get them with fio's job flags
     /// (--connect); --bs is the chunk size
     Fabric(fabric::FabricArgs),
+    /// Committed metadata operations per second and their latency against a Kiseki
+    /// metadata cluster (1 or 3 nodes started here, or running ones) or etcd, same load
+    Raft(raft::RaftArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,13 @@ fn main() -> ExitCode {
         Command::Device(args) => run_device(args),
         Command::Engine(args) => run_engine(args),
         Command::Fabric(args) => run_fabric(args),
+        Command::Raft(args) => match raft::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("kiseki-bench: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crypto(args) => match crypto::run(&args) {
             Ok(report) => {
                 println!("{report}");

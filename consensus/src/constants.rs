@@ -136,3 +136,32 @@ const _: () = assert!(
     SNAPSHOT_CHUNK_BYTES + (64 << 10) <= RAFT_RPC_MAX_BYTES as u64,
     "a snapshot chunk, its meta and the RPC header fit one RPC"
 );
+
+// ---- client requests from other processes (client.rs) ----
+
+/// Largest client request a node accepts (a proposal or a read, with its header): the
+/// largest command plus room for its envelope. Anything larger is refused before it is
+/// decoded.
+pub const CLIENT_REQUEST_MAX_BYTES: usize = COMMAND_MAX_BYTES + (4 << 10);
+
+/// Largest client response a node sends: the largest manifest a read can return, plus
+/// room; a client refuses anything larger.
+pub const CLIENT_RESPONSE_MAX_BYTES: usize = COMMAND_MAX_BYTES + (64 << 10);
+
+/// Attempts a `MetadataClient` makes for one request (following leader hints, trying the
+/// next node, waiting out an election) before it reports the group unavailable.
+pub const CLIENT_ATTEMPTS_MAX: u32 = 24;
+
+/// How long a `MetadataClient` keeps retrying one request: two election timeouts and the
+/// time to reconnect, with room for a loaded machine.
+pub const CLIENT_RETRY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// First pause after an answer without a leader (an election is on); doubled per attempt
+/// up to `CLIENT_BACKOFF_MAX`.
+pub const CLIENT_BACKOFF_MIN: Duration = Duration::from_millis(20);
+pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+const _: () = assert!(
+    CLIENT_REQUEST_MAX_BYTES <= RAFT_RPC_MAX_BYTES,
+    "a client request fits the fabric frames sized for Raft RPCs"
+);

@@ -10,6 +10,9 @@
 //!   past the TLS handshake, and a frame over the fabric's limit closes the connection before
 //!   its payload is read; the RPC dispatcher then refuses anything over the RPC limit.
 //!
+//! - The same handler built with [`RaftHandler::for_node`] also serves client requests
+//!   (proposals, reads, membership changes: `client.rs`), under the same role check.
+//!
 //! What it does not do: pick the peers (membership does) or retry (openraft does).
 
 use std::net::SocketAddr;
@@ -22,7 +25,8 @@ use kiseki_proto::{Op, Status};
 use kiseki_security::Role;
 use openraft::BasicNode;
 
-use crate::rpc::{RpcServer, RpcTransport, RpcTransportError};
+use crate::node::MetadataNode;
+use crate::rpc::{RpcServer, RpcTransport, RpcTransportError, is_client_request};
 use crate::types::NodeId;
 
 /// Sends Raft RPCs over a fabric transport (in production a `TcpTransport`).
@@ -80,11 +84,19 @@ fn transport_error(target: NodeId, error: TransportError) -> RpcTransportError {
 #[derive(Debug, Clone)]
 pub struct RaftHandler {
     server: RpcServer,
+    /// The node whose groups answer client requests; without one they are refused.
+    node: Option<Arc<MetadataNode>>,
 }
 
 impl RaftHandler {
+    /// Serves Raft RPCs only (client requests are refused as not served).
     pub fn new(server: RpcServer) -> Arc<RaftHandler> {
-        Arc::new(RaftHandler { server })
+        Arc::new(RaftHandler { server, node: None })
+    }
+
+    /// Serves `node`'s Raft RPCs and client requests.
+    pub fn for_node(node: Arc<MetadataNode>) -> Arc<RaftHandler> {
+        Arc::new(RaftHandler { server: node.rpc_server().clone(), node: Some(node) })
     }
 }
 
@@ -108,7 +120,14 @@ impl Handler for RaftHandler {
                 Op::Ping => FabricResponse::new(Status::Ok, Vec::new()),
                 Op::Raft => {
                     let request = request.into_contiguous();
-                    FabricResponse::new(Status::Ok, self.server.handle(&request.payload).await)
+                    let payload = &request.payload;
+                    let answer = match &self.node {
+                        Some(node) if is_client_request(payload) => {
+                            crate::client::serve(node, payload).await
+                        }
+                        _ => self.server.handle(payload).await,
+                    };
+                    FabricResponse::new(Status::Ok, answer)
                 }
                 _ => FabricResponse::new(Status::BadRequest, Vec::new()),
             }

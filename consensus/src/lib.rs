@@ -31,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod command;
 pub mod constants;
 pub mod error;
@@ -48,6 +49,7 @@ pub mod view;
 mod group;
 mod state;
 
+pub use client::{ClientError, MetadataClient};
 pub use command::{Command, ShardKey, VersionedCommand};
 pub use error::{ConsensusError, Rejection};
 pub use group::{GroupConfig, MetadataGroup};

@@ -11,7 +11,8 @@
 //! ```text
 //! offset size field
 //!      0    2 format version   1
-//!      2    1 kind             1 vote, 2 append entries, 3 install snapshot (chunk)
+//!      2    1 kind             1 vote, 2 append entries, 3 install snapshot (chunk),
+//!                              4 client request (`client.rs`; the shard field is 0)
 //!      3    1 reserved         0
 //!      4    4 shard id
 //!      8    . the openraft request in postcard
@@ -65,6 +66,8 @@ pub enum RpcKind {
     Vote,
     Append,
     Snapshot,
+    /// A proposal, read or membership change from another process (`client.rs`).
+    Client,
 }
 
 impl RpcKind {
@@ -73,11 +76,14 @@ impl RpcKind {
             RpcKind::Vote => 1,
             RpcKind::Append => 2,
             RpcKind::Snapshot => 3,
+            RpcKind::Client => 4,
         }
     }
 
     fn from_code(code: u8) -> Option<RpcKind> {
-        [RpcKind::Vote, RpcKind::Append, RpcKind::Snapshot].into_iter().find(|k| k.code() == code)
+        [RpcKind::Vote, RpcKind::Append, RpcKind::Snapshot, RpcKind::Client]
+            .into_iter()
+            .find(|k| k.code() == code)
     }
 }
 
@@ -91,6 +97,8 @@ pub enum Refusal {
     Malformed,
     /// No group of that shard runs on this node.
     NoSuchShard,
+    /// This endpoint does not take client requests (only a node's full handler does).
+    NotServed,
 }
 
 impl Refusal {
@@ -99,6 +107,7 @@ impl Refusal {
             Refusal::TooLarge => 1,
             Refusal::Malformed => 2,
             Refusal::NoSuchShard => 3,
+            Refusal::NotServed => 4,
         }
     }
 
@@ -106,6 +115,7 @@ impl Refusal {
         match code {
             1 => Refusal::TooLarge,
             3 => Refusal::NoSuchShard,
+            4 => Refusal::NotServed,
             _ => Refusal::Malformed,
         }
     }
@@ -117,6 +127,7 @@ impl std::fmt::Display for Refusal {
             Refusal::TooLarge => "raft RPC larger than the limit",
             Refusal::Malformed => "malformed raft RPC",
             Refusal::NoSuchShard => "no group of that shard on this node",
+            Refusal::NotServed => "this endpoint takes no client requests",
         })
     }
 }
@@ -222,11 +233,18 @@ impl RpcServer {
                     Err(_) => refusal(kind, Refusal::Malformed),
                 }
             }
+            RpcKind::Client => refusal(kind, Refusal::NotServed),
         }
     }
 }
 
-fn parse_request(request: &[u8]) -> Option<(RpcKind, ShardId, &[u8])> {
+/// Whether `request` is a client request (kind 4), which a node's handler routes to
+/// `client::serve` instead of the Raft dispatcher.
+pub fn is_client_request(request: &[u8]) -> bool {
+    request.get(2) == Some(&RpcKind::Client.code())
+}
+
+pub(crate) fn parse_request(request: &[u8]) -> Option<(RpcKind, ShardId, &[u8])> {
     let header = request.get(..RPC_HEADER_BYTES)?;
     if u16::from_le_bytes([header[0], header[1]]) != RPC_FORMAT_VERSION || header[3] != 0 {
         return None;
@@ -236,7 +254,7 @@ fn parse_request(request: &[u8]) -> Option<(RpcKind, ShardId, &[u8])> {
     Some((kind, shard, &request[RPC_HEADER_BYTES..]))
 }
 
-fn response_header(kind: RpcKind, outcome: u8) -> Vec<u8> {
+pub(crate) fn response_header(kind: RpcKind, outcome: u8) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64);
     bytes.extend_from_slice(&RPC_FORMAT_VERSION.to_le_bytes());
     bytes.push(kind.code());
@@ -244,7 +262,7 @@ fn response_header(kind: RpcKind, outcome: u8) -> Vec<u8> {
     bytes
 }
 
-fn refusal(kind: RpcKind, why: Refusal) -> Vec<u8> {
+pub(crate) fn refusal(kind: RpcKind, why: Refusal) -> Vec<u8> {
     let mut bytes = response_header(kind, 2);
     bytes.push(why.code());
     bytes
@@ -291,13 +309,13 @@ pub fn encode_request<T: Serialize>(
 }
 
 /// What a response said.
-enum Decoded<R, E> {
+pub(crate) enum Decoded<R, E> {
     Ok(R),
     Remote(E),
     Refused(Refusal),
 }
 
-fn decode_response<R: DeserializeOwned, E: DeserializeOwned>(
+pub(crate) fn decode_response<R: DeserializeOwned, E: DeserializeOwned>(
     kind: RpcKind,
     response: &[u8],
 ) -> Result<Decoded<R, E>, Refusal> {

@@ -1,7 +1,7 @@
 //! The `kiseki-server` command line: parsing, dispatch, and how failures are reported.
 //!
 //! Subcommands today are the single-node dev mode (`dev`, in `cli/dev.rs` over
-//! [`crate::dev`]), the cluster's certificate tools (`ca`, `cert`, `identity`, in
+//! [`crate::dev`]), a metadata node (`metadata`, in `cli/metadata.rs`), the cluster's certificate tools (`ca`, `cert`, `identity`, in
 //! `cli/pki.rs`) and admission (`admission-token`, `admission serve`, `join`, in
 //! `cli/admission.rs`); `run` with a configuration and the other admin tools
 //! (`s3-credentials`) join [`Command`] as they are built.
@@ -12,6 +12,7 @@
 
 mod admission;
 mod dev;
+mod metadata;
 mod pki;
 
 use std::ffi::OsString;
@@ -33,6 +34,11 @@ Kiseki's storage node, and the tools that set up its cluster's security.
 One node on this machine, with its CA, certificates and a device file made on first start:
 
   kiseki-server dev [--data-dir ./kiseki-data] [--device-size 2G] [--fabric-addr ADDR]
+
+A metadata node (Raft groups over mTLS; see `kiseki-server metadata --help`):
+
+  kiseki-server metadata --node-id 1 --listen 127.0.0.1:7101 --data-dir ./m1 \
+      --peer 2=127.0.0.1:7102 --peer 3=127.0.0.1:7103 --init
 
 Every Kiseki connection is mutually authenticated against one cluster CA. Set one up:
 
@@ -71,6 +77,8 @@ pub struct Cli {
 enum Command {
     #[command(about = dev::ABOUT)]
     Dev(dev::DevArgs),
+    #[command(about = metadata::ABOUT)]
+    Metadata(metadata::MetadataArgs),
     /// Create the cluster CA.
     #[command(subcommand)]
     Ca(pki::CaCommand),
@@ -107,6 +115,8 @@ pub enum CliError {
     Runtime(io::Error),
     /// The dev node did not start or stop cleanly.
     Dev(DevError),
+    /// The metadata node did not start or stop cleanly.
+    Metadata(metadata::MetadataError),
 }
 
 /// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
@@ -132,6 +142,7 @@ pub fn main(
             ExitCode::from(match error {
                 CliError::Usage(_) => 2,
                 CliError::Dev(error) if error.is_usage() => 2,
+                CliError::Metadata(error) if error.is_usage() => 2,
                 _ => 1,
             })
         }
@@ -142,6 +153,7 @@ pub fn main(
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Dev(args) => dev::dev(args, out),
+        Command::Metadata(args) => metadata::metadata(args, out),
         Command::Ca(command) => pki::ca(command, out),
         Command::Cert(command) => pki::cert(command, out),
         Command::Identity(command) => pki::identity(command, out),
@@ -161,6 +173,7 @@ impl fmt::Display for CliError {
             CliError::Admission(error) => write!(f, "{error}"),
             CliError::Runtime(error) => write!(f, "{error}"),
             CliError::Dev(error) => write!(f, "dev: {error}"),
+            CliError::Metadata(error) => write!(f, "metadata: {error}"),
         }
     }
 }
@@ -175,6 +188,7 @@ impl std::error::Error for CliError {
             CliError::Admission(error) => Some(error),
             CliError::Runtime(error) => Some(error),
             CliError::Dev(error) => Some(error),
+            CliError::Metadata(error) => Some(error),
         }
     }
 }

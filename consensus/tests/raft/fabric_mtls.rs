@@ -7,11 +7,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiseki_consensus::command::{AuditScope, Command, Sealed};
+use kiseki_consensus::client::{
+    Answer, ClientRequest, Query, decode_client_response, encode_client_request,
+};
+use kiseki_consensus::command::{
+    AuditScope, ChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, Sealed,
+    TenantId, VersionedCommand,
+};
+use kiseki_consensus::constants::CLIENT_REQUEST_MAX_BYTES;
 use kiseki_consensus::fabric::{FabricRpcTransport, RaftHandler};
-use kiseki_consensus::rpc::{RpcLimits, RpcNetworkFactory, RpcServer, RpcTransport};
+use kiseki_consensus::rpc::{Refusal, RpcLimits, RpcNetworkFactory, RpcServer, RpcTransport};
 use kiseki_consensus::sim::SimDisk;
-use kiseki_consensus::{Applied, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_consensus::{
+    Applied, ClientError, GroupStore, MetadataClient, MetadataGroup, MetadataNode, Rejection,
+    ShardId, ShardMap,
+};
 use kiseki_fabric::{TcpConfig, TcpServer, TcpServerConfig, TcpTransport};
 use kiseki_security::{
     CRL_FILE, CertificateAuthority, IssueRequest, OrgId, Role, SubjectAltName, TlsBuilder,
@@ -230,5 +240,145 @@ async fn a_fourth_node_joins_over_mtls_and_a_voter_leaves_while_writes_go_on() {
     for node in nodes.into_values() {
         node.group.shutdown().await.expect("shutdown");
         node.server.shutdown().await;
+    }
+}
+
+/// A node of `MetadataNode`s on real files, serving Raft RPCs and client requests.
+struct FullNode {
+    node: Arc<MetadataNode>,
+    server: TcpServer,
+}
+
+async fn start_full_node(ca: &mut Ca, id: u64, dir: &std::path::Path) -> FullNode {
+    let (tls, _) = ca.context(Role::Server);
+    let transport = TcpTransport::new(&tls, TcpConfig::default()).expect("transport");
+    let rpc_transport = Arc::new(FabricRpcTransport::new(Arc::new(transport)));
+    let shards = ShardMap::new(1).expect("one shard");
+    let node = MetadataNode::start(
+        id,
+        &dir.join(format!("node-{id}")),
+        shards,
+        |shard| RpcNetworkFactory::new(rpc_transport.clone(), shard, RpcLimits::default()),
+        |_| {},
+    )
+    .await
+    .expect("start node");
+    let node = Arc::new(node);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = TcpServer::start(
+        listener,
+        &tls,
+        TcpServerConfig::default(),
+        RaftHandler::for_node(node.clone()),
+    )
+    .expect("listener");
+    FullNode { node, server }
+}
+
+fn client_of(tls: &TlsContext, nodes: Vec<std::net::SocketAddr>) -> MetadataClient {
+    let transport = TcpTransport::new(tls, TcpConfig::default()).expect("transport");
+    MetadataClient::new(Arc::new(transport), nodes, ShardMap::new(1).expect("one shard"))
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_the_leader_hint_and_tenants_and_oversized_proposals_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ca = Ca::new("Raft Client CA");
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        nodes.insert(id, start_full_node(&mut ca, id, dir.path()).await);
+    }
+    let members = nodes
+        .iter()
+        .map(|(id, node)| (*id, BasicNode::new(node.server.local_addr().to_string())))
+        .collect();
+    let group = |id: u64| nodes[&id].node.group(ShardId(0)).expect("shard 0");
+    group(1).initialize(members).await.expect("initialize");
+    let mut leader = None;
+    for _ in 0..200 {
+        leader = group(1).raft().metrics().borrow().current_leader;
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let leader = leader.expect("a leader");
+    let follower = *nodes.keys().find(|id| **id != leader).expect("a follower");
+
+    // A server-role client that knows only a follower is sent on to the leader.
+    let (server_tls, _) = ca.context(Role::Server);
+    let client = client_of(&server_tls, vec![nodes[&follower].server.local_addr()]);
+    let tenant = TenantId([7; 16]);
+    let create = Command::CreateTenant {
+        tenant,
+        dedup: DedupMode::CrossTenant,
+        sealed_config: Sealed(vec![1; 32]),
+    };
+    assert_eq!(client.propose(create.clone()).await, Ok(Applied::Done));
+    let answer = client.read(Query::Tenant { tenant }).await.expect("linearizable read");
+    assert!(matches!(answer, Answer::Tenant(Some(_))), "{answer:?}");
+    // The state refuses a second creation; nothing changes.
+    let again = client.propose(create).await;
+    assert!(matches!(again, Err(ClientError::Rejected(Rejection::AlreadyExists(_)))), "{again:?}");
+    let status = client
+        .status_at(nodes[&follower].server.local_addr(), ShardId(0))
+        .await
+        .expect("status at the follower");
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.voters, vec![1, 2, 3]);
+
+    // A tenant's certificate reaches the port but not the groups.
+    let (tenant_tls, _) = ca.context(Role::Workload { org: OrgId::parse("acme").expect("org") });
+    let stranger = client_of(&tenant_tls, vec![nodes[&leader].server.local_addr()]);
+    let bucket = Command::CreateBucket { tenant, bucket: "tenant-bucket".into() };
+    assert_eq!(stranger.propose(bucket.clone()).await, Err(ClientError::Denied));
+    let read = stranger.read(Query::Tenant { tenant }).await;
+    assert_eq!(read, Err(ClientError::Denied));
+
+    // An oversized proposal: our client refuses to send it, and a node refuses it unread.
+    let chunks = vec![ChunkRef { id: ChunkId([3; 32]), size_bytes: 1 }; 40_000];
+    let huge = Command::PutObject {
+        tenant,
+        bucket: "tenant-bucket".into(),
+        key: b"huge".to_vec(),
+        manifest: Manifest {
+            size_bytes: 40_000,
+            body: ObjectBody::Chunks(chunks),
+            sealed_user_metadata: Sealed(Vec::new()),
+            etag: ETag([0; 16]),
+        },
+    };
+    let refused = client.propose(huge.clone()).await;
+    assert_eq!(refused, Err(ClientError::Refused(Refusal::TooLarge)));
+    let request = ClientRequest::Propose(VersionedCommand::current(huge));
+    let bytes = encode_client_request(&request, usize::MAX).expect("encode without a limit");
+    assert!(bytes.len() > CLIENT_REQUEST_MAX_BYTES, "{} bytes", bytes.len());
+    let raw = FabricRpcTransport::new(Arc::new(
+        TcpTransport::new(&server_tls, TcpConfig::default()).expect("transport"),
+    ));
+    let addr = BasicNode::new(nodes[&leader].server.local_addr().to_string());
+    let answer = raw.call(leader, &addr, bytes).await.expect("an answer");
+    assert_eq!(decode_client_response(&answer), Err(Refusal::TooLarge));
+
+    // The group goes on: the server-role client still commits.
+    assert_eq!(client.propose(bucket).await, Ok(Applied::Done));
+    let rows = |id: u64| group(id).local_view().and_then(|v| v.rows()).expect("rows");
+    let target = group(leader).raft().metrics().borrow().last_log_index;
+    for id in 1..=3 {
+        let mut metrics = group(id).raft().metrics();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while metrics.borrow_and_update().last_applied.map(|l| l.index) < target {
+                metrics.changed().await.expect("metrics");
+            }
+        })
+        .await
+        .expect("applied");
+    }
+    assert_eq!(rows(1), rows(2));
+    assert_eq!(rows(1), rows(3));
+    for node in nodes.into_values() {
+        node.server.shutdown().await;
+        node.node.shutdown().await.expect("shutdown");
     }
 }
