@@ -12,6 +12,7 @@
 
 mod admission;
 mod dev;
+mod keys;
 mod pki;
 
 use std::ffi::OsString;
@@ -89,6 +90,15 @@ enum Command {
     /// Join this node to the cluster with an admission token (or renew its certificates
     /// with its certificate-granting certificate): writes its keys and certificates.
     Join(admission::JoinArgs),
+    /// The cluster's master keys: init, rotate, retire, status (node stopped).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Tenant key operations: crypto-shred (tenant admin only).
+    #[command(subcommand)]
+    Tenant(keys::TenantCommand),
+    /// The tamper-evident audit log: verify it, export a tenant's records.
+    #[command(subcommand)]
+    Audit(keys::AuditCommand),
 }
 
 /// What a subcommand can fail with.
@@ -107,6 +117,8 @@ pub enum CliError {
     Runtime(io::Error),
     /// The dev node did not start or stop cleanly.
     Dev(DevError),
+    /// The key manager, its store or the audit log refused or failed.
+    Keys(String),
 }
 
 /// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
@@ -148,6 +160,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::AdmissionToken(command) => admission::admission_token(command, out),
         Command::Admission(command) => admission::admission(command, out),
         Command::Join(args) => admission::join_cluster(args, out),
+        Command::Keys(command) => keys::keys(command, out),
+        Command::Tenant(command) => keys::tenant(command, out),
+        Command::Audit(command) => keys::audit(command, out),
     }
 }
 
@@ -161,6 +176,7 @@ impl fmt::Display for CliError {
             CliError::Admission(error) => write!(f, "{error}"),
             CliError::Runtime(error) => write!(f, "{error}"),
             CliError::Dev(error) => write!(f, "dev: {error}"),
+            CliError::Keys(error) => f.write_str(error),
         }
     }
 }
@@ -175,6 +191,7 @@ impl std::error::Error for CliError {
             CliError::Admission(error) => Some(error),
             CliError::Runtime(error) => Some(error),
             CliError::Dev(error) => Some(error),
+            CliError::Keys(_) => None,
         }
     }
 }
