@@ -10,6 +10,10 @@
 //! [`admission`] is the first network service here: the admission listener (seed 003) and
 //! the node's `join`, over tokio and tokio-rustls with the TLS configurations of
 //! `kiseki-security`. Its limits are in [`constants`].
+//!
+//! [`keys_grpc`] serves the key manager (`kiseki_security::keymanager::KeyService`) as the
+//! gRPC service `kiseki.keys.v1.KeyService` through the same rustls configuration, so the
+//! CRL applies and the caller's role comes from its certificate.
 
 #![forbid(unsafe_code)]
 
@@ -18,3 +22,4 @@ pub mod cli;
 pub mod constants;
 pub mod dev;
 pub mod jwks_https;
+pub mod keys_grpc;
