@@ -28,6 +28,7 @@ use kiseki_security::authz::Caller;
 use kiseki_security::keymanager::{
     KeyReply, KeyRequest, KeyService, KeyStoreBackend, ServiceError,
 };
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -90,6 +91,37 @@ impl<S: KeyStoreBackend + Send + 'static> GrpcKeyService<S> {
         .await
         .map_err(|_| Status::internal("key service task failed"))?;
         outcome.map_err(status)
+    }
+}
+
+/// The caller a verified certificate chain names.
+fn caller_of(
+    tls: &TlsContext,
+    chain: Option<&[CertificateDer<'static>]>,
+) -> Result<Caller, String> {
+    let identity = tls.peer_identity(chain).map_err(|error| error.to_string())?;
+    let name = identity.common_name().unwrap_or("");
+    Caller::new(name, &identity.kes_identity().to_string(), identity.role().cloned())
+        .map_err(|error| error.to_string())
+}
+
+/// Records a handshake's outcome in the audit log (on a blocking thread: the store may
+/// block on consensus). A failure to record is logged; the connection's fate is decided
+/// by the handshake alone.
+async fn audit_handshake<S: KeyStoreBackend + Send + 'static>(
+    service: Arc<Mutex<KeyService<S>>>,
+    outcome: Result<&Caller, &str>,
+    remote: std::net::SocketAddr,
+) {
+    let outcome = outcome.cloned().map_err(str::to_owned);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let mut service = service.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        service.audit_handshake(outcome.as_ref().map_err(String::as_str), &remote.to_string(), now)
+    })
+    .await;
+    if !matches!(recorded, Ok(Ok(()))) {
+        tracing::error!(%remote, "key service: the handshake could not be audited");
     }
 }
 
@@ -289,21 +321,31 @@ pub async fn serve<S: KeyStoreBackend + Send + 'static>(
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let (audit_service, audit_tls) = (Arc::clone(&service), tls.clone());
     let accept_loop = tokio::spawn(async move {
         loop {
             let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((tcp, remote)) = listener.accept().await else {
                 // Out of descriptors, say: back off rather than spin.
                 tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                 continue;
             };
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
+            let (service, tls) = (Arc::clone(&audit_service), audit_tls.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(permit);
-                // A refused certificate is logged by the verifier (identity, reason);
-                // nothing of it reaches the service.
-                if let Ok(Ok(stream)) = handshake {
+                let (stream, outcome) = match handshake {
+                    Ok(Ok(stream)) => {
+                        let caller = caller_of(&tls, stream.get_ref().1.peer_certificates());
+                        (Some(stream), caller)
+                    }
+                    Ok(Err(error)) => (None, Err(error.to_string())),
+                    Err(_) => (None, Err("handshake timed out".to_owned())),
+                };
+                audit_handshake(service, outcome.as_ref().map_err(String::as_str), remote).await;
+                // A refused peer reaches nothing of the service.
+                if let (Some(stream), Ok(_)) = (stream, outcome) {
                     let _ = accepted.send(Ok::<_, io::Error>(stream)).await;
                 }
             });

@@ -167,12 +167,29 @@ async fn roles_come_from_certificates_and_a_revoked_one_is_refused_after_a_crl_r
     let mut ops_again = client(d, "ops", port).await.unwrap();
     assert_eq!(ops_again.status(Empty {}).await.unwrap().into_inner().master_epoch, 2);
 
-    // Every call left audit records, and the log verifies.
-    let head = {
+    // Every call left audit records, and the log verifies; handshakes are recorded too:
+    // alice's success in acme's export, bob's refused one in the system's records.
+    let (head, acme_export, (system, _)) = {
         let service = service.lock().unwrap();
-        AuditLog::verify(service.keys().root(), service.keys().store()).unwrap()
+        let (root, store) = (service.keys().root(), service.keys().store());
+        let tenant = kiseki_security::keymanager::tenant_of_org(&acme);
+        (
+            AuditLog::verify(root, store).unwrap(),
+            AuditLog::export_tenant(root, store, tenant).unwrap(),
+            AuditLog::cluster_view(root, store).unwrap(),
+        )
     };
     assert!(head.records >= 20, "{head:?}");
+    use kiseki_security::keymanager::AuditKind;
+    assert!(
+        acme_export
+            .iter()
+            .any(|r| r.entry.kind == AuditKind::AuthSuccess && r.entry.actor == "alice")
+    );
+    let failures: Vec<_> =
+        system.iter().filter(|r| r.entry.kind == AuditKind::AuthFailure).collect();
+    assert!(!failures.is_empty(), "the revoked handshake was not audited");
+    assert!(failures.iter().all(|r| r.entry.actor == "unauthenticated peer"));
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
