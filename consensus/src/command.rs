@@ -186,6 +186,27 @@ pub enum Command {
         scope: AuditScope,
         sealed_record: Sealed,
     },
+    // Added for the key manager (issue 7). Appended after the existing variants, so every
+    // earlier command keeps its encoding (postcard numbers variants by position) and the
+    // format version stays 1; a node of an older build refuses these as undecodable.
+    /// Removes an old epoch of a key: refused for the current epoch or an absent one.
+    RetireKeyEpoch {
+        scope: KeyScope,
+        epoch: u32,
+    },
+    /// Crypto-shred: removes every KEK epoch of the tenant and marks its keys destroyed
+    /// for good (no `AdvanceKeyEpoch` of the tenant is accepted afterwards).
+    DestroyTenantKeys {
+        tenant: TenantId,
+    },
+    /// Appends a record only at `sequence`, which must be the next one: the appender
+    /// chained the record to the one before it, and a racing append makes it retry
+    /// instead of forking the chain. Its sequence number is the response.
+    AppendAuditAt {
+        scope: AuditScope,
+        sequence: u64,
+        sealed_record: Sealed,
+    },
 }
 
 /// A command as it travels in a log entry: the format version, then the command.
@@ -223,11 +244,16 @@ impl Command {
             | Command::DeleteCredential { .. }
             | Command::AdjustChunkRefs { .. } => ShardKey::System,
             Command::AdvanceKeyEpoch { scope: KeyScope::Tenant(tenant), .. }
-            | Command::AppendAudit { scope: AuditScope::Tenant(tenant), .. } => {
+            | Command::RetireKeyEpoch { scope: KeyScope::Tenant(tenant), .. }
+            | Command::DestroyTenantKeys { tenant }
+            | Command::AppendAudit { scope: AuditScope::Tenant(tenant), .. }
+            | Command::AppendAuditAt { scope: AuditScope::Tenant(tenant), .. } => {
                 ShardKey::Tenant(*tenant)
             }
             Command::AdvanceKeyEpoch { scope: KeyScope::System, .. }
-            | Command::AppendAudit { scope: AuditScope::System, .. } => ShardKey::System,
+            | Command::RetireKeyEpoch { scope: KeyScope::System, .. }
+            | Command::AppendAudit { scope: AuditScope::System, .. }
+            | Command::AppendAuditAt { scope: AuditScope::System, .. } => ShardKey::System,
         }
     }
 
@@ -304,15 +330,29 @@ impl Command {
                 }
                 check_sealed(sealed_key, "key material")
             }
-            Command::AppendAudit { scope, sealed_record } => {
+            Command::AppendAudit { scope, sealed_record }
+            | Command::AppendAuditAt { scope, sealed_record, .. } => {
                 if let AuditScope::Tenant(tenant) = scope {
                     check_tenant(tenant)?;
+                }
+                if let Command::AppendAuditAt { sequence: 0, .. } = self {
+                    return Err(Rejection::invalid("audit sequence 0"));
                 }
                 if sealed_record.0.is_empty() {
                     return Err(Rejection::invalid("empty audit record"));
                 }
                 check_sealed(sealed_record, "audit record")
             }
+            Command::RetireKeyEpoch { scope, epoch } => {
+                if let KeyScope::Tenant(tenant) = scope {
+                    check_tenant(tenant)?;
+                }
+                if *epoch == 0 {
+                    return Err(Rejection::invalid("key epoch 0"));
+                }
+                Ok(())
+            }
+            Command::DestroyTenantKeys { tenant } => check_tenant(tenant),
         }
     }
 }
@@ -573,6 +613,41 @@ mod tests {
         assert!(versioned.check().is_ok());
         versioned.version = COMMAND_FORMAT_VERSION + 1;
         assert_eq!(versioned.check(), Err(Rejection::UnknownVersion(COMMAND_FORMAT_VERSION + 1)));
+    }
+
+    #[test]
+    fn key_manager_commands_are_appended_and_keep_earlier_encodings() {
+        let index = |command: &Command| postcard::to_allocvec(command).unwrap()[0];
+        let audit =
+            Command::AppendAudit { scope: AuditScope::System, sealed_record: Sealed(vec![1]) };
+        assert_eq!(index(&audit), 14, "the earlier variants keep their positions");
+        let retire = Command::RetireKeyEpoch { scope: KeyScope::System, epoch: 1 };
+        let destroy = Command::DestroyTenantKeys { tenant: tenant() };
+        let at = Command::AppendAuditAt {
+            scope: AuditScope::Tenant(tenant()),
+            sequence: 1,
+            sealed_record: Sealed(vec![1]),
+        };
+        assert_eq!((index(&retire), index(&destroy), index(&at)), (15, 16, 17));
+        assert_eq!(destroy.shard_key(), ShardKey::Tenant(tenant()));
+        assert_eq!(at.shard_key(), ShardKey::Tenant(tenant()));
+        assert_eq!(retire.shard_key(), ShardKey::System);
+        for bad in [
+            Command::RetireKeyEpoch { scope: KeyScope::System, epoch: 0 },
+            Command::DestroyTenantKeys { tenant: TenantId([0; 16]) },
+            Command::AppendAuditAt {
+                scope: AuditScope::System,
+                sequence: 0,
+                sealed_record: Sealed(vec![1]),
+            },
+            Command::AppendAuditAt {
+                scope: AuditScope::System,
+                sequence: 1,
+                sealed_record: Sealed(vec![]),
+            },
+        ] {
+            assert!(bad.check_shape().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! What a group replicates: tenants (and their dedup mode), buckets, object manifests
 //! (ordered chunk ids and sizes, sealed user metadata, ETag), multipart uploads and their
 //! parts, inline small objects (sealed), S3 credentials (secret sealed), chunk refcounts,
-//! key epochs and audit records. Commands are typed and versioned (`command.rs`), checked
+//! key epochs (and crypto-shred tombstones) and audit records; `keystore.rs` is the key
+//! manager's store over them. Commands are typed and versioned (`command.rs`), checked
 //! for shape and against the state before they are proposed, and checked again when
 //! applied (`state.rs`): a refused command changes nothing on any node.
 //!
@@ -37,6 +38,7 @@ pub mod constants;
 pub mod error;
 pub mod fabric;
 pub mod guard;
+pub mod keystore;
 pub mod node;
 pub mod rpc;
 pub mod shards;
@@ -55,7 +57,10 @@ pub use error::{ConsensusError, Rejection};
 pub use group::{GroupConfig, MetadataGroup};
 pub use node::MetadataNode;
 pub use shards::ShardMap;
-pub use state::{AuditRecord, CredentialRecord, TenantRecord, UploadRecord};
+pub use state::{
+    AUDIT_SEQUENCE_NOT_NEXT, AuditRecord, CredentialRecord, KEY_EPOCH_NOT_NEXT,
+    TENANT_KEYS_DESTROYED, TenantRecord, UploadRecord,
+};
 pub use store::GroupStore;
 pub use types::{Applied, Batch, BatchOutcome, NodeId, Raft, ShardId, TypeConfig};
 pub use view::StateView;

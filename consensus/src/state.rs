@@ -56,6 +56,13 @@ pub(crate) const META_APPLIED: &[u8] = b"applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
 const META_AUDIT_NEXT: &[u8] = b"audit_next";
 
+/// The refusal of a key for a shredded tenant (the key manager matches on it).
+pub const TENANT_KEYS_DESTROYED: &str = "tenant keys destroyed";
+/// The refusal of an audit append whose sequence is no longer the next one (retry).
+pub const AUDIT_SEQUENCE_NOT_NEXT: &str = "audit sequence is not the next one";
+/// The refusal of an epoch that is not one past the current one (retry after re-reading).
+pub const KEY_EPOCH_NOT_NEXT: &str = "key epoch is not the next one";
+
 /// Version byte in front of every record value.
 const RECORD_FORMAT_VERSION: u8 = 1;
 
@@ -237,6 +244,22 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(newest)
     }
 
+    /// The sealed material of one epoch of a key; `None` if never created or retired.
+    pub(crate) fn key_epoch_at(
+        &self,
+        scope: &KeyScope,
+        epoch: u32,
+    ) -> Result<Option<Sealed>, StateError> {
+        let mut row = key_scope_bytes(scope);
+        row.extend_from_slice(&epoch.to_be_bytes());
+        Ok(self.key_epochs.get(row.as_slice())?.map(|value| Sealed(value.value().to_vec())))
+    }
+
+    /// True once the tenant's keys were destroyed (crypto-shred).
+    pub(crate) fn keys_destroyed(&self, tenant: &TenantId) -> Result<bool, StateError> {
+        Ok(self.key_epochs.get(destroyed_key(tenant).as_slice())?.is_some())
+    }
+
     pub(crate) fn audit_record(&self, sequence: u64) -> Result<Option<AuditRecord>, StateError> {
         read_record(&self.audit, &sequence.to_be_bytes())
     }
@@ -393,13 +416,36 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             Command::AdvanceKeyEpoch { scope, epoch, .. } => {
                 if let KeyScope::Tenant(tenant) = scope {
                     self.require_tenant(tenant)?;
+                    if self.keys_destroyed(tenant)? {
+                        return Err(Rejection::conflict(TENANT_KEYS_DESTROYED).into());
+                    }
                 }
                 let current = self.key_epoch(scope)?.map_or(0, |(epoch, _)| epoch);
                 if current.checked_add(1) != Some(*epoch) {
-                    return Err(Rejection::conflict("key epoch is not the next one").into());
+                    return Err(Rejection::conflict(KEY_EPOCH_NOT_NEXT).into());
                 }
             }
             Command::AppendAudit { .. } => {}
+            Command::RetireKeyEpoch { scope, epoch } => {
+                if self.key_epoch_at(scope, *epoch)?.is_none() {
+                    return Err(Rejection::not_found("key epoch").into());
+                }
+                if self.key_epoch(scope)?.map(|(current, _)| current) == Some(*epoch) {
+                    return Err(
+                        Rejection::conflict("the current key epoch cannot be retired").into()
+                    );
+                }
+            }
+            Command::DestroyTenantKeys { tenant } => {
+                if self.keys_destroyed(tenant)? {
+                    return Err(Rejection::conflict(TENANT_KEYS_DESTROYED).into());
+                }
+            }
+            Command::AppendAuditAt { sequence, .. } => {
+                if *sequence != self.audit_next()? {
+                    return Err(Rejection::conflict(AUDIT_SEQUENCE_NOT_NEXT).into());
+                }
+            }
         }
         Ok(())
     }
@@ -524,7 +570,20 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
                 row.extend_from_slice(&epoch.to_be_bytes());
                 self.key_epochs.insert(row.as_slice(), sealed_key.0.as_slice())?;
             }
-            Command::AppendAudit { scope, sealed_record } => {
+            Command::RetireKeyEpoch { scope, epoch } => {
+                let mut row = key_scope_bytes(scope);
+                row.extend_from_slice(&epoch.to_be_bytes());
+                self.key_epochs.remove(row.as_slice())?;
+            }
+            Command::DestroyTenantKeys { tenant } => {
+                let first = key_scope_bytes(&KeyScope::Tenant(*tenant));
+                let mut last = first.clone();
+                last.extend_from_slice(&u32::MAX.to_be_bytes());
+                self.key_epochs.retain_in(first.as_slice()..=last.as_slice(), |_, _| false)?;
+                self.key_epochs.insert(destroyed_key(tenant).as_slice(), [].as_slice())?;
+            }
+            Command::AppendAudit { scope, sealed_record }
+            | Command::AppendAuditAt { scope, sealed_record, .. } => {
                 let sequence = self.audit_next()?;
                 let record = AuditRecord { scope: *scope, sealed_record: sealed_record.clone() };
                 self.audit.insert(sequence.to_be_bytes().as_slice(), encode(&record).as_slice())?;
@@ -609,6 +668,14 @@ fn upload_key(tenant: &TenantId, upload: &UploadId) -> Vec<u8> {
 fn part_key(tenant: &TenantId, upload: &UploadId, number: u16) -> Vec<u8> {
     let mut key = upload_key(tenant, upload);
     key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The row that marks a tenant's keys destroyed: `2 | tenant`, beside the epoch rows
+/// (`0 | epoch` for the system, `1 | tenant | epoch` for a tenant), which it never prefixes.
+fn destroyed_key(tenant: &TenantId) -> Vec<u8> {
+    let mut key = vec![2];
+    key.extend_from_slice(&tenant.0);
     key
 }
 

@@ -104,6 +104,25 @@ impl StateView {
         self.tables.key_epoch(scope).map_err(storage)
     }
 
+    /// The sealed material of one epoch of a key; `None` if never created or retired.
+    pub fn key_epoch_at(
+        &self,
+        scope: &KeyScope,
+        epoch: u32,
+    ) -> Result<Option<Sealed>, ConsensusError> {
+        self.tables.key_epoch_at(scope, epoch).map_err(storage)
+    }
+
+    /// True once the tenant's keys were destroyed (crypto-shred).
+    pub fn keys_destroyed(&self, tenant: &TenantId) -> Result<bool, ConsensusError> {
+        self.tables.keys_destroyed(tenant).map_err(storage)
+    }
+
+    /// The sequence number the next audit record gets (1 for an empty log).
+    pub fn audit_next(&self) -> Result<u64, ConsensusError> {
+        self.tables.audit_next().map_err(storage)
+    }
+
     pub fn audit_record(&self, sequence: u64) -> Result<Option<AuditRecord>, ConsensusError> {
         self.tables.audit_record(sequence).map_err(storage)
     }

@@ -12,6 +12,7 @@
 
 mod admission;
 mod dev;
+mod keys;
 mod metadata;
 mod pki;
 
@@ -97,6 +98,15 @@ enum Command {
     /// Join this node to the cluster with an admission token (or renew its certificates
     /// with its certificate-granting certificate): writes its keys and certificates.
     Join(admission::JoinArgs),
+    /// The cluster's master keys: init, rotate, retire, status (node stopped).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Tenant key operations: crypto-shred (tenant admin only).
+    #[command(subcommand)]
+    Tenant(keys::TenantCommand),
+    /// The tamper-evident audit log: verify it, export a tenant's records.
+    #[command(subcommand)]
+    Audit(keys::AuditCommand),
 }
 
 /// What a subcommand can fail with.
@@ -117,6 +127,8 @@ pub enum CliError {
     Dev(DevError),
     /// The metadata node did not start or stop cleanly.
     Metadata(metadata::MetadataError),
+    /// The key manager, its store or the audit log refused or failed.
+    Keys(String),
 }
 
 /// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
@@ -160,6 +172,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::AdmissionToken(command) => admission::admission_token(command, out),
         Command::Admission(command) => admission::admission(command, out),
         Command::Join(args) => admission::join_cluster(args, out),
+        Command::Keys(command) => keys::keys(command, out),
+        Command::Tenant(command) => keys::tenant(command, out),
+        Command::Audit(command) => keys::audit(command, out),
     }
 }
 
@@ -174,6 +189,7 @@ impl fmt::Display for CliError {
             CliError::Runtime(error) => write!(f, "{error}"),
             CliError::Dev(error) => write!(f, "dev: {error}"),
             CliError::Metadata(error) => write!(f, "metadata: {error}"),
+            CliError::Keys(error) => f.write_str(error),
         }
     }
 }
@@ -189,6 +205,7 @@ impl std::error::Error for CliError {
             CliError::Runtime(error) => Some(error),
             CliError::Dev(error) => Some(error),
             CliError::Metadata(error) => Some(error),
+            CliError::Keys(_) => None,
         }
     }
 }

@@ -12,6 +12,11 @@
 //! `kiseki-security`. Its limits are in [`constants`].
 //!
 //! [`observe`] is what an operator watches: Prometheus metrics and the health probes.
+//! [`objects`] is the object layer under the S3 front end.
+//!
+//! [`keys_grpc`] serves the key manager (`kiseki_security::keymanager::KeyService`) as the
+//! gRPC service `kiseki.keys.v1.KeyService` through the same rustls configuration, so the
+//! CRL applies and the caller's role comes from its certificate.
 
 #![forbid(unsafe_code)]
 
@@ -20,5 +25,6 @@ pub mod cli;
 pub mod constants;
 pub mod dev;
 pub mod jwks_https;
+pub mod keys_grpc;
 pub mod objects;
 pub mod observe;

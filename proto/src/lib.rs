@@ -1,4 +1,6 @@
-//! Kiseki's wire formats: the fabric's frames and the chunk service's payloads.
+//! Kiseki's wire formats: the fabric's frames and the chunk service's payloads; and the
+//! gRPC services' protobuf messages and tonic service code ([`keys`], generated at build
+//! time from `proto/kiseki/keys/v1/keys.proto` by protox and tonic-prost-build).
 //!
 //! Every message between nodes, and between nodes and HPC clients, is a [`FrameHeader`]
 //! (24 bytes, little-endian, versioned; byte map in `frame.rs`) followed by its payload.
@@ -20,6 +22,12 @@
 #![forbid(unsafe_code)]
 
 pub mod constants;
+
+/// The key manager's gRPC service, `kiseki.keys.v1` (generated).
+#[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
+pub mod keys {
+    tonic::include_proto!("kiseki.keys.v1");
+}
 
 mod chunk;
 mod frame;

@@ -177,6 +177,7 @@ impl TlsBuilder {
         if !verifier::key_matches_certificate(signing_key.as_ref(), &chain[0]) {
             return Err(PkiError::KeyDoesNotMatchCertificate { path: self.paths.key.clone() });
         }
+        let local_chain = chain.clone();
         let certified = Arc::new(SingleCertAndKey::from(CertifiedKey::new(chain, signing_key)));
         let verifier = Arc::new(PeerVerifier::new(
             Arc::clone(&provider),
@@ -191,6 +192,7 @@ impl TlsBuilder {
                 certified,
                 verifier,
                 local_identity,
+                local_chain,
                 crl_reload_interval: self.crl_reload_interval,
             }),
         })
@@ -209,6 +211,7 @@ struct Shared {
     certified: Arc<SingleCertAndKey>,
     verifier: Arc<PeerVerifier>,
     local_identity: PeerIdentity,
+    local_chain: Vec<CertificateDer<'static>>,
     crl_reload_interval: Duration,
 }
 
@@ -276,6 +279,21 @@ impl TlsContext {
     /// The identity this node's own certificate gives.
     pub fn local_identity(&self) -> &PeerIdentity {
         &self.shared.local_identity
+    }
+
+    /// Verifies this context's own certificate as a peer would verify it as a client: its
+    /// chain against the CA, its validity now, the CRL in force. For local tools that act
+    /// with an operator's credentials (`build` has already checked that the key file
+    /// holds the certificate's key), so a revoked or foreign certificate acts on nothing.
+    pub fn verify_local_certificate(&self) -> Result<(), PkiError> {
+        use rustls::server::danger::ClientCertVerifier;
+        let chain = &self.shared.local_chain;
+        let now = rustls_pki_types::UnixTime::now();
+        self.shared
+            .verifier
+            .verify_client_cert(&chain[0], &chain[1..], now)
+            .map(|_| ())
+            .map_err(|error| PkiError::Tls { detail: error.to_string() })
     }
 
     /// The identity of a peer from its verified chain (`peer_certificates()` of a

@@ -20,12 +20,12 @@ use crate::cluster::{
     SimCluster, audit, create_bucket, create_tenant, object_key, put_object, sim_config, tenant,
 };
 
-fn one_shard() -> ShardMap {
+pub(crate) fn one_shard() -> ShardMap {
     ShardMap::new(1).expect("one shard")
 }
 
 /// A single-node group on a file under `dir`.
-async fn file_group(dir: &std::path::Path, config: GroupConfig) -> MetadataGroup {
+pub(crate) async fn file_group(dir: &std::path::Path, config: GroupConfig) -> MetadataGroup {
     let store = GroupStore::open_file(&dir.join("shard-0.redb"), config.shard, config.shards)
         .expect("open the store file");
     let network = SimNetwork::new(0).factory(config.shard, config.node_id);

@@ -4,6 +4,7 @@
 mod cluster;
 mod fabric_mtls;
 mod groups;
+mod keystore;
 mod rpc;
 mod simulation;
 mod storage_suite;

@@ -232,6 +232,43 @@ impl<S: KeyStoreBackend> KeyService<S> {
         self.record(AuditEntry::from_event(kind, event))
     }
 
+    /// Records a TLS handshake: `Ok(caller)` for a peer whose certificate verified, or
+    /// `Err(reason)` for one refused (no identity then; `remote` is its address). A
+    /// tenant's peer's success is its tenant's record; a refusal is a system record.
+    pub fn audit_handshake(
+        &mut self,
+        outcome: Result<&Caller, &str>,
+        remote: &str,
+        now_unix_s: u64,
+    ) -> Result<(), ServiceError> {
+        let action = format!("tls handshake from {remote}");
+        let entry = match outcome {
+            Ok(caller) => AuditEntry {
+                time_unix_s: now_unix_s,
+                kind: AuditKind::AuthSuccess,
+                actor: caller.common_name().to_owned(),
+                actor_key: caller.key_identity().to_owned(),
+                role: caller.roles().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                action,
+                target: "cluster".to_owned(),
+                tenant: caller.org().map(|org| tenant_of_org(org).to_string()),
+                outcome: AuditOutcome::Succeeded,
+            },
+            Err(reason) => AuditEntry {
+                time_unix_s: now_unix_s,
+                kind: AuditKind::AuthFailure,
+                actor: "unauthenticated peer".to_owned(),
+                actor_key: String::new(),
+                role: String::new(),
+                action,
+                target: "cluster".to_owned(),
+                tenant: None,
+                outcome: AuditOutcome::Failed { reason: reason.to_owned() },
+            },
+        };
+        self.record(entry)
+    }
+
     /// Records a data access (sampled as the audit log is configured).
     pub fn audit_data_access(&mut self, event: &AuditEvent) -> Result<(), ServiceError> {
         self.record(AuditEntry::from_event(AuditKind::DataAccess, event))

@@ -1,0 +1,196 @@
+//! The key manager over a real metadata group on a file (issue 7): its keys and audit log
+//! live in the replicated state machine, a restart finds them, a refused command changes
+//! nothing, crypto-shred holds across a restart, and no secret reaches the data dir.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiseki_consensus::command::{AuditScope, Command, KeyScope as StateKeyScope, Sealed};
+use kiseki_consensus::keystore::ConsensusKeyStore;
+use kiseki_consensus::{
+    ConsensusError, GroupConfig, MetadataGroup, Rejection, ShardId, TENANT_KEYS_DESTROYED,
+};
+use kiseki_security::TenantId;
+use kiseki_security::keymanager::{
+    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyManagerConfig, KeyManagerError,
+    LocalRootKey, MemoryLocking, NoRetentionHolds, SystemClock, create_root_key_file,
+};
+use tokio::runtime::Handle;
+
+use crate::cluster::{create_tenant, tenant};
+use crate::groups::{file_group, one_shard};
+
+const SECRET: &[u8] = b"TOP-SECRET-manifest-of-tenant-one";
+/// A tenant's own KEK, imported: its bytes must never reach the data dir.
+const IMPORTED_KEK: [u8; 32] = *b"IMPORTED-KEK-bytes-0123456789abc";
+
+fn security_tenant(n: u8) -> TenantId {
+    TenantId::new([n; 16]).expect("not nil")
+}
+
+fn key_manager(dir: &Path, group: &Arc<MetadataGroup>) -> KeyManager<ConsensusKeyStore> {
+    let root = LocalRootKey::from_file(&dir.join("root.key"), MemoryLocking::Required)
+        .expect("root key file");
+    let store = ConsensusKeyStore::new(Arc::clone(group), Handle::current());
+    KeyManager::new(Box::new(root), store, KeyManagerConfig::default(), Arc::new(SystemClock))
+        .expect("key manager")
+}
+
+fn entry(action: &str, tenant: Option<TenantId>) -> AuditEntry {
+    AuditEntry::local(
+        1_700_000_000,
+        AuditKind::KeyOperation,
+        action,
+        tenant,
+        AuditOutcome::Succeeded,
+    )
+}
+
+/// Runs `work` on a blocking thread (the store blocks on the group's runtime).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("blocking task")
+}
+
+#[tokio::test]
+async fn keys_and_audit_live_in_the_state_machine_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_root_key_file(&dir.path().join("root.key")).expect("root key");
+    let config = GroupConfig::new(1, ShardId(0), one_shard());
+    let group = Arc::new(file_group(dir.path(), config.clone()).await);
+    for n in [1, 2] {
+        group.propose(create_tenant(tenant(n))).await.expect("tenant");
+    }
+    let (one, two) = (security_tenant(1), security_tenant(2));
+
+    let path = dir.path().to_path_buf();
+    let shared = Arc::clone(&group);
+    let (sealed_one, sealed_two) = blocking(move || {
+        let mut keys = key_manager(&path, &shared);
+        assert_eq!(keys.init_cluster().expect("init"), (1, true));
+        assert_eq!(keys.rotate_master().expect("rotate"), 2);
+        keys.create_tenant_kek(one, true).expect("KEK");
+        keys.rotate_tenant_kek(one).expect("rotate KEK");
+        keys.import_tenant_kek(two, &IMPORTED_KEK).expect("import");
+        let sealed_one = keys.seal_for_tenant(one, b"ctx", SECRET).expect("seal");
+        let sealed_two = keys.seal_for_tenant(two, b"ctx", b"two's data").expect("seal");
+        let mut log = AuditLog::default();
+        for (action, tenant) in
+            [("rotate master", None), ("create kek", Some(one)), ("import", Some(two))]
+        {
+            let (root, store) = keys.audit_parts();
+            log.append(root, store, entry(action, tenant)).expect("audit");
+        }
+        keys.shred_tenant(one, &NoRetentionHolds).expect("shred");
+        let destroyed = Err(KeyManagerError::TenantKeysDestroyed { tenant: one });
+        assert_eq!(keys.open_for_tenant(one, b"ctx", &sealed_one).map(|_| ()), destroyed);
+        keys.retire_master_epoch(1).expect("retire epoch 1");
+        let (root, store) = keys.audit_parts();
+        log.append(root, store, entry("shred", Some(one))).expect("audit");
+        (sealed_one, sealed_two)
+    })
+    .await;
+
+    // Refused commands change nothing: a key for the shredded tenant, retiring the
+    // current epoch, an audit record at a stale sequence.
+    let before = group.local_view().expect("view").rows().expect("rows");
+    let refused = [
+        Command::AdvanceKeyEpoch {
+            scope: StateKeyScope::Tenant(tenant(1)),
+            epoch: 1,
+            sealed_key: Sealed(vec![1; 40]),
+        },
+        Command::RetireKeyEpoch { scope: StateKeyScope::System, epoch: 2 },
+        Command::DestroyTenantKeys { tenant: tenant(1) },
+        Command::AppendAuditAt {
+            scope: AuditScope::System,
+            sequence: 1,
+            sealed_record: Sealed(vec![1]),
+        },
+    ];
+    for command in refused {
+        let outcome = group.propose(command.clone()).await;
+        assert!(matches!(outcome, Err(ConsensusError::Rejected(_))), "{command:?}: {outcome:?}");
+    }
+    let outcome = group
+        .propose(Command::AdvanceKeyEpoch {
+            scope: StateKeyScope::Tenant(tenant(1)),
+            epoch: 1,
+            sealed_key: Sealed(vec![1; 40]),
+        })
+        .await;
+    assert!(matches!(
+        outcome,
+        Err(ConsensusError::Rejected(Rejection::Conflict(ref why))) if why == TENANT_KEYS_DESTROYED
+    ));
+    assert_eq!(group.local_view().expect("view").rows().expect("rows"), before);
+
+    group.shutdown().await.expect("shutdown");
+    drop(group);
+
+    // After a restart from the file: the same epochs, the shred holds, the log verifies.
+    let group = Arc::new(file_group(dir.path(), config).await);
+    let path = dir.path().to_path_buf();
+    let shared = Arc::clone(&group);
+    blocking(move || {
+        let mut keys = key_manager(&path, &shared);
+        assert_eq!(keys.init_cluster().expect("init"), (2, false));
+        assert_eq!(keys.master_epochs().expect("epochs"), vec![2]);
+        assert!(keys.master_key(2).is_ok());
+        assert_eq!(
+            &keys.open_for_tenant(two, b"ctx", &sealed_two).expect("open")[..],
+            b"two's data"
+        );
+        let destroyed = Err(KeyManagerError::TenantKeysDestroyed { tenant: one });
+        assert_eq!(keys.open_for_tenant(one, b"ctx", &sealed_one).map(|_| ()), destroyed);
+        assert_eq!(
+            keys.create_tenant_kek(one, true),
+            Err(KeyManagerError::TenantKeysDestroyed { tenant: one })
+        );
+        let head = AuditLog::verify(keys.root(), keys.store()).expect("verify");
+        assert_eq!(head.records, 4);
+        let export = AuditLog::export_tenant(keys.root(), keys.store(), two).expect("export");
+        let actions: Vec<&str> = export.iter().map(|r| r.entry.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["rotate master", "import"],
+            "tenant two sees its own record and the system's key operation, not tenant one's"
+        );
+        // Another root key opens nothing of this store.
+        let other = dir_root_other(&path);
+        let store = ConsensusKeyStore::new(Arc::clone(&shared), Handle::current());
+        let mut stranger = KeyManager::new(
+            Box::new(other),
+            store,
+            KeyManagerConfig::default(),
+            Arc::new(SystemClock),
+        )
+        .expect("key manager");
+        assert!(matches!(stranger.master_key(2), Err(KeyManagerError::CorruptRecord { .. })));
+        assert!(AuditLog::verify(stranger.root(), stranger.store()).is_err());
+    })
+    .await;
+    group.shutdown().await.expect("shutdown");
+    drop(group);
+
+    // No secret anywhere in the data dir but the root key file itself.
+    for file in std::fs::read_dir(dir.path()).expect("dir") {
+        let path = file.expect("entry").path();
+        if path.file_name().is_some_and(|name| name == "root.key" || name == "other.key") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        for needle in [SECRET, &SECRET[..12], &IMPORTED_KEK[..], &IMPORTED_KEK[..12]] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds a secret",
+                path.display()
+            );
+        }
+    }
+}
+
+fn dir_root_other(dir: &Path) -> LocalRootKey {
+    let path = dir.join("other.key");
+    create_root_key_file(&path).expect("other root key");
+    LocalRootKey::from_file(&path, MemoryLocking::Required).expect("other root")
+}

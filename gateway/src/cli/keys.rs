@@ -1,0 +1,395 @@
+//! `kiseki-server keys`, `tenant shred` and `audit verify|export`: the key manager and the
+//! audit log of one node's data dir, run against its metadata store (`DATA/meta/`, a
+//! one-member Raft group on `shard-0.redb`) while the node is stopped. The root key is
+//! `DATA/meta/root.key` (0600), made by `keys init`.
+//!
+//! Who may do what: `keys` and `audit verify` are the node operator's (whoever can read
+//! the root key file), recorded in the audit log as the local operator. `tenant shred` and
+//! `audit export` act with a certificate and key (`--ca --cert --key [--crl]`): the chain
+//! is verified against the cluster CA and CRL, the key must be the certificate's, and the
+//! caller's roles (the certificate's, plus `tenant-admin` from `--scope-file`) go through
+//! the same authorizer and key service as a remote call. So only that tenant's admin can
+//! shred it or export its audit log, and the attempt is audited either way.
+//!
+//! What is missing: talking to a running node (its store is locked while it runs; the
+//! gRPC key service that would take these calls is not built yet).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use kiseki_consensus::keystore::ConsensusKeyStore;
+use kiseki_consensus::node::shard_path;
+use kiseki_consensus::sim::SimNetwork;
+use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_security::authz::{Authorizer, Caller, KesPolicies, RoleFiles, Target};
+use kiseki_security::keymanager::{
+    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyManagerConfig, KeyRequest,
+    KeyService, LocalRootKey, MemoryLocking, ServiceError, SystemClock, create_root_key_file,
+    root_key_path, tenant_of_org,
+};
+use kiseki_security::{OrgId, TenantId, TlsBuilder, TlsPaths};
+use openraft::BasicNode;
+
+use super::CliError;
+
+/// Where a data dir keeps its metadata (and the root key).
+const META_DIR: &str = "meta";
+/// Organization ids under a retention hold, one per line (`#` starts a comment).
+const RETENTION_HOLDS_FILE: &str = "retention-holds";
+/// How long the one-member group may take to elect itself.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Args)]
+pub(super) struct DataDir {
+    /// The node's data dir (the one `kiseki-server dev` uses).
+    #[arg(long, value_name = "DIR", default_value = "./kiseki-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct Credentials {
+    /// The cluster CA certificate(s), PEM.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+    /// The caller's certificate, PEM (leaf first).
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+    /// The caller's private key, PEM, mode 0600.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The CRL in force (a revoked certificate acts on nothing).
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// The policy file (seed 004) the node uses; with --scope-file.
+    #[arg(long, value_name = "FILE", requires = "scope_file")]
+    policy_file: Option<PathBuf>,
+    /// The scope file that makes a tenant's certificate its tenant's admin.
+    #[arg(long, value_name = "FILE", requires = "policy_file")]
+    scope_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum KeysCommand {
+    /// Create the root key (DATA/meta/root.key, mode 0600) if there is none, and the
+    /// cluster's first master key (epoch 1, random).
+    Init(DataDir),
+    /// Make a new random master key the current epoch; older epochs still decrypt
+    /// until retired.
+    Rotate(DataDir),
+    /// Remove an old master-key epoch (once the re-sealer has moved its chunks).
+    Retire {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long, value_name = "N")]
+        epoch: u32,
+    },
+    /// Show the master-key epochs, the root key's source and the memory protection.
+    Status(DataDir),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TenantCommand {
+    /// Crypto-shred a tenant: destroy its KEKs for good, so none of its objects can be
+    /// read again. Tenant admin only; refused while DATA/meta/retention-holds lists the
+    /// tenant.
+    Shred {
+        #[command(flatten)]
+        data: DataDir,
+        /// The tenant's organization id.
+        #[arg(long, value_name = "ORG")]
+        tenant: String,
+        #[command(flatten)]
+        credentials: Credentials,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditCommand {
+    /// Check every audit record: MAC, sequence and hash chain. Exits 1 on the first
+    /// edited, deleted or reordered record.
+    Verify(DataDir),
+    /// Print a tenant's audit records (and the system events that concern every tenant)
+    /// as JSON lines. Tenant admin only.
+    Export {
+        #[command(flatten)]
+        data: DataDir,
+        #[arg(long, value_name = "ORG")]
+        tenant: String,
+        #[command(flatten)]
+        credentials: Credentials,
+    },
+}
+
+pub(super) fn keys(command: KeysCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Init(data) => {
+            let meta = meta_dir(&data.data_dir)?;
+            let root_path = root_key_path(&meta);
+            if !root_path.exists() {
+                create_root_key_file(&root_path).map_err(key_error)?;
+                writeln!(out, "root key created: {} (mode 0600)", root_path.display())?;
+            }
+            with_keys(&data.data_dir, |keys, log| {
+                let (epoch, created) = keys.init_cluster().map_err(key_error)?;
+                let verb = if created { "created" } else { "already present" };
+                record(keys, log, "keys init", AuditOutcome::Succeeded)?;
+                writeln!(out, "master key epoch {epoch} {verb}")?;
+                Ok(())
+            })
+        }
+        KeysCommand::Rotate(data) => with_keys(&data.data_dir, |keys, log| {
+            let result = keys.rotate_master();
+            record(keys, log, "keys rotate", outcome(&result))?;
+            let epoch = result.map_err(key_error)?;
+            let open = keys.master_epochs().map_err(key_error)?;
+            writeln!(out, "master key epoch {epoch} is current; epochs that still open: {open:?}")?;
+            Ok(())
+        }),
+        KeysCommand::Retire { data, epoch } => with_keys(&data.data_dir, |keys, log| {
+            let result = keys.retire_master_epoch(epoch);
+            record(keys, log, &format!("keys retire {epoch}"), outcome(&result))?;
+            result.map_err(key_error)?;
+            writeln!(out, "master key epoch {epoch} retired")?;
+            Ok(())
+        }),
+        KeysCommand::Status(data) => with_keys(&data.data_dir, |keys, _| {
+            let epochs = keys.master_epochs().map_err(key_error)?;
+            let status = keys.status();
+            writeln!(out, "root key: {}", status.root_source)?;
+            writeln!(out, "master key epochs: {epochs:?} (current {:?})", status.master_epoch)?;
+            writeln!(out, "key cache TTL: {} s", status.cache_ttl_secs)?;
+            writeln!(out, "process non-dumpable: {}", status.non_dumpable)?;
+            writeln!(out, "mlock failures: {}", status.mlock_failures)?;
+            Ok(())
+        }),
+    }
+}
+
+pub(super) fn tenant(command: TenantCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    let TenantCommand::Shred { data, tenant, credentials } = command;
+    let org = parse_org(&tenant)?;
+    let caller = verified_caller(&credentials)?;
+    let authorizer = authorizer(&credentials)?;
+    let holds = retention_holds(&meta_dir(&data.data_dir)?)?;
+    with_node(&data.data_dir, |keys| {
+        let mut service = KeyService::new(keys, authorizer, AuditLog::default(), Box::new(holds));
+        let request = KeyRequest::Delete { name: org.as_str().to_owned() };
+        match service.call(&caller, request, now_unix_s()) {
+            Ok(_) => {
+                writeln!(
+                    out,
+                    "tenant {org} shredded: its keys are destroyed; none of its \
+                               objects can be read again"
+                )?;
+                Ok(())
+            }
+            Err(ServiceError::AccessDenied) => Err(CliError::Usage(
+                "access denied (only the tenant's admin may shred it; the attempt is \
+                 audited)"
+                    .into(),
+            )),
+            Err(error) => Err(CliError::Keys(error.to_string())),
+        }
+    })
+}
+
+pub(super) fn audit(command: AuditCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        AuditCommand::Verify(data) => with_keys(&data.data_dir, |keys, _| {
+            let head = AuditLog::verify(keys.root(), keys.store())
+                .map_err(|error| CliError::Keys(format!("audit log does not verify: {error}")))?;
+            writeln!(out, "audit log verified: {} records, head {}", head.records, head.head_hash)?;
+            Ok(())
+        }),
+        AuditCommand::Export { data, tenant, credentials } => {
+            let org = parse_org(&tenant)?;
+            let caller = verified_caller(&credentials)?;
+            let authorizer = authorizer(&credentials)?;
+            with_keys(&data.data_dir, |keys, log| {
+                let target = Target::Tenant(org.clone());
+                let decision =
+                    authorizer.authorize(&caller, "/v1/audit/export", &target, now_unix_s());
+                let allowed = decision.is_allowed();
+                let entry =
+                    AuditEntry::from_event(AuditKind::AdminOperation, decision.audit_event());
+                let (root, store) = keys.audit_parts();
+                log.append(root, store, entry).map_err(key_error)?;
+                if !allowed {
+                    return Err(CliError::Usage(
+                        "access denied (only the tenant's admin may export its audit log)".into(),
+                    ));
+                }
+                let records =
+                    AuditLog::export_tenant(keys.root(), keys.store(), tenant_of_org(&org))
+                        .map_err(|error| {
+                            CliError::Keys(format!("audit log does not verify: {error}"))
+                        })?;
+                for record in records {
+                    let line = serde_json::to_string(&record)
+                        .map_err(|error| CliError::Keys(error.to_string()))?;
+                    writeln!(out, "{line}")?;
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+type Keys = KeyManager<ConsensusKeyStore>;
+
+/// Opens the node's store, runs `work` with its key manager and an audit log, and stops
+/// the group again whatever `work` returned.
+fn with_keys(
+    data_dir: &Path,
+    work: impl FnOnce(&mut Keys, &mut AuditLog) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    with_node(data_dir, |mut keys| work(&mut keys, &mut AuditLog::default()))
+}
+
+fn with_node(
+    data_dir: &Path,
+    work: impl FnOnce(Keys) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let meta = meta_dir(data_dir)?;
+    let root_path = root_key_path(&meta);
+    let root = LocalRootKey::from_file(&root_path, MemoryLocking::Required).map_err(|error| {
+        CliError::Keys(format!("{error} (run `kiseki-server keys init` first)"))
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let group = Arc::new(runtime.block_on(start_group(&meta))?);
+    let store = ConsensusKeyStore::new(Arc::clone(&group), runtime.handle().clone());
+    let result =
+        KeyManager::new(Box::new(root), store, KeyManagerConfig::default(), Arc::new(SystemClock))
+            .map_err(key_error)
+            .and_then(work);
+    let stopped = runtime.block_on(group.shutdown());
+    result?;
+    stopped.map_err(|error| CliError::Keys(format!("metadata group: {error}")))
+}
+
+/// The node's one-member group. It has no peer, so it sends no RPC: the network factory
+/// is the consensus crate's in-process one, which here is never used.
+async fn start_group(meta: &Path) -> Result<MetadataGroup, CliError> {
+    let consensus = |error: kiseki_consensus::ConsensusError| {
+        CliError::Keys(format!("metadata store in {}: {error}", meta.display()))
+    };
+    let shards = ShardMap::new(1).map_err(consensus)?;
+    let config = GroupConfig::new(1, ShardId(0), shards);
+    let path = shard_path(meta, ShardId(0));
+    let store = GroupStore::open_file(&path, ShardId(0), shards).map_err(|error| {
+        CliError::Keys(format!(
+            "cannot open {} ({error}); is the node running? These commands run with it \
+             stopped",
+            path.display()
+        ))
+    })?;
+    let network = SimNetwork::new(0).factory(ShardId(0), 1);
+    let group = MetadataGroup::start(config, store, network).await.map_err(consensus)?;
+    group.initialize(BTreeMap::from([(1, BasicNode::new("local"))])).await.map_err(consensus)?;
+    let mut metrics = group.raft().metrics();
+    tokio::time::timeout(LEADER_TIMEOUT, async {
+        while metrics.borrow_and_update().current_leader != Some(1) {
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .map_err(|_| CliError::Keys("the metadata group elected no leader".into()))?;
+    Ok(group)
+}
+
+fn record(
+    keys: &mut Keys,
+    log: &mut AuditLog,
+    action: &str,
+    outcome: AuditOutcome,
+) -> Result<(), CliError> {
+    let entry = AuditEntry::local(now_unix_s(), AuditKind::KeyOperation, action, None, outcome);
+    let (root, store) = keys.audit_parts();
+    log.append(root, store, entry).map(|_| ()).map_err(key_error)
+}
+
+fn outcome<T>(result: &Result<T, kiseki_security::keymanager::KeyManagerError>) -> AuditOutcome {
+    match result {
+        Ok(_) => AuditOutcome::Succeeded,
+        Err(error) => AuditOutcome::Failed { reason: error.to_string() },
+    }
+}
+
+/// The caller behind `--cert`/`--key`: chain verified against the CA and CRL, key matching.
+fn verified_caller(credentials: &Credentials) -> Result<Caller, CliError> {
+    let paths = TlsPaths {
+        ca: credentials.ca.clone(),
+        cert: credentials.cert.clone(),
+        key: credentials.key.clone(),
+        crl: credentials.crl.clone(),
+    };
+    let context = TlsBuilder::new(paths).build()?;
+    context.verify_local_certificate()?;
+    let identity = context.local_identity();
+    let name = identity.common_name().unwrap_or("");
+    let roles = identity.role().cloned().into_iter();
+    Caller::new(name, &identity.kes_identity().to_string(), roles)
+        .map_err(|error| CliError::Usage(format!("--cert: {error}")))
+}
+
+fn authorizer(credentials: &Credentials) -> Result<Authorizer, CliError> {
+    let (Some(policy), Some(scope)) = (&credentials.policy_file, &credentials.scope_file) else {
+        return Ok(Authorizer::default());
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|error| CliError::Usage(format!("{}: {error}", path.display())))
+    };
+    let files = RoleFiles::parse(&read(policy)?, &read(scope)?)
+        .map_err(|error| CliError::Usage(error.to_string()))?;
+    Ok(Authorizer::new(files, KesPolicies::default()))
+}
+
+fn retention_holds(meta: &Path) -> Result<BTreeSet<TenantId>, CliError> {
+    let path = meta.join(RETENTION_HOLDS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(error) => return Err(CliError::Usage(format!("{}: {error}", path.display()))),
+    };
+    let mut holds = BTreeSet::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        holds.insert(tenant_of_org(&parse_org(line)?));
+    }
+    Ok(holds)
+}
+
+fn meta_dir(data_dir: &Path) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let meta = data_dir.join(META_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&meta)
+        .map_err(|error| CliError::Usage(format!("{}: {error}", meta.display())))?;
+    Ok(meta)
+}
+
+fn parse_org(text: &str) -> Result<OrgId, CliError> {
+    OrgId::parse(text).map_err(|error| CliError::Usage(format!("--tenant {text:?}: {error}")))
+}
+
+fn key_error(error: kiseki_security::keymanager::KeyManagerError) -> CliError {
+    CliError::Keys(error.to_string())
+}
+
+fn now_unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+#[cfg(test)]
+mod tests;

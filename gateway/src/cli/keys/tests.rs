@@ -1,0 +1,148 @@
+//! `keys`, `tenant shred` and `audit` end to end through the command line, on a data dir
+//! of their own: what they print, what they refuse, and that every refusal is audited.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+struct Outcome {
+    code: ExitCode,
+    out: String,
+    err: String,
+}
+
+fn run(args: &[&str]) -> Outcome {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let argv = std::iter::once("kiseki-server").chain(args.iter().copied());
+    let code = crate::cli::main(argv, &mut out, &mut err);
+    Outcome { code, out: String::from_utf8(out).unwrap(), err: String::from_utf8(err).unwrap() }
+}
+
+fn ok(args: &[&str]) -> String {
+    let outcome = run(args);
+    assert_eq!(outcome.code, ExitCode::SUCCESS, "{args:?}: {}", outcome.err);
+    outcome.out
+}
+
+fn fails(args: &[&str], code: u8, needle: &str) {
+    let outcome = run(args);
+    assert_eq!(outcome.code, ExitCode::from(code), "{args:?}: {}{}", outcome.out, outcome.err);
+    assert!(outcome.err.contains(needle), "{args:?}: {:?} lacks {needle:?}", outcome.err);
+}
+
+fn path(path: &Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+/// `--ca --cert --key [--crl] [--policy-file --scope-file]` for the named holder.
+fn creds(dir: &Path, holder: &str, scope: bool, crl: bool) -> Vec<String> {
+    let mut args = vec![
+        "--ca".into(),
+        path(&dir.join("ca/ca.crt")),
+        "--cert".into(),
+        path(&dir.join(format!("{holder}/{holder}.crt"))),
+        "--key".into(),
+        path(&dir.join(format!("{holder}/{holder}.key"))),
+    ];
+    if crl {
+        args.extend(["--crl".into(), path(&dir.join("ca/crl.pem"))]);
+    }
+    if scope {
+        args.extend([
+            "--policy-file".into(),
+            path(&dir.join("policy.json")),
+            "--scope-file".into(),
+            path(&dir.join("scope.json")),
+        ]);
+    }
+    args
+}
+
+fn with(base: &[&str], extra: &[String]) -> Vec<String> {
+    base.iter().map(|s| (*s).to_owned()).chain(extra.iter().cloned()).collect()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn keys_shred_and_audit_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = path(&d.join("data"));
+    let data_args = ["--data-dir", data.as_str()];
+
+    // Keys: init (root key 0600), rotate, retire.
+    fails(&["keys", "rotate", "--data-dir", &data], 1, "keys init");
+    let init = ok(&["keys", "init", "--data-dir", &data]);
+    assert!(init.contains("master key epoch 1 created"), "{init}");
+    let root = d.join("data/meta/root.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&root).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(ok(&["keys", "init", "--data-dir", &data]).contains("already present"));
+    assert!(ok(&["keys", "rotate", "--data-dir", &data]).contains("epoch 2 is current"));
+    let status = ok(&["keys", "status", "--data-dir", &data]);
+    assert!(status.contains("[1, 2]") && status.contains("non-dumpable: true"), "{status}");
+    fails(&["keys", "retire", "--data-dir", &data, "--epoch", "2"], 1, "rotate before retiring");
+    ok(&["keys", "retire", "--data-dir", &data, "--epoch", "1"]);
+    assert!(ok(&["keys", "status", "--data-dir", &data]).contains("epochs: [2]"));
+
+    // Certificates: two tenants' admins (by scope file) and a cluster admin.
+    let ca = path(&d.join("ca"));
+    ok(&["ca", "init", "--out", &ca]);
+    for (holder, role, org) in [
+        ("alice", "tenant", Some("acme-corp")),
+        ("bob", "tenant", Some("globex")),
+        ("ops", "admin", None),
+    ] {
+        let out = path(&d.join(holder));
+        let mut args =
+            vec!["cert", "issue", "--ca", &ca, "--role", role, "--name", holder, "--out", &out];
+        if let Some(org) = org {
+            args.extend(["--org", org]);
+        }
+        ok(&args);
+    }
+    std::fs::write(d.join("policy.json"), r#"{"auditor": {"Audit": ["Read"]}}"#).unwrap();
+    std::fs::write(d.join("scope.json"), r#"{"tenant-admin": ["acme-corp/alice", "globex/bob"]}"#)
+        .unwrap();
+
+    // Shred: refused for another tenant's admin, the cluster admin, a plain workload
+    // certificate, and a tenant under a retention hold.
+    let shred = |tenant: &str| with(&["tenant", "shred", "--tenant", tenant], &[]);
+    let shred_acme = with(&strs(&shred("acme-corp")), &data_args.map(str::to_owned));
+    fails(&strs(&with(&strs(&shred_acme), &creds(d, "bob", true, false))), 2, "access denied");
+    fails(&strs(&with(&strs(&shred_acme), &creds(d, "ops", true, false))), 2, "access denied");
+    fails(&strs(&with(&strs(&shred_acme), &creds(d, "alice", false, false))), 2, "access denied");
+    std::fs::write(d.join("data/meta/retention-holds"), "# legal hold\nglobex\n").unwrap();
+    let shred_globex = with(&strs(&shred("globex")), &data_args.map(str::to_owned));
+    fails(&strs(&with(&strs(&shred_globex), &creds(d, "bob", true, false))), 1, "retention hold");
+    // The tenant's own admin shreds it, once.
+    let by_alice = with(&strs(&shred_acme), &creds(d, "alice", true, true));
+    assert!(ok(&strs(&by_alice)).contains("tenant acme-corp shredded"));
+    fails(&strs(&by_alice), 1, "tenant keys destroyed");
+
+    // Audit: verifies; acme's export has acme's records and no other tenant's.
+    let verify = ok(&["audit", "verify", "--data-dir", &data]);
+    assert!(verify.contains("audit log verified"), "{verify}");
+    let export = with(
+        &["audit", "export", "--tenant", "acme-corp", "--data-dir", &data],
+        &creds(d, "alice", true, true),
+    );
+    let lines = ok(&strs(&export));
+    assert!(lines.contains("/v1/key/delete/acme-corp") && lines.contains("keys rotate"), "{lines}");
+    assert!(!lines.contains("globex") && !lines.contains("bob"), "{lines}");
+    let by_bob = with(
+        &["audit", "export", "--tenant", "acme-corp", "--data-dir", &data],
+        &creds(d, "bob", true, false),
+    );
+    fails(&strs(&by_bob), 2, "access denied");
+    // bob's attempts are bob's tenant's records; ops's attempt is acme's.
+    let ops_in_acme = lines.contains("\"actor\":\"ops\"");
+    assert!(ops_in_acme, "{lines}");
+
+    // A revoked certificate acts on nothing.
+    ok(&["cert", "revoke", "--ca", &ca, "--cert", &path(&d.join("alice/alice.crt"))]);
+    fails(&strs(&export), 1, "");
+}

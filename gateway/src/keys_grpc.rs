@@ -1,0 +1,368 @@
+//! The key manager's gRPC service (`kiseki.keys.v1.KeyService`) over mTLS: tonic served
+//! through our own rustls acceptor ([`TlsContext::server_config`]), so the cluster CA and
+//! the CRL in force (reloaded without a restart) decide who connects at all.
+//!
+//! Each call's caller comes from the verified client certificate: its common name, its
+//! KES identity (SHA-256 of its public key) and its role; never from a request field or
+//! header. The call then goes to [`KeyService::call`], which authorizes it as its API path,
+//! audits it and runs it. The [`KeyService`] is synchronous (its store may block on the
+//! consensus group), so each call runs on a blocking thread.
+//!
+//! Bounds: handshakes time out after [`HANDSHAKE_TIMEOUT`], at most
+//! [`HANDSHAKES_MAX`] run at once, and at most [`ACCEPTED_QUEUE`] finished handshakes wait
+//! for the server; tonic bounds each call's message size (4 MiB by default).
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kiseki_proto::keys::key_service_server::{KeyService as KeyServiceApi, KeyServiceServer};
+use kiseki_proto::keys::{
+    AssignIdentityRequest, CreateKeyRequest, DataKeyReply, DecryptReply, DecryptRequest, Empty,
+    EpochReply, Identity, IdentityReply, ImportKeyRequest, KeyName, ListKeysRequest, NamesReply,
+    PolicyName, PolicyReply, StatusReply, WritePolicyRequest,
+};
+use kiseki_security::TlsContext;
+use kiseki_security::authz::Caller;
+use kiseki_security::keymanager::{
+    KeyReply, KeyRequest, KeyService, KeyStoreBackend, ServiceError,
+};
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+/// A handshake that takes longer is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; more connections wait in the listen backlog.
+pub const HANDSHAKES_MAX: usize = 64;
+/// Finished handshakes waiting for the HTTP/2 server.
+pub const ACCEPTED_QUEUE: usize = 64;
+/// The pause after a failed accept (no descriptor left, say) before the next one.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// The tonic service: a [`KeyService`] behind a lock, and the TLS context that turns a
+/// peer's certificates into its identity.
+pub struct GrpcKeyService<S> {
+    inner: Arc<Mutex<KeyService<S>>>,
+    tls: TlsContext,
+}
+
+impl<S> std::fmt::Debug for GrpcKeyService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcKeyService").finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStoreBackend + Send + 'static> GrpcKeyService<S> {
+    pub fn new(service: Arc<Mutex<KeyService<S>>>, tls: TlsContext) -> GrpcKeyService<S> {
+        GrpcKeyService { inner: service, tls }
+    }
+
+    /// The caller behind a request: its verified certificate chain's identity.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let certs =
+            request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let identity = self
+            .tls
+            .peer_identity(Some(certs.as_slice()))
+            .map_err(|_| Status::unauthenticated("client certificate gives no identity"))?;
+        let name = identity.common_name().unwrap_or("");
+        Caller::new(name, &identity.kes_identity().to_string(), identity.role().cloned())
+            .map_err(|_| Status::unauthenticated("client certificate gives no identity"))
+    }
+
+    async fn call<T>(
+        &self,
+        request: Request<T>,
+        make: impl FnOnce(T) -> KeyRequest,
+    ) -> Result<KeyReply, Status> {
+        let caller = self.caller(&request)?;
+        let key_request = make(request.into_inner());
+        let inner = Arc::clone(&self.inner);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut service = inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            service.call(&caller, key_request, now)
+        })
+        .await
+        .map_err(|_| Status::internal("key service task failed"))?;
+        outcome.map_err(status)
+    }
+}
+
+/// The caller a verified certificate chain names.
+fn caller_of(
+    tls: &TlsContext,
+    chain: Option<&[CertificateDer<'static>]>,
+) -> Result<Caller, String> {
+    let identity = tls.peer_identity(chain).map_err(|error| error.to_string())?;
+    let name = identity.common_name().unwrap_or("");
+    Caller::new(name, &identity.kes_identity().to_string(), identity.role().cloned())
+        .map_err(|error| error.to_string())
+}
+
+/// Records a handshake's outcome in the audit log (on a blocking thread: the store may
+/// block on consensus). A failure to record is logged; the connection's fate is decided
+/// by the handshake alone.
+async fn audit_handshake<S: KeyStoreBackend + Send + 'static>(
+    service: Arc<Mutex<KeyService<S>>>,
+    outcome: Result<&Caller, &str>,
+    remote: std::net::SocketAddr,
+) {
+    let outcome = outcome.cloned().map_err(str::to_owned);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let mut service = service.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        service.audit_handshake(outcome.as_ref().map_err(String::as_str), &remote.to_string(), now)
+    })
+    .await;
+    if !matches!(recorded, Ok(Ok(()))) {
+        tracing::error!(%remote, "key service: the handshake could not be audited");
+    }
+}
+
+/// The wire status of a refusal: as little as the caller needs (STYLE 12).
+fn status(error: ServiceError) -> Status {
+    match error {
+        ServiceError::AccessDenied => Status::permission_denied("access denied"),
+        ServiceError::TenantKeysDestroyed => Status::failed_precondition("tenant keys destroyed"),
+        ServiceError::Refused(why) => Status::failed_precondition(why),
+        ServiceError::Unavailable(_) => Status::unavailable("key service unavailable"),
+        _ => Status::internal("key service"),
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("unexpected key service reply")
+}
+
+fn epoch(reply: KeyReply) -> Result<Response<EpochReply>, Status> {
+    match reply {
+        KeyReply::Epoch(epoch) => Ok(Response::new(EpochReply { epoch })),
+        _ => Err(unexpected()),
+    }
+}
+
+fn names(reply: KeyReply) -> Result<Response<NamesReply>, Status> {
+    match reply {
+        KeyReply::Names(names) => Ok(Response::new(NamesReply { names })),
+        _ => Err(unexpected()),
+    }
+}
+
+fn empty(reply: KeyReply) -> Result<Response<Empty>, Status> {
+    match reply {
+        KeyReply::Done => Ok(Response::new(Empty {})),
+        _ => Err(unexpected()),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: KeyStoreBackend + Send + 'static> KeyServiceApi for GrpcKeyService<S> {
+    async fn create_key(
+        &self,
+        request: Request<CreateKeyRequest>,
+    ) -> Result<Response<EpochReply>, Status> {
+        epoch(
+            self.call(request, |r| KeyRequest::Create { name: r.name, isolated: r.isolated })
+                .await?,
+        )
+    }
+
+    async fn import_key(
+        &self,
+        request: Request<ImportKeyRequest>,
+    ) -> Result<Response<EpochReply>, Status> {
+        let reply = self
+            .call(request, |r| KeyRequest::Import {
+                name: r.name,
+                material: Zeroizing::new(r.material),
+            })
+            .await?;
+        epoch(reply)
+    }
+
+    async fn delete_key(&self, request: Request<KeyName>) -> Result<Response<Empty>, Status> {
+        empty(self.call(request, |r| KeyRequest::Delete { name: r.name }).await?)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<NamesReply>, Status> {
+        let pattern =
+            |r: ListKeysRequest| if r.pattern.is_empty() { None } else { Some(r.pattern) };
+        names(self.call(request, |r| KeyRequest::List { pattern: pattern(r) }).await?)
+    }
+
+    async fn rotate_key(&self, request: Request<KeyName>) -> Result<Response<EpochReply>, Status> {
+        epoch(self.call(request, |r| KeyRequest::Rotate { name: r.name }).await?)
+    }
+
+    async fn generate_data_key(
+        &self,
+        request: Request<KeyName>,
+    ) -> Result<Response<DataKeyReply>, Status> {
+        match self.call(request, |r| KeyRequest::Generate { name: r.name }).await? {
+            KeyReply::DataKey { plaintext, ciphertext } => {
+                Ok(Response::new(DataKeyReply { plaintext: plaintext.to_vec(), ciphertext }))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptReply>, Status> {
+        let make =
+            |r: DecryptRequest| KeyRequest::Decrypt { name: r.name, ciphertext: r.ciphertext };
+        match self.call(request, make).await? {
+            KeyReply::Plaintext(plaintext) => {
+                Ok(Response::new(DecryptReply { plaintext: plaintext.to_vec() }))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn status(&self, request: Request<Empty>) -> Result<Response<StatusReply>, Status> {
+        match self.call(request, |_| KeyRequest::Status).await? {
+            KeyReply::Status(status) => Ok(Response::new(StatusReply {
+                root_source: status.root_source,
+                master_epoch: status.master_epoch.unwrap_or(0),
+                cache_ttl_secs: status.cache_ttl_secs,
+                cache_memory_locked: status.cache_memory_locked,
+                non_dumpable: status.non_dumpable,
+                mlock_failures: status.mlock_failures,
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn write_policy(
+        &self,
+        request: Request<WritePolicyRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let make = |r: WritePolicyRequest| KeyRequest::PolicyWrite {
+            name: r.name,
+            allow: r.allow,
+            deny: r.deny,
+        };
+        empty(self.call(request, make).await?)
+    }
+
+    async fn read_policy(
+        &self,
+        request: Request<PolicyName>,
+    ) -> Result<Response<PolicyReply>, Status> {
+        match self.call(request, |r| KeyRequest::PolicyRead { name: r.name }).await? {
+            KeyReply::Policy { allow, deny } => Ok(Response::new(PolicyReply { allow, deny })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn list_policies(&self, request: Request<Empty>) -> Result<Response<NamesReply>, Status> {
+        names(self.call(request, |_| KeyRequest::PolicyList).await?)
+    }
+
+    async fn delete_policy(&self, request: Request<PolicyName>) -> Result<Response<Empty>, Status> {
+        empty(self.call(request, |r| KeyRequest::PolicyDelete { name: r.name }).await?)
+    }
+
+    async fn assign_identity(
+        &self,
+        request: Request<AssignIdentityRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let make = |r: AssignIdentityRequest| KeyRequest::IdentityAssign {
+            identity: r.identity,
+            policy: r.policy,
+        };
+        empty(self.call(request, make).await?)
+    }
+
+    async fn delete_identity(&self, request: Request<Identity>) -> Result<Response<Empty>, Status> {
+        empty(self.call(request, |r| KeyRequest::IdentityDelete { identity: r.identity }).await?)
+    }
+
+    async fn describe_identity(
+        &self,
+        request: Request<Identity>,
+    ) -> Result<Response<IdentityReply>, Status> {
+        match self.call(request, |r| KeyRequest::IdentityDescribe { identity: r.identity }).await? {
+            KeyReply::Identity { policy } => {
+                Ok(Response::new(IdentityReply { policy: policy.unwrap_or_default() }))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<NamesReply>, Status> {
+        names(self.call(request, |_| KeyRequest::IdentityList).await?)
+    }
+}
+
+/// Serves the key service on `listener` until `shutdown` resolves: TLS 1.3 with client
+/// certificates verified against the CA and the CRL in force, HTTP/2 (ALPN `h2`).
+pub async fn serve<S: KeyStoreBackend + Send + 'static>(
+    listener: TcpListener,
+    tls: TlsContext,
+    service: Arc<Mutex<KeyService<S>>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), io::Error> {
+    let mut config = tls.server_config().map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let (audit_service, audit_tls) = (Arc::clone(&service), tls.clone());
+    let accept_loop = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
+            let Ok((tcp, remote)) = listener.accept().await else {
+                // Out of descriptors, say: back off rather than spin.
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                continue;
+            };
+            let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
+            let (service, tls) = (Arc::clone(&audit_service), audit_tls.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                let (stream, outcome) = match handshake {
+                    Ok(Ok(stream)) => {
+                        let caller = caller_of(&tls, stream.get_ref().1.peer_certificates());
+                        (Some(stream), caller)
+                    }
+                    Ok(Err(error)) => (None, Err(error.to_string())),
+                    Err(_) => (None, Err("handshake timed out".to_owned())),
+                };
+                audit_handshake(service, outcome.as_ref().map_err(String::as_str), remote).await;
+                // A refused peer reaches nothing of the service.
+                if let (Some(stream), Ok(_)) = (stream, outcome) {
+                    let _ = accepted.send(Ok::<_, io::Error>(stream)).await;
+                }
+            });
+        }
+    });
+    let grpc = GrpcKeyService::new(service, tls);
+    let result = tonic::transport::Server::builder()
+        .add_service(KeyServiceServer::new(grpc))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            shutdown,
+        )
+        .await
+        .map_err(io::Error::other);
+    accept_loop.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests;
