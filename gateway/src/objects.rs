@@ -64,15 +64,26 @@ pub struct UserMetadata {
 pub struct ObjectMeta {
     pub size_bytes: u64,
     pub etag: [u8; 16],
+    /// When the put that made it was accepted (milliseconds since the Unix epoch).
+    pub modified_unix_ms: u64,
     pub user: UserMetadata,
 }
 
-/// An object as a listing sees it (its metadata stays sealed).
+/// An object as a listing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub key: Vec<u8>,
     pub size_bytes: u64,
     pub etag: [u8; 16],
+    pub modified_unix_ms: u64,
+}
+
+/// What is sealed under the tenant's KEK beside an object: the user's metadata and the
+/// time of the put (kept out of the plaintext manifest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SealedMeta {
+    user: UserMetadata,
+    modified_unix_ms: u64,
 }
 
 /// Why an object operation failed; each maps to one S3 error.
@@ -233,8 +244,12 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         if !self.bucket_exists(tenant, bucket).await? {
             return Err(ObjectError::NoSuchBucket);
         }
+        let modified_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let sealed_meta = SealedMeta { user: user.clone(), modified_unix_ms };
         let user_json =
-            serde_json::to_vec(user).map_err(|e| ObjectError::Internal(e.to_string()))?;
+            serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
         let sealed_user_metadata =
             Sealed(self.seal_for_tenant(tenant, &context(b"meta", bucket, key), &user_json)?);
         let (body_ref, stored) = if body.len() <= self.config.inline_max_bytes {
@@ -352,14 +367,17 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         }
         let objects =
             view.objects(&owner, bucket, prefix, after, limit).map_err(consensus_error)?;
-        Ok(objects
-            .into_iter()
-            .map(|(key, manifest)| Listed {
+        let mut listed = Vec::with_capacity(objects.len());
+        for (key, manifest) in objects {
+            let meta = self.object_meta(tenant, bucket, &key, &manifest)?;
+            listed.push(Listed {
                 key,
                 size_bytes: manifest.size_bytes,
                 etag: manifest.etag.0,
-            })
-            .collect())
+                modified_unix_ms: meta.modified_unix_ms,
+            });
+        }
+        Ok(listed)
     }
 
     // ---- chunks ----
@@ -505,9 +523,14 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             &context(b"meta", bucket, key),
             &manifest.sealed_user_metadata.0,
         )?;
-        let user = serde_json::from_slice(&json)
+        let sealed: SealedMeta = serde_json::from_slice(&json)
             .map_err(|_| ObjectError::Integrity("user metadata does not parse".to_owned()))?;
-        Ok(ObjectMeta { size_bytes: manifest.size_bytes, etag: manifest.etag.0, user })
+        Ok(ObjectMeta {
+            size_bytes: manifest.size_bytes,
+            etag: manifest.etag.0,
+            modified_unix_ms: sealed.modified_unix_ms,
+            user: sealed.user,
+        })
     }
 
     fn seal_for_tenant(

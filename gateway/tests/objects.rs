@@ -144,6 +144,7 @@ async fn objects_round_trip_whole_ranged_and_inline_with_their_metadata() {
     let (meta, got) = f.store.get_object(alice, "photos", b"cat.png", None).await.unwrap();
     assert_eq!(got, big);
     assert_eq!((meta.size_bytes, meta.etag, meta.user.clone()), (big.len() as u64, etag, user));
+    assert!(meta.modified_unix_ms > 1_700_000_000_000, "a put time: {}", meta.modified_unix_ms);
 
     // Ranges inside a chunk, across chunk boundaries, at the very end, and past it.
     for (start, end) in [
