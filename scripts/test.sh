@@ -5,7 +5,8 @@
 #   scripts/test.sh          everything
 #
 # Needs: Rust (rustup with cargo, rustfmt, clippy), python3 and openssl (the mTLS tests run
-# the seed's openssl commands); as root it installs the Debian packages it misses. Tests
+# the seed's openssl commands), boto3 (pip; the S3 client test); as root it installs the
+# Debian packages it misses. Tests
 # that need root (a ramfs mount for the O_DIRECT refusal) run only as root, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,12 @@ if ! have cargo; then
 fi
 have python3 || apt_install python3
 have openssl || apt_install openssl
+# The S3 front end's client test drives it with boto3 (current, flexible checksums on).
+if ! python3 -c 'import boto3' 2>/dev/null; then
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    python3 -m pip install --quiet boto3 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages boto3
+fi
 # The `rdma` feature builds rdma-sys: bindgen needs libclang, and the verbs libraries are
 # found through pkg-config. No device is needed to build or test it.
 rdma_debs=()

@@ -269,6 +269,22 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(read_record::<u64, _>(&self.meta, META_AUDIT_NEXT)?.unwrap_or(1))
     }
 
+    /// The tenant holding a bucket of this name, if any. Scans the bucket table: bucket
+    /// counts are small next to objects, and only bucket creation and a caller naming a
+    /// bucket it does not hold ask.
+    pub(crate) fn bucket_owner(&self, bucket: &str) -> Result<Option<TenantId>, StateError> {
+        for row in self.buckets.iter()? {
+            let (key, _) = row?;
+            let key = key.value();
+            if let Some((tenant, name)) = key.split_first_chunk::<16>()
+                && name == bucket.as_bytes()
+            {
+                return Ok(Some(TenantId(*tenant)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The tenant's bucket names, in byte order.
     pub(crate) fn buckets(&self, tenant: &TenantId) -> Result<Vec<String>, StateError> {
         let mut names = Vec::new();
@@ -357,7 +373,9 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             }
             Command::CreateBucket { tenant, bucket } => {
                 self.require_tenant(tenant)?;
-                if self.bucket_exists(tenant, bucket)? {
+                // Bucket names are one namespace across the tenants of the group, as S3's
+                // are across accounts.
+                if self.bucket_owner(bucket)?.is_some() {
                     return Err(Rejection::already_exists("bucket").into());
                 }
             }

@@ -44,6 +44,11 @@ impl StateView {
         self.tables.bucket_exists(tenant, bucket).map_err(storage)
     }
 
+    /// The tenant holding a bucket of this name, if any (bucket names are one namespace).
+    pub fn bucket_owner(&self, bucket: &str) -> Result<Option<TenantId>, ConsensusError> {
+        self.tables.bucket_owner(bucket).map_err(storage)
+    }
+
     /// The tenant's bucket names, in byte order.
     pub fn buckets(&self, tenant: &TenantId) -> Result<Vec<String>, ConsensusError> {
         self.tables.buckets(tenant).map_err(storage)

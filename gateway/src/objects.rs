@@ -91,6 +91,8 @@ struct SealedMeta {
 pub enum ObjectError {
     NoSuchTenant,
     NoSuchBucket,
+    /// The bucket is another tenant's.
+    AccessDenied,
     NoSuchKey,
     /// The bucket exists (whoever owns it: S3 says no more).
     BucketExists,
@@ -115,6 +117,7 @@ impl fmt::Display for ObjectError {
         match self {
             ObjectError::NoSuchTenant => f.write_str("no such tenant"),
             ObjectError::NoSuchBucket => f.write_str("no such bucket"),
+            ObjectError::AccessDenied => f.write_str("access denied"),
             ObjectError::NoSuchKey => f.write_str("no such key"),
             ObjectError::BucketExists => f.write_str("the bucket exists"),
             ObjectError::BucketNotEmpty => f.write_str("the bucket is not empty"),
@@ -211,7 +214,9 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             Command::DeleteBucket { tenant: meta_tenant(tenant), bucket: bucket.to_owned() };
         match self.meta.propose(command).await {
             Ok(_) => Ok(()),
-            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => Err(ObjectError::NoSuchBucket),
+            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => {
+                Err(self.absent_bucket(bucket).await)
+            }
             Err(ConsensusError::Rejected(Rejection::Conflict(_))) => {
                 Err(ObjectError::BucketNotEmpty)
             }
@@ -242,7 +247,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         let etag: [u8; 16] = Md5::digest(body).into();
         let owner = meta_tenant(tenant);
         if !self.bucket_exists(tenant, bucket).await? {
-            return Err(ObjectError::NoSuchBucket);
+            return Err(self.absent_bucket(bucket).await);
         }
         let modified_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -363,7 +368,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         let view = self.meta.read().await.map_err(consensus_error)?;
         let owner = meta_tenant(tenant);
         if !view.bucket_exists(&owner, bucket).map_err(consensus_error)? {
-            return Err(ObjectError::NoSuchBucket);
+            return Err(absent_bucket(&view, bucket));
         }
         let objects =
             view.objects(&owner, bucket, prefix, after, limit).map_err(consensus_error)?;
@@ -507,7 +512,16 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             None if view.bucket_exists(&owner, bucket).map_err(consensus_error)? => {
                 Err(ObjectError::NoSuchKey)
             }
-            None => Err(ObjectError::NoSuchBucket),
+            None => Err(absent_bucket(&view, bucket)),
+        }
+    }
+
+    /// Why a caller does not see `bucket`: another tenant's (AccessDenied, as S3 answers
+    /// for another account's bucket) or nobody's (NoSuchBucket).
+    pub async fn absent_bucket(&self, bucket: &str) -> ObjectError {
+        match self.meta.read().await {
+            Ok(view) => absent_bucket(&view, bucket),
+            Err(error) => consensus_error(error),
         }
     }
 
@@ -568,6 +582,14 @@ fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
     context.extend_from_slice(&(key.len() as u16).to_be_bytes());
     context.extend_from_slice(key);
     context
+}
+
+fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectError {
+    match view.bucket_owner(bucket) {
+        Ok(Some(_)) => ObjectError::AccessDenied,
+        Ok(None) => ObjectError::NoSuchBucket,
+        Err(error) => consensus_error(error),
+    }
 }
 
 fn meta_tenant(tenant: TenantId) -> MetaTenantId {

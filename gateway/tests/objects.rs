@@ -260,20 +260,26 @@ async fn listings_page_by_prefix_and_tenants_see_only_their_own() {
     assert_eq!(f.store.list_buckets(alice).await.unwrap(), ["logs"]);
     assert_eq!(f.store.list_buckets(bob).await.unwrap(), ["bobs"]);
 
-    // Bob names Alice's bucket: it does not exist for him, and he cannot take its name.
+    // Bob names Alice's bucket: access denied, and he cannot take its name; a name nobody
+    // holds is NoSuchBucket.
     assert!(matches!(
         f.store.list_objects(bob, "logs", b"", None, 10).await,
-        Err(ObjectError::NoSuchBucket)
+        Err(ObjectError::AccessDenied)
     ));
     assert!(matches!(
         f.store.get_object(bob, "logs", b"2026/01/01", None).await,
-        Err(ObjectError::NoSuchBucket)
+        Err(ObjectError::AccessDenied)
     ));
     assert!(matches!(
         f.store.put_object(bob, "logs", b"x", b"y", &UserMetadata::default()).await,
-        Err(ObjectError::NoSuchBucket)
+        Err(ObjectError::AccessDenied)
     ));
     assert!(matches!(f.store.create_bucket(alice, "logs").await, Err(ObjectError::BucketExists)));
+    assert!(matches!(f.store.create_bucket(bob, "logs").await, Err(ObjectError::BucketExists)));
+    assert!(matches!(
+        f.store.list_objects(bob, "nobodys", b"", None, 10).await,
+        Err(ObjectError::NoSuchBucket)
+    ));
     for bad in ["ab", "Logs", "a..b", "-ab", "192.168.1.1", &"x".repeat(64)] {
         assert!(
             matches!(

@@ -242,6 +242,24 @@ impl TlsContext {
         Ok(config)
     }
 
+    /// The S3 front end's server configuration: this node's certificate, no client
+    /// certificate asked for (S3 clients authenticate each request with SigV4), TLS 1.3
+    /// (every current S3 client speaks it; this build's rustls has no 1.2), ALPN
+    /// `http/1.1`, no resumption.
+    pub fn https_server_config(&self) -> Result<ServerConfig, PkiError> {
+        let shared = &self.shared;
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&shared.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_no_client_auth()
+            .with_cert_resolver(shared.certified.clone());
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        config.max_early_data_size = 0;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
     /// The admission listener's server configuration: like [`Self::server_config`], except
     /// that a client may present no certificate (see the module's invariants for why this
     /// one listener may). A presented certificate is verified against the CA, the current

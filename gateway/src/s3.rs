@@ -1,0 +1,615 @@
+//! The S3 front end: `s3s` parses requests, checks SigV4 against the caller's secret, and
+//! calls [`KisekiS3`], which serves them from the object layer ([`crate::objects`]).
+//!
+//! - Credentials ([`S3Credentials`]): an access key maps to one tenant and workload; its
+//!   secret is sealed under the tenant's KEK in the metadata (so a shredded tenant's keys
+//!   stop working with its data). `s3s` compares signatures in constant time.
+//! - Operations served: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject,
+//!   GetObject (with ranges), HeadObject, DeleteObject, ListObjectsV2 (prefix, delimiter,
+//!   continuation, max-keys, start-after). Everything else answers NotImplemented.
+//! - A tenant sees only its own buckets: another tenant's bucket is AccessDenied (as S3
+//!   answers for another account's bucket), and a name taken by anyone is
+//!   BucketAlreadyExists, which does not say by whom.
+//! - Bodies are read whole, up to [`S3_OBJECT_MAX_BYTES`] (EntityTooLarge beyond).
+//!
+//! [`serve_https`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
+//! each request) and serves each over HTTP/1.1 with TCP_NODELAY.
+//!
+//! What it does not do yet: multipart uploads, copies, conditional requests, versions,
+//! flexible checksums beyond what `s3s` checks itself, streaming bodies, presigned-URL
+//! expiry limits of our own. They are issue 8's remaining points.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kiseki_consensus::command::{Command, Sealed, TenantId as MetaTenantId};
+use kiseki_consensus::{ConsensusError, MetadataGroup};
+use kiseki_security::TenantId;
+use kiseki_security::keymanager::{KeyManager, KeyStoreBackend};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::dto::{
+    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
+    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag as S3ETag, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
+    ListBucketsInput, ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, Object,
+    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use zeroize::Zeroizing;
+
+use crate::objects::{ObjectError, ObjectMeta, ObjectStore, UserMetadata};
+
+/// The largest object body a single PUT may carry here (it is held in memory).
+pub const S3_OBJECT_MAX_BYTES: usize = 256 << 20;
+
+/// Keys a listing returns at most, whatever `max-keys` asks (S3's limit).
+const LIST_KEYS_MAX: usize = 1000;
+
+/// Access keys: this prefix and 18 characters of base32.
+const ACCESS_KEY_PREFIX: &str = "KSK";
+const ACCESS_KEY_RANDOM_BYTES: usize = 11;
+/// Secrets: 30 random bytes, 40 characters of base64url.
+const SECRET_RANDOM_BYTES: usize = 30;
+
+/// S3 access keys and their secrets, in the metadata; see the module's notes.
+pub struct S3Credentials<S> {
+    meta: Arc<MetadataGroup>,
+    keys: Arc<Mutex<KeyManager<S>>>,
+}
+
+impl<S> std::fmt::Debug for S3Credentials<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials").finish_non_exhaustive()
+    }
+}
+
+/// Who an access key belongs to.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub tenant: TenantId,
+    pub workload: String,
+}
+
+impl<S: KeyStoreBackend + Send + 'static> S3Credentials<S> {
+    pub fn new(meta: Arc<MetadataGroup>, keys: Arc<Mutex<KeyManager<S>>>) -> S3Credentials<S> {
+        S3Credentials { meta, keys }
+    }
+
+    /// Makes a new access key for `workload` of `tenant`; returns it and its secret (shown
+    /// once: only its sealed form is kept).
+    pub async fn create(
+        &self,
+        tenant: TenantId,
+        workload: &str,
+    ) -> Result<(String, Zeroizing<String>), ObjectError> {
+        let mut id_bytes = [0u8; ACCESS_KEY_RANDOM_BYTES];
+        let mut secret_bytes = Zeroizing::new([0u8; SECRET_RANDOM_BYTES]);
+        aws_lc_rs::rand::fill(&mut id_bytes)
+            .and_then(|()| aws_lc_rs::rand::fill(&mut secret_bytes[..]))
+            .map_err(|_| ObjectError::Internal("the system RNG failed".to_owned()))?;
+        let access_key = format!("{ACCESS_KEY_PREFIX}{}", base32(&id_bytes));
+        let secret = Zeroizing::new(URL_SAFE_NO_PAD.encode(&secret_bytes[..]));
+        let sealed = self
+            .lock()
+            .seal_for_tenant(tenant, &secret_context(&access_key), secret.as_bytes())
+            .map_err(|e| ObjectError::Internal(e.to_string()))?;
+        let command = Command::PutCredential {
+            access_key_id: access_key.clone(),
+            tenant: MetaTenantId(*tenant.as_bytes()),
+            workload: workload.to_owned(),
+            sealed_secret: Sealed(sealed),
+        };
+        self.meta.propose(command).await.map_err(|e| ObjectError::Unavailable(e.to_string()))?;
+        Ok((access_key, secret))
+    }
+
+    /// The owner and secret of `access_key`; `None` for a key nobody holds.
+    pub async fn lookup(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<(KeyOwner, Zeroizing<String>)>, ObjectError> {
+        let view = self.meta.read().await.map_err(|e| ObjectError::Unavailable(e.to_string()))?;
+        let Some(record) = view.credential(access_key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let Some(tenant) = TenantId::new(record.tenant.0) else {
+            return Ok(None);
+        };
+        let secret = self
+            .lock()
+            .open_for_tenant(tenant, &secret_context(access_key), &record.sealed_secret.0)
+            .map_err(|e| match e {
+                kiseki_security::keymanager::KeyManagerError::TenantKeysDestroyed { .. } => {
+                    ObjectError::TenantKeysDestroyed
+                }
+                other => ObjectError::Internal(other.to_string()),
+            })?;
+        let secret = String::from_utf8(secret.to_vec())
+            .map_err(|_| ObjectError::Integrity("a stored secret is not text".to_owned()))?;
+        Ok(Some((KeyOwner { tenant, workload: record.workload }, Zeroizing::new(secret))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyManager<S>> {
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn unavailable(error: ConsensusError) -> ObjectError {
+    ObjectError::Unavailable(error.to_string())
+}
+
+fn secret_context(access_key: &str) -> Vec<u8> {
+    let mut context = b"s3-secret:".to_vec();
+    context.extend_from_slice(access_key.as_bytes());
+    context
+}
+
+/// RFC 4648 base32 without padding: uppercase letters and digits 2-7.
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &byte in bytes {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// `s3s`'s view of our credentials: the secret of an access key, or InvalidAccessKeyId.
+pub struct CredentialAuth<S>(pub Arc<S3Credentials<S>>);
+
+impl<S> std::fmt::Debug for CredentialAuth<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialAuth").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: KeyStoreBackend + Send + 'static> S3Auth for CredentialAuth<S> {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.0.lookup(access_key).await {
+            Ok(Some((_, secret))) => Ok(SecretKey::from(secret.as_str())),
+            Ok(None) => Err(s3_error!(InvalidAccessKeyId)),
+            Err(ObjectError::TenantKeysDestroyed) => Err(s3_error!(InvalidAccessKeyId)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+}
+
+/// The S3 operations over the object layer; see the module's notes.
+pub struct KisekiS3<S> {
+    objects: Arc<ObjectStore<S>>,
+    credentials: Arc<S3Credentials<S>>,
+}
+
+impl<S> std::fmt::Debug for KisekiS3<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KisekiS3").finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
+    pub fn new(objects: Arc<ObjectStore<S>>, credentials: Arc<S3Credentials<S>>) -> KisekiS3<S> {
+        KisekiS3 { objects, credentials }
+    }
+
+    /// The tenant of a signed request; anonymous requests are refused.
+    async fn tenant<T>(&self, request: &S3Request<T>) -> S3Result<TenantId> {
+        let Some(credentials) = &request.credentials else {
+            return Err(s3_error!(AccessDenied, "anonymous requests are not served"));
+        };
+        match self.credentials.lookup(&credentials.access_key).await {
+            Ok(Some((owner, _))) => Ok(owner.tenant),
+            Ok(None) | Err(ObjectError::TenantKeysDestroyed) => Err(s3_error!(InvalidAccessKeyId)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let names = self.objects.list_buckets(tenant).await.map_err(object_error)?;
+        let buckets = names
+            .into_iter()
+            .map(|name| Bucket {
+                name: Some(name),
+                // Creation times are not kept yet; the epoch says so rather than inventing one.
+                creation_date: Some(Timestamp::from(UNIX_EPOCH)),
+                ..Bucket::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let bucket = &req.input.bucket;
+        self.objects.create_bucket(tenant, bucket).await.map_err(object_error)?;
+        let location = Some(format!("/{bucket}"));
+        Ok(S3Response::new(CreateBucketOutput { location }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let tenant = self.tenant(&req).await?;
+        self.objects.delete_bucket(tenant, &req.input.bucket).await.map_err(object_error)?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        let tenant = self.tenant(&req).await?;
+        match self.objects.bucket_exists(tenant, &req.input.bucket).await {
+            Ok(true) => Ok(S3Response::new(HeadBucketOutput::default())),
+            Ok(false) => Err(object_error(self.objects.absent_bucket(&req.input.bucket).await)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let body = match input.body {
+            None => hyper::body::Bytes::new(),
+            Some(blob) => s3s::Body::from(blob)
+                .store_all_limited(S3_OBJECT_MAX_BYTES)
+                .await
+                .map_err(|_| s3_error!(EntityTooLarge, "at most 256 MiB in one PUT here"))?,
+        };
+        let user = UserMetadata {
+            content_type: input.content_type.map(|t| t.to_string()),
+            entries: input.metadata.unwrap_or_default().into_iter().collect(),
+        };
+        let etag = self
+            .objects
+            .put_object(tenant, &input.bucket, input.key.as_bytes(), &body, &user)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag_of(etag)), ..Default::default() }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = &req.input;
+        let key = input.key.as_bytes();
+        let range = match &input.range {
+            None => None,
+            Some(range) => {
+                let meta = self
+                    .objects
+                    .head_object(tenant, &input.bucket, key)
+                    .await
+                    .map_err(object_error)?;
+                let checked = range
+                    .check(meta.size_bytes)
+                    .map_err(|_| s3_error!(InvalidRange, "the range is not satisfiable"))?;
+                Some((checked.start, checked.end))
+            }
+        };
+        let (meta, bytes) = self
+            .objects
+            .get_object(tenant, &input.bucket, key, range)
+            .await
+            .map_err(object_error)?;
+        let content_range = range.map(|(start, end)| {
+            format!("bytes {start}-{}/{}", end.saturating_sub(1), meta.size_bytes)
+        });
+        let length = bytes.len() as i64;
+        let mut output = GetObjectOutput {
+            body: Some(StreamingBlob::from(s3s::Body::from(bytes))),
+            content_length: Some(length),
+            content_range,
+            accept_ranges: Some("bytes".to_owned()),
+            ..Default::default()
+        };
+        fill_head(&meta, &mut output.e_tag, &mut output.last_modified, &mut output.metadata);
+        output.content_type = meta.user.content_type.clone();
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = &req.input;
+        let meta = self
+            .objects
+            .head_object(tenant, &input.bucket, input.key.as_bytes())
+            .await
+            .map_err(object_error)?;
+        let mut output = HeadObjectOutput {
+            content_length: Some(meta.size_bytes as i64),
+            accept_ranges: Some("bytes".to_owned()),
+            ..Default::default()
+        };
+        fill_head(&meta, &mut output.e_tag, &mut output.last_modified, &mut output.metadata);
+        output.content_type = meta.user.content_type.clone();
+        Ok(S3Response::new(output))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = &req.input;
+        match self.objects.delete_object(tenant, &input.bucket, input.key.as_bytes()).await {
+            // S3 answers 204 for a key that was not there.
+            Ok(()) | Err(ObjectError::NoSuchKey) => {
+                Ok(S3Response::new(DeleteObjectOutput::default()))
+            }
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = input
+            .max_keys
+            .map_or(LIST_KEYS_MAX, |m| usize::try_from(m).unwrap_or(0).min(LIST_KEYS_MAX));
+        let mut after: Option<Vec<u8>> =
+            match &input.continuation_token {
+                Some(token) => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
+                    s3_error!(InvalidArgument, "the continuation token is not ours")
+                })?),
+                None => input.start_after.clone().map(String::into_bytes),
+            };
+        let mut contents = Vec::new();
+        let mut prefixes: Vec<String> = Vec::new();
+        let mut truncated = false;
+        'pages: loop {
+            let page = self
+                .objects
+                .list_objects(
+                    tenant,
+                    &input.bucket,
+                    prefix.as_bytes(),
+                    after.as_deref(),
+                    LIST_KEYS_MAX,
+                )
+                .await
+                .map_err(object_error)?;
+            let full_page = page.len() == LIST_KEYS_MAX;
+            for listed in page {
+                let key = String::from_utf8(listed.key.clone())
+                    .map_err(|_| s3_error!(InternalError, "a stored key is not UTF-8"))?;
+                let grouped = delimiter.as_ref().and_then(|d| {
+                    key[prefix.len()..]
+                        .find(d.as_str())
+                        .map(|at| key[..prefix.len() + at + d.len()].to_owned())
+                });
+                if let Some(common) = &grouped
+                    && prefixes.last() == Some(common)
+                {
+                    after = Some(listed.key);
+                    continue;
+                }
+                if contents.len() + prefixes.len() == max_keys {
+                    truncated = true;
+                    break 'pages;
+                }
+                match grouped {
+                    Some(common) => prefixes.push(common),
+                    None => contents.push(Object {
+                        key: Some(key),
+                        size: Some(listed.size_bytes as i64),
+                        e_tag: Some(etag_of(listed.etag)),
+                        last_modified: Some(timestamp(listed.modified_unix_ms)),
+                        ..Object::default()
+                    }),
+                }
+                after = Some(listed.key);
+            }
+            if !full_page {
+                break;
+            }
+        }
+        let count = contents.len() + prefixes.len();
+        let next_continuation_token =
+            if truncated { after.as_ref().map(|key| URL_SAFE_NO_PAD.encode(key)) } else { None };
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter,
+            max_keys: Some(max_keys as i32),
+            key_count: Some(count as i32),
+            is_truncated: Some(truncated),
+            continuation_token: input.continuation_token,
+            next_continuation_token,
+            start_after: input.start_after,
+            contents: Some(contents),
+            common_prefixes: Some(
+                prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+}
+
+fn fill_head(
+    meta: &ObjectMeta,
+    etag: &mut Option<S3ETag>,
+    last_modified: &mut Option<Timestamp>,
+    metadata: &mut Option<s3s::dto::Metadata>,
+) {
+    *etag = Some(etag_of(meta.etag));
+    *last_modified = Some(timestamp(meta.modified_unix_ms));
+    if !meta.user.entries.is_empty() {
+        *metadata = Some(meta.user.entries.clone().into_iter().collect());
+    }
+}
+
+fn etag_of(md5: [u8; 16]) -> S3ETag {
+    let mut hex = String::with_capacity(32);
+    for byte in md5 {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    S3ETag::Strong(hex)
+}
+
+fn timestamp(unix_ms: u64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(unix_ms))
+}
+
+/// The S3 error for an object-layer error. Internal details go to the log, not the client.
+fn object_error(error: ObjectError) -> S3Error {
+    match error {
+        ObjectError::NoSuchTenant => s3_error!(AccessDenied),
+        ObjectError::NoSuchBucket => s3_error!(NoSuchBucket),
+        ObjectError::AccessDenied => s3_error!(AccessDenied),
+        ObjectError::NoSuchKey => s3_error!(NoSuchKey),
+        ObjectError::BucketExists => s3_error!(BucketAlreadyExists),
+        ObjectError::BucketNotEmpty => s3_error!(BucketNotEmpty),
+        ObjectError::InvalidBucketName(why) => {
+            S3Error::with_message(S3ErrorCode::InvalidBucketName, why)
+        }
+        ObjectError::InvalidKey(why) => S3Error::with_message(S3ErrorCode::InvalidArgument, why),
+        ObjectError::InvalidRange { .. } => s3_error!(InvalidRange),
+        ObjectError::TenantKeysDestroyed => {
+            S3Error::with_message(S3ErrorCode::AccessDenied, "tenant keys destroyed")
+        }
+        ObjectError::Unavailable(why) => {
+            tracing::warn!(%why, "S3 request refused: unavailable");
+            s3_error!(SlowDown)
+        }
+        ObjectError::Integrity(why) => {
+            tracing::error!(%why, "S3 request failed an integrity check");
+            s3_error!(InternalError)
+        }
+        ObjectError::Internal(why) => {
+            tracing::error!(%why, "S3 request failed");
+            s3_error!(InternalError)
+        }
+    }
+}
+
+/// Connections the S3 front end serves at once; more wait in the kernel's backlog.
+pub const S3_CONNECTIONS_MAX: usize = 1024;
+
+/// How long a client may take to finish its TLS handshake or send a request's headers.
+pub const S3_HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The S3 front end's listener; see [`S3Server::start`].
+#[derive(Debug)]
+pub struct S3Server {
+    local_addr: std::net::SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Serves `service` on `listener` over TLS 1.3 (`tls`'s certificate, no client
+    /// certificate) on the current tokio runtime, until [`Self::shutdown`]. Fails if the
+    /// TLS configuration cannot be made or the listener has no address.
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        tls: &kiseki_security::TlsContext,
+        service: s3s::service::S3Service,
+    ) -> std::io::Result<S3Server> {
+        let config = tls.https_server_config().map_err(std::io::Error::other)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let local_addr = listener.local_addr()?;
+        let (shutdown, watch) = tokio::sync::watch::channel(false);
+        let accept_loop = tokio::spawn(accept_loop(listener, acceptor, service, watch));
+        Ok(S3Server { local_addr, shutdown, accept_loop })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting; connections in progress end with their runtime.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept_loop.await;
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    service: s3s::service::S3Service,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(S3_CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => return,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (stream, _) = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "S3: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small responses go out at once instead of waiting for an ACK (Nagle).
+        let _ = stream.set_nodelay(true);
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(S3_HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "S3: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(S3_HEADER_TIMEOUT)
+                .max_buf_size(S3_HEADER_BYTES_MAX)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "S3: connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The most a request's headers may take (hyper's read buffer).
+pub const S3_HEADER_BYTES_MAX: usize = 64 << 10;

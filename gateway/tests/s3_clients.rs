@@ -1,0 +1,148 @@
+//! The S3 front end against a real client: an S3 server over TLS on 127.0.0.1 (a one-node
+//! metadata group on redb, an engine on a memory device, a key manager), two tenants with
+//! credentials made the way `s3-credentials create` makes them, and boto3 (s3_boto3.py)
+//! driving every served operation and the negatives. boto3 comes from scripts/test.sh.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiseki_consensus::command::DedupMode;
+use kiseki_consensus::sim::SimNetwork;
+use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
+use kiseki_engine::{DeviceIds, Engine, FormatOptions, OpenOptions, Shard};
+use kiseki_gateway::objects::{ObjectConfig, ObjectStore};
+use kiseki_gateway::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
+use kiseki_security::keymanager::{
+    KeyManager, KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, SystemClock,
+};
+use kiseki_security::{
+    CRL_FILE, CertificateAuthority, IssueRequest, Role, SubjectAltName, TenantId, TlsBuilder,
+    TlsPaths, Validity,
+};
+use openraft::BasicNode;
+use zeroize::Zeroizing;
+
+const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
+
+/// Small chunks, so the client's 3-chunk object and its ranges cross chunk boundaries.
+const CHUNK: usize = 64 << 10;
+
+fn open_memory_shard() -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
+    let options = DeviceOptions {
+        queue_depth: 64,
+        buffer_count: 32,
+        buffer_size_bytes: 128 << 10,
+        ..DeviceOptions::default()
+    };
+    let mut device = MemoryDevice::new(64 << 20, &options).unwrap();
+    let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
+    Shard::format(&mut device, &format)?;
+    Shard::open(device, &OpenOptions::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_exercises_every_served_operation_and_the_negatives() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The node's TLS identity, from a throwaway cluster CA.
+    let ca_dir = dir.path().join("ca");
+    let ca = CertificateAuthority::init(&ca_dir, "s3 test", Validity::days_from_now(1)).unwrap();
+    let request = IssueRequest {
+        role: Role::Server,
+        common_name: "node".to_owned(),
+        spiffe_id: None,
+        subject_alt_names: vec![
+            SubjectAltName::parse("127.0.0.1").unwrap(),
+            SubjectAltName::parse("localhost").unwrap(),
+        ],
+        validity: Validity::days_from_now(1),
+    };
+    let (cert, key) =
+        ca.issue(&request).unwrap().write_files(&dir.path().join("node"), "node").unwrap();
+    let ca_cert = ca_dir.join(kiseki_security::CA_CERT_FILE);
+    let tls = TlsBuilder::new(TlsPaths {
+        ca: ca_cert.clone(),
+        cert,
+        key,
+        crl: Some(ca_dir.join(CRL_FILE)),
+    })
+    .build()
+    .unwrap();
+
+    // Metadata, engine, keys.
+    let shards = ShardMap::new(1).unwrap();
+    let config = GroupConfig::new(1, ShardId(0), shards);
+    let store = GroupStore::open_file(&dir.path().join("meta.redb"), config.shard, shards).unwrap();
+    let network = SimNetwork::new(0).factory(config.shard, config.node_id);
+    let group = MetadataGroup::start(config, store, network).await.unwrap();
+    group.initialize(BTreeMap::from([(1, BasicNode::new("node-1"))])).await.unwrap();
+    let mut metrics = group.raft().metrics();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while metrics.borrow_and_update().current_leader != Some(1) {
+            metrics.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a single node elects itself");
+    let group = Arc::new(group);
+    let engine = Engine::start(1, Arc::new(|_| open_memory_shard())).unwrap();
+    let root = Zeroizing::new([9u8; 32]);
+    let root = LocalRootKey::from_bytes("test", &root, MemoryLocking::BestEffort).unwrap();
+    let mut key_config = KeyManagerConfig::default();
+    key_config.memory_locking = MemoryLocking::BestEffort;
+    key_config.non_dumpable = false;
+    let mut keys =
+        KeyManager::new(Box::new(root), MemoryKeyStore::new(), key_config, Arc::new(SystemClock))
+            .unwrap();
+    keys.init_cluster().unwrap();
+    let keys = Arc::new(Mutex::new(keys));
+    let objects = Arc::new(ObjectStore::new(
+        Arc::clone(&group),
+        engine.handle(),
+        Arc::clone(&keys),
+        ObjectConfig { chunk_size_bytes: CHUNK, inline_max_bytes: 4096 },
+    ));
+    let credentials = Arc::new(S3Credentials::new(Arc::clone(&group), Arc::clone(&keys)));
+    let (alice, bob) = (TenantId::new([1; 16]).unwrap(), TenantId::new([2; 16]).unwrap());
+    objects.create_tenant(alice, DedupMode::CrossTenant).await.unwrap();
+    objects.create_tenant(bob, DedupMode::Isolated).await.unwrap();
+    let (alice_key, alice_secret) = credentials.create(alice, "analytics").await.unwrap();
+    let (bob_key, bob_secret) = credentials.create(bob, "ingest").await.unwrap();
+    assert!(alice_key.starts_with("KSK") && alice_key.len() == 21, "{alice_key}");
+    assert_eq!(alice_secret.len(), 40);
+    assert_ne!(alice_key, bob_key);
+
+    let mut builder =
+        s3s::service::S3ServiceBuilder::new(KisekiS3::new(objects, Arc::clone(&credentials)));
+    builder.set_auth(CredentialAuth(credentials));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = S3Server::start(listener, &tls, builder.build()).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", server.local_addr().port());
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_boto3.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .env("KISEKI_S3_ENDPOINT", &endpoint)
+            .env("KISEKI_S3_CA", &ca_cert)
+            .env("KISEKI_S3_CHUNK", CHUNK.to_string())
+            .env("KISEKI_S3_ALICE_KEY", &alice_key)
+            .env("KISEKI_S3_ALICE_SECRET", alice_secret.as_str())
+            .env("KISEKI_S3_BOB_KEY", &bob_key)
+            .env("KISEKI_S3_BOB_SECRET", bob_secret.as_str())
+            .output()
+            .expect("python3 runs (scripts/test.sh installs it and boto3)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "boto3 failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
+
+    server.shutdown().await;
+    engine.shutdown().unwrap();
+}
