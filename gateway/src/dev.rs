@@ -21,6 +21,7 @@
 //! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere.
 
 mod data_dir;
+mod front;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -43,7 +44,7 @@ use crate::observe::{AdminServer, MeteredHandler, Metrics, Sources};
 
 use crate::constants::{
     DEV_CORES_MAX, DEV_DEVICE_BUFFERS, DEV_DEVICE_QUEUE_DEPTH, DEV_DEVICE_SIZE_DEFAULT_BYTES,
-    DEV_GRPC_ADDR, DEV_S3_ADDR, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+    DEV_GRPC_ADDR, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
 };
 use data_dir::{DataDir, Layout, NODE_CLIENT, Plan};
 
@@ -66,6 +67,8 @@ pub struct DevConfig {
     pub fabric_addr: SocketAddr,
     /// Where metrics and health are served (plain HTTP).
     pub admin_addr: SocketAddr,
+    /// Where the S3 front end listens (HTTPS).
+    pub s3_addr: SocketAddr,
     /// Reactors (and shards); `None`: the data dir's count, or one per core less one.
     pub cores: Option<usize>,
 }
@@ -92,10 +95,15 @@ impl fmt::Debug for Output<'_> {
 pub enum DevError {
     /// A flag's value cannot work, alone or with the data dir.
     Usage(String),
-    /// The fabric address cannot be listened on (in use, not ours, no permission).
+    /// An address cannot be listened on (in use, not ours, no permission); `flag` names it.
     Listen {
+        flag: &'static str,
         addr: SocketAddr,
         source: io::Error,
+    },
+    /// The metadata group, the key manager or the S3 front end did not start.
+    Metadata {
+        reason: String,
     },
     /// Another process uses the data dir.
     InUse {
@@ -156,18 +164,42 @@ struct Started {
 
 /// Runs a dev node until SIGINT or SIGTERM; see the module's notes.
 pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> {
-    let listener = std::net::TcpListener::bind(config.fabric_addr)
-        .map_err(|source| DevError::Listen { addr: config.fabric_addr, source })?;
+    let bind = |flag, addr| {
+        std::net::TcpListener::bind(addr).map_err(|source| DevError::Listen { flag, addr, source })
+    };
+    let listener = bind("--fabric-addr", config.fabric_addr)?;
     let fabric_addr = listener.local_addr().map_err(DevError::Runtime)?;
-    let admin = std::net::TcpListener::bind(config.admin_addr)
-        .map_err(|source| DevError::Listen { addr: config.admin_addr, source })?;
+    let admin = bind("--admin-addr", config.admin_addr)?;
     let admin_addr = admin.local_addr().map_err(DevError::Runtime)?;
-    let started = start(config, fabric_addr, admin_addr, output)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let s3_listener = bind("--s3-addr", config.s3_addr)?;
+    let started = start(config, fabric_addr, output)?;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiseki-front")
         .build()
-        .map_err(DevError::Runtime)?;
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = started.engine.shutdown();
+            return Err(DevError::Runtime(error));
+        }
+    };
+    let meta = started.dir.layout.root().join("meta");
+    let front =
+        runtime.block_on(front::start(&meta, started.engine.handle(), &started.tls, s3_listener));
+    let front = match front {
+        Ok(front) => front,
+        Err(error) => {
+            let _ = started.engine.shutdown();
+            return Err(error);
+        }
+    };
+    let addrs = Addrs { fabric: fabric_addr, admin: admin_addr, s3: front.s3_addr() };
+    if let Err(error) = summary(&started, &addrs, &front, output.out) {
+        let _ = runtime.block_on(front.stop());
+        let _ = started.engine.shutdown();
+        return Err(error);
+    }
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(MeteredHandler::new(
         Arc::clone(&metrics),
@@ -179,9 +211,11 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
     ));
     let listeners = Listeners { fabric: listener, admin };
     let served = runtime.block_on(serve(listeners, &started, service, metrics, output.out));
+    let front_stopped = runtime.block_on(front.stop());
     let device = started.dir.layout.device();
     let stopped = started.engine.shutdown().map_err(|source| DevError::Engine { device, source });
     let stats = served?;
+    front_stopped?;
     stopped?;
     writeln!(
         output.out,
@@ -192,12 +226,10 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
     .map_err(DevError::Output)
 }
 
-/// Everything up to serving: the data dir, TLS, the device and the engine, then the
-/// summary.
+/// The data dir, TLS, the device and the engine.
 fn start(
     config: &DevConfig,
     fabric_addr: SocketAddr,
-    admin_addr: SocketAddr,
     output: &mut Output<'_>,
 ) -> Result<Started, DevError> {
     let layout = Layout::new(config.data_dir.clone());
@@ -242,12 +274,7 @@ fn start(
         return Err(error);
     }
     warn_unnamed_address(&dir, fabric_addr, output);
-    let started = Started { dir, engine, chunks, tls };
-    if let Err(error) = summary(&started, fabric_addr, admin_addr, output.out) {
-        let _ = started.engine.shutdown();
-        return Err(error);
-    }
-    Ok(started)
+    Ok(Started { dir, engine, chunks, tls })
 }
 
 /// What a first start makes: the device size and shard count from the flags or the
@@ -353,12 +380,20 @@ fn warn_unnamed_address(dir: &DataDir, addr: SocketAddr, output: &mut Output<'_>
     }
 }
 
+/// The addresses a dev node serves, as bound (a port 0 became a real one).
+struct Addrs {
+    fabric: SocketAddr,
+    admin: SocketAddr,
+    s3: SocketAddr,
+}
+
 fn summary(
     started: &Started,
-    fabric_addr: SocketAddr,
-    admin_addr: SocketAddr,
+    addrs: &Addrs,
+    front: &front::Front,
     out: &mut dyn Write,
 ) -> Result<(), DevError> {
+    let (fabric_addr, admin_addr) = (addrs.fabric, addrs.admin);
     let layout = &started.dir.layout;
     let manifest = &started.dir.manifest;
     let connect = connect_addr(fabric_addr);
@@ -399,10 +434,31 @@ fn summary(
         bench_command(connect, &node_client, "put", working_set),
         bench_command(connect, &node_client, "get", working_set),
         format!(
-            "Not served yet: S3 ({DEV_S3_ADDR}) and gRPC ({DEV_GRPC_ADDR}); they come with \
-             later issues."
+            "  S3:          https://{} (tenant org {DEV_TENANT_ORG}; TLS 1.3, SigV4)",
+            connect_addr(addrs.s3)
         ),
+        format!("  access key:  {}", front.access_key),
+        format!("  secret key:  {}", front.secret.as_str()),
+        "List the tenant's buckets with the AWS CLI:".to_owned(),
+        format!(
+            "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 \
+             aws --endpoint-url https://{} --ca-bundle {} s3 ls",
+            front.access_key,
+            front.secret.as_str(),
+            connect_addr(addrs.s3),
+            layout.ca_cert().display()
+        ),
+        format!("Not served yet: gRPC ({DEV_GRPC_ADDR}); it comes with a later issue."),
     ];
+    if front.mlock_failures > 0 {
+        writeln!(
+            out,
+            "warning: {} key page(s) could not be locked in memory (RLIMIT_MEMLOCK); keys \
+             may be swapped out: raise it with `ulimit -l`",
+            front.mlock_failures
+        )
+        .map_err(DevError::Output)?;
+    }
     for line in lines {
         writeln!(out, "{line}").map_err(DevError::Output)?;
     }
@@ -533,16 +589,19 @@ impl fmt::Display for DevError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DevError::Usage(message) => f.write_str(message),
-            DevError::Listen { addr, source } if source.kind() == io::ErrorKind::AddrInUse => {
+            DevError::Listen { flag, addr, source }
+                if source.kind() == io::ErrorKind::AddrInUse =>
+            {
                 write!(
                     f,
-                    "--fabric-addr {addr}: the address is in use (another kiseki-server?); \
-                     stop it or give another --fabric-addr"
+                    "{flag} {addr}: the address is in use (another kiseki-server?); stop it or \
+                     give another {flag}"
                 )
             }
-            DevError::Listen { addr, source } => {
-                write!(f, "--fabric-addr {addr}: cannot listen there: {source}")
+            DevError::Listen { flag, addr, source } => {
+                write!(f, "{flag} {addr}: cannot listen there: {source}")
             }
+            DevError::Metadata { reason } => write!(f, "metadata, keys or S3: {reason}"),
             DevError::InUse { path } => write!(
                 f,
                 "{} is in use by another kiseki-server (it holds meta/lock); stop it or give \

@@ -170,28 +170,34 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         ObjectStore { meta, engine, keys, config }
     }
 
-    /// Creates a tenant: its first KEK (and secret, when isolated), then its record.
-    /// Creating a tenant that exists with keys is refused as `BucketExists`'s sibling:
-    /// `Internal("the tenant exists")`.
+    /// Creates a tenant: its record, then its first KEK (and secret, when isolated).
+    /// Creating a tenant that exists changes nothing.
     pub async fn create_tenant(
         &self,
         tenant: TenantId,
         dedup: DedupMode,
     ) -> Result<(), ObjectError> {
-        let isolated = matches!(dedup, DedupMode::Isolated);
-        match self.key_manager().create_tenant_kek(tenant, isolated) {
-            Ok(_) | Err(KeyManagerError::AlreadyExists { .. }) => {}
-            Err(error) => return Err(key_error(error)),
-        }
+        // The record first: a key store in the metadata refuses keys of an unknown tenant.
+        // A start that stops between the two finishes on the next call.
         let command = Command::CreateTenant {
             tenant: meta_tenant(tenant),
             dedup,
             sealed_config: Sealed::default(),
         };
         match self.meta.propose(command).await {
-            Ok(_) => Ok(()),
-            Err(ConsensusError::Rejected(Rejection::AlreadyExists(_))) => Ok(()),
-            Err(error) => Err(consensus_error(error)),
+            Ok(_) | Err(ConsensusError::Rejected(Rejection::AlreadyExists(_))) => {}
+            Err(error) => return Err(consensus_error(error)),
+        }
+        let isolated = matches!(dedup, DedupMode::Isolated);
+        // A key store in the metadata proposes, and waits, on a thread of its own.
+        let keys = Arc::clone(&self.keys);
+        let created =
+            tokio::task::spawn_blocking(move || lock(&keys).create_tenant_kek(tenant, isolated))
+                .await
+                .map_err(|e| ObjectError::Internal(format!("key manager task: {e}")))?;
+        match created {
+            Ok(_) | Err(KeyManagerError::AlreadyExists { .. }) => Ok(()),
+            Err(error) => Err(key_error(error)),
         }
     }
 
@@ -566,10 +572,14 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     }
 
     fn key_manager(&self) -> MutexGuard<'_, KeyManager<S>> {
-        // A panic while holding the lock leaves no half-made key (each call is one store
-        // operation), so a poisoned lock is taken over.
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.keys)
     }
+}
+
+fn lock<S>(keys: &Mutex<KeyManager<S>>) -> MutexGuard<'_, KeyManager<S>> {
+    // A panic while holding the lock leaves no half-made key (each call is one store
+    // operation), so a poisoned lock is taken over.
+    keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a sealed blob of an object is bound to: its kind, bucket and key, with lengths so

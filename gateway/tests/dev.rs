@@ -110,10 +110,16 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
     (status, err)
 }
 
-/// A free admin port for a node started with `args`, unless they name one: tests run side
-/// by side and the default, 9090, would be taken by the first.
-fn free_admin_port(args: &[&str]) -> &'static [&'static str] {
-    if args.contains(&"--admin-addr") { &[] } else { &["--admin-addr", "127.0.0.1:0"] }
+/// Free ports for the addresses `args` do not name: tests run side by side and the
+/// defaults (9090, 9000) would be taken by the first.
+fn free_admin_port(args: &[&str]) -> Vec<&'static str> {
+    let mut extra = Vec::new();
+    for flag in ["--admin-addr", "--s3-addr"] {
+        if !args.contains(&flag) {
+            extra.extend([flag, "127.0.0.1:0"]);
+        }
+    }
+    extra
 }
 
 fn wait(child: &mut Child) -> ExitStatus {
@@ -233,7 +239,10 @@ fn dev_serves_chunks_over_mtls_stops_on_sigterm_and_recovers_them() {
             node_dir.display()
         ),
         "--rw=get".to_owned(),
-        "Not served yet: S3 (127.0.0.1:9000) and gRPC (127.0.0.1:9100)".to_owned(),
+        "Not served yet: gRPC (127.0.0.1:9100)".to_owned(),
+        "  S3:          https://127.0.0.1:".to_owned(),
+        "  access key:  KSK".to_owned(),
+        "aws --endpoint-url https://127.0.0.1:".to_owned(),
         "  admin:       http://127.0.0.1:".to_owned(),
     ] {
         assert!(printed.contains(&needle), "{needle:?} not in:\n{printed}");
@@ -435,6 +444,7 @@ fn help_explains_what_dev_runs_and_each_flag() {
         "--fabric-addr",
         "--admin-addr",
         "/readyz",
+        "--s3-addr",
         "--cores",
         "chunk service",
         "S3 (127.0.0.1:9000)",
@@ -594,4 +604,81 @@ fn metrics_and_health_count_what_the_node_serves_and_name_no_tenant() {
     let (status, rest) = node.terminate();
     assert_eq!(status.code(), Some(0), "{rest}");
     assert!(std::net::TcpStream::connect(admin).is_err(), "the admin port closed with the node");
+}
+
+/// A printed summary line's value: the text after `label` up to the end of the line.
+fn printed_value<'a>(printed: &'a str, label: &str) -> &'a str {
+    let line = printed.lines().find(|line| line.trim_start().starts_with(label)).unwrap();
+    line.trim_start()[label.len()..].split_whitespace().next().unwrap()
+}
+
+/// Runs a boto3 snippet against a dev node: `ops` is Python with `s3` a client.
+fn boto3(printed: &str, ca: &Path, ops: &str) -> String {
+    let script = format!(
+        "import boto3, sys\nfrom botocore.config import Config\n\
+         s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], \
+         aws_secret_access_key=sys.argv[3], region_name='us-east-1', verify=sys.argv[4], \
+         config=Config(s3={{'addressing_style': 'path'}}, retries={{'max_attempts': 1}}))\n{ops}"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .arg(printed_value(printed, "S3:"))
+        .arg(printed_value(printed, "access key:"))
+        .arg(printed_value(printed, "secret key:"))
+        .arg(ca)
+        .output()
+        .expect("python3 with boto3 (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[test]
+fn dev_serves_s3_with_the_printed_key_and_keeps_objects_and_keys_across_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("kiseki-data");
+    let ca = data.join("tls/ca/ca.crt");
+    let node = Node::start(&data, &["--device-size", "64M", "--cores", "1"]);
+    let first_key = printed_value(&node.printed, "access key:").to_owned();
+    assert!(first_key.starts_with("KSK"), "{}", node.printed);
+    let put = "body = bytes(range(256)) * 12289\n\
+               s3.create_bucket(Bucket='keep')\n\
+               s3.put_object(Bucket='keep', Key='big', Body=body, Metadata={'k': 'v'})\n\
+               s3.put_object(Bucket='keep', Key='small', Body=b'hello kiseki')\n\
+               print([b['Name'] for b in s3.list_buckets()['Buckets']])";
+    assert_eq!(boto3(&node.printed, &ca, put).trim(), "['keep']");
+    // The root key is the owner's alone; the secret is nowhere in the data dir in the clear.
+    assert_eq!(mode(&data.join("meta/root.key")), 0o600);
+    let secret = printed_value(&node.printed, "secret key:").to_owned();
+    let (status, rest) = node.terminate();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    for file in walk(&data) {
+        let bytes = fs::read(&file).unwrap();
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "the S3 secret is in the clear in {}", file.display());
+    }
+
+    // Second start: the same key and secret, and the objects read back whole.
+    let node = Node::start(&data, &[]);
+    assert_eq!(printed_value(&node.printed, "access key:"), first_key);
+    assert_eq!(printed_value(&node.printed, "secret key:"), secret);
+    let get = "body = bytes(range(256)) * 12289\n\
+               got = s3.get_object(Bucket='keep', Key='big')\n\
+               assert got['Body'].read() == body\n\
+               assert got['Metadata'] == {'k': 'v'}\n\
+               ranged = s3.get_object(Bucket='keep', Key='big', Range='bytes=1048570-1048580')\n\
+               assert ranged['Body'].read() == body[1048570:1048581]\n\
+               print(s3.get_object(Bucket='keep', Key='small')['Body'].read().decode())";
+    assert_eq!(boto3(&node.printed, &ca, get).trim(), "hello kiseki");
+    let (status, rest) = node.terminate();
+    assert_eq!(status.code(), Some(0), "{rest}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::constants::{DEV_CORES_MAX, DEV_METRICS_ADDR};
+use crate::constants::{DEV_CORES_MAX, DEV_METRICS_ADDR, DEV_S3_ADDR};
 use crate::dev::{self, DevConfig, Output};
 
 pub(super) const ABOUT: &str =
@@ -67,6 +67,10 @@ pub(super) struct DevArgs {
     /// loopback or management address); port 0 picks a free port, printed on start.
     #[arg(long, value_name = "ADDR", default_value = DEV_METRICS_ADDR)]
     admin_addr: SocketAddr,
+    /// Where the S3 front end listens (HTTPS with the node's certificate, SigV4); port 0
+    /// picks a free port, printed on start.
+    #[arg(long, value_name = "ADDR", default_value = DEV_S3_ADDR)]
+    s3_addr: SocketAddr,
     /// Engine reactors, each a thread pinned to a core that owns one shard of the device;
     /// set on the first start [default: one per core less one for the front ends, at
     /// least 1].
@@ -81,6 +85,7 @@ pub(super) fn dev(args: DevArgs, out: &mut dyn Write) -> Result<(), CliError> {
         device_size_bytes: args.device_size,
         fabric_addr: args.fabric_addr,
         admin_addr: args.admin_addr,
+        s3_addr: args.s3_addr,
         cores: args.cores.map(usize::from),
     };
     let mut stderr = std::io::stderr();

@@ -1,0 +1,200 @@
+//! A dev node's metadata, key manager and S3 front end.
+//!
+//! - The metadata: a one-member Raft group on `meta/shard-0.redb` (the file the `keys`,
+//!   `tenant` and `audit` subcommands open while the node is stopped). It has no peer, so
+//!   it sends no RPC.
+//! - The key manager: its root key in `meta/root.key` (0600, made on the first start and
+//!   never written anywhere else), its store in the group; master-key epoch 1 is made on
+//!   the first start.
+//! - Tenant org `dev` (cross-tenant dedup) and one S3 access key for its workload `dev`:
+//!   the key's id is kept in `meta/s3-access-key`, its secret only sealed in the metadata,
+//!   and both are printed at each start (it is a development node).
+//! - The S3 front end over the engine the chunk service uses.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiseki_consensus::command::DedupMode;
+use kiseki_consensus::keystore::ConsensusKeyStore;
+use kiseki_consensus::node::shard_path;
+use kiseki_consensus::sim::SimNetwork;
+use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_engine::EngineHandle;
+use kiseki_security::keymanager::{
+    KeyManager, KeyManagerConfig, LocalRootKey, MemoryLocking, SystemClock, create_root_key_file,
+    mlock_failures, root_key_path, tenant_of_org,
+};
+use kiseki_security::{OrgId, TlsContext};
+use openraft::BasicNode;
+use zeroize::Zeroizing;
+
+use super::DevError;
+use crate::constants::DEV_TENANT_ORG;
+use crate::objects::{ObjectConfig, ObjectStore};
+use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
+
+/// How long the one-member group may take to elect itself.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The file that names the dev tenant's access key (not secret: the secret is sealed).
+const ACCESS_KEY_FILE: &str = "s3-access-key";
+
+/// What a started front holds until the node stops.
+pub(super) struct Front {
+    group: Arc<MetadataGroup>,
+    s3: S3Server,
+    pub access_key: String,
+    pub secret: Zeroizing<String>,
+    /// Key pages the kernel would not lock (RLIMIT_MEMLOCK); printed as a warning.
+    pub mlock_failures: u64,
+}
+
+impl Front {
+    pub fn s3_addr(&self) -> std::net::SocketAddr {
+        self.s3.local_addr()
+    }
+
+    /// Stops the S3 listener, then the metadata group.
+    pub async fn stop(self) -> Result<(), DevError> {
+        self.s3.shutdown().await;
+        self.group.shutdown().await.map_err(|e| metadata(format!("stopping the group: {e}")))
+    }
+}
+
+fn metadata(reason: String) -> DevError {
+    DevError::Metadata { reason }
+}
+
+/// Starts the metadata group, the key manager, the dev tenant and its key, and the S3
+/// front end on `s3_listener`; see the module's notes.
+pub(super) async fn start(
+    meta: &Path,
+    engine: EngineHandle,
+    tls: &TlsContext,
+    s3_listener: std::net::TcpListener,
+) -> Result<Front, DevError> {
+    let group = Arc::new(start_group(meta).await?);
+    match start_rest(meta, &group, engine, tls, s3_listener).await {
+        Ok((s3, access_key, secret)) => {
+            Ok(Front { group, s3, access_key, secret, mlock_failures: mlock_failures() })
+        }
+        Err(error) => {
+            let _ = group.shutdown().await;
+            Err(error)
+        }
+    }
+}
+
+async fn start_rest(
+    meta: &Path,
+    group: &Arc<MetadataGroup>,
+    engine: EngineHandle,
+    tls: &TlsContext,
+    s3_listener: std::net::TcpListener,
+) -> Result<(S3Server, String, Zeroizing<String>), DevError> {
+    let root_path = root_key_path(meta);
+    if !root_path.exists() {
+        create_root_key_file(&root_path).map_err(|e| metadata(e.to_string()))?;
+    }
+    let root = LocalRootKey::from_file(&root_path, MemoryLocking::BestEffort)
+        .map_err(|e| metadata(e.to_string()))?;
+    let store = ConsensusKeyStore::new(Arc::clone(group), tokio::runtime::Handle::current());
+    let mut config = KeyManagerConfig::default();
+    config.memory_locking = MemoryLocking::BestEffort;
+    let keys = KeyManager::new(Box::new(root), store, config, Arc::new(SystemClock))
+        .map_err(|e| metadata(format!("key manager: {e}")))?;
+    let keys = Arc::new(Mutex::new(keys));
+    let init = Arc::clone(&keys);
+    tokio::task::spawn_blocking(move || {
+        init.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).init_cluster()
+    })
+    .await
+    .map_err(|e| metadata(format!("key manager: {e}")))?
+    .map_err(|e| metadata(format!("key manager: {e}")))?;
+
+    let objects = Arc::new(ObjectStore::new(
+        Arc::clone(group),
+        engine,
+        Arc::clone(&keys),
+        ObjectConfig::default(),
+    ));
+    let org = OrgId::parse(DEV_TENANT_ORG).map_err(|e| metadata(e.to_string()))?;
+    let tenant = tenant_of_org(&org);
+    objects
+        .create_tenant(tenant, DedupMode::CrossTenant)
+        .await
+        .map_err(|e| metadata(format!("tenant {DEV_TENANT_ORG}: {e}")))?;
+    let credentials = Arc::new(S3Credentials::new(Arc::clone(group), keys));
+    let key_file = meta.join(ACCESS_KEY_FILE);
+    let known = match fs::read_to_string(&key_file) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(DevError::Io { path: key_file, source }),
+    };
+    let found = match &known {
+        Some(access_key) => credentials
+            .lookup(access_key)
+            .await
+            .map_err(|e| metadata(format!("S3 access key: {e}")))?
+            .map(|(_, secret)| (access_key.clone(), secret)),
+        None => None,
+    };
+    let (access_key, secret) = match found {
+        Some(pair) => pair,
+        None => {
+            let pair = credentials
+                .create(tenant, DEV_TENANT_ORG)
+                .await
+                .map_err(|e| metadata(format!("S3 access key: {e}")))?;
+            write_private(&key_file, pair.0.as_bytes())?;
+            pair
+        }
+    };
+
+    let mut builder =
+        s3s::service::S3ServiceBuilder::new(KisekiS3::new(objects, Arc::clone(&credentials)));
+    builder.set_auth(CredentialAuth(credentials));
+    s3_listener.set_nonblocking(true).map_err(DevError::Runtime)?;
+    let listener = tokio::net::TcpListener::from_std(s3_listener).map_err(DevError::Runtime)?;
+    let s3 = S3Server::start(listener, tls, builder.build()).map_err(DevError::Runtime)?;
+    Ok((s3, access_key, secret))
+}
+
+/// The node's one-member group on `meta/shard-0.redb`, elected.
+async fn start_group(meta: &Path) -> Result<MetadataGroup, DevError> {
+    let consensus = |e: kiseki_consensus::ConsensusError| metadata(e.to_string());
+    let shards = ShardMap::new(1).map_err(consensus)?;
+    let config = GroupConfig::new(1, ShardId(0), shards);
+    let path: PathBuf = shard_path(meta, ShardId(0));
+    let store = GroupStore::open_file(&path, ShardId(0), shards)
+        .map_err(|e| metadata(format!("{}: {e}", path.display())))?;
+    let network = SimNetwork::new(0).factory(ShardId(0), 1);
+    let group = MetadataGroup::start(config, store, network).await.map_err(consensus)?;
+    group.initialize(BTreeMap::from([(1, BasicNode::new("local"))])).await.map_err(consensus)?;
+    let mut metrics = group.raft().metrics();
+    let elected = tokio::time::timeout(LEADER_TIMEOUT, async {
+        while metrics.borrow_and_update().current_leader != Some(1) {
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    if elected.is_err() {
+        let _ = group.shutdown().await;
+        return Err(metadata("the metadata group elected no leader".to_owned()));
+    }
+    Ok(group)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
+    let io = |source| DevError::Io { path: path.to_owned(), source };
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)
+}
