@@ -422,6 +422,12 @@ fn summary(
         ),
         format!("  admin:       http://{admin_addr} (GET /metrics: Prometheus; /healthz, /readyz)"),
         format!(
+            "  S3:          https://{} (tenant org {DEV_TENANT_ORG}; TLS 1.3, SigV4)",
+            connect_addr(addrs.s3)
+        ),
+        format!("  access key:  {}", front.access_key),
+        format!("  secret key:  {}", front.secret.as_str()),
+        format!(
             "  identities:  {} (server role: node-to-node calls, kiseki-bench)",
             node_client.display()
         ),
@@ -433,12 +439,6 @@ fn summary(
         "Put chunks, then get them back (from the repository root):".to_owned(),
         bench_command(connect, &node_client, "put", working_set),
         bench_command(connect, &node_client, "get", working_set),
-        format!(
-            "  S3:          https://{} (tenant org {DEV_TENANT_ORG}; TLS 1.3, SigV4)",
-            connect_addr(addrs.s3)
-        ),
-        format!("  access key:  {}", front.access_key),
-        format!("  secret key:  {}", front.secret.as_str()),
         "List the tenant's buckets with the AWS CLI:".to_owned(),
         format!(
             "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 \
