@@ -12,17 +12,18 @@ use crate::constants::{DEV_CORES_MAX, DEV_METRICS_ADDR, DEV_S3_ADDR};
 use crate::dev::{self, DevConfig, Output};
 
 pub(super) const ABOUT: &str =
-    "Run one node on embedded defaults: the engine and the fabric's chunk service over mTLS";
+    "Run one node on embedded defaults: S3, the engine, Raft metadata, keys, the chunk service";
 
 const LONG_ABOUT: &str = "\
 Run one Kiseki node on embedded defaults, to develop against and to try Kiseki out.
 
 What it runs today: the storage engine (one pinned reactor and one shard per core on a
-preallocated device file) and the fabric's chunk service on --fabric-addr, over TCP with
-TLS 1.3 and client certificates required; Prometheus metrics and health probes on
---admin-addr (plain HTTP: GET /metrics, /healthz, /readyz; no tenant in any label).
-S3 (127.0.0.1:9000) and gRPC (127.0.0.1:9100) are not served yet: they come with the
-front ends.
+preallocated device file); a one-member Raft metadata group (meta/shard-0.redb) and the
+key manager (root key meta/root.key); S3 on --s3-addr (HTTPS, TLS 1.3 with the node's
+certificate, SigV4 with the printed access key of tenant org dev); the fabric's chunk
+service on --fabric-addr, over TCP with TLS 1.3 and client certificates required;
+Prometheus metrics and health probes on --admin-addr (plain HTTP: GET /metrics, /healthz,
+/readyz; no tenant in any label). gRPC (127.0.0.1:9100) is not served yet.
 
 The first start makes the data dir (mode 0700): a cluster CA (tls/ca), a certificate for
 the node valid for localhost, 127.0.0.1 and ::1 (tls/server), two client identities in the
