@@ -21,8 +21,11 @@ use crate::fabric::certs::{self, Side};
 /// guard), so the load measures the log, not one tenant's throttle.
 const TENANTS: u8 = 16;
 
-/// The bucket each bench tenant writes to.
-const BUCKET: &str = "bench";
+/// The bucket a bench tenant writes to: its own name, as bucket names are one namespace
+/// across tenants.
+fn bucket_of(tenant: &TenantId) -> String {
+    format!("bench-{:02x}", tenant.0[15])
+}
 
 /// Longest the in-process cluster may take to elect its first leader.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(10);
@@ -97,7 +100,7 @@ impl Cluster {
                 sealed_config: Sealed(vec![0; 32]),
             };
             tolerate_existing(client.propose(create).await)?;
-            let bucket = Command::CreateBucket { tenant: *tenant, bucket: BUCKET.to_owned() };
+            let bucket = Command::CreateBucket { tenant: *tenant, bucket: bucket_of(tenant) };
             tolerate_existing(client.propose(bucket).await)?;
         }
         Ok(KisekiPut { client, tenants, run: run_id() })
@@ -185,7 +188,7 @@ impl PutTarget for KisekiPut {
         let tenant = self.tenants[worker as usize % self.tenants.len()];
         let command = Command::PutObject {
             tenant,
-            bucket: BUCKET.to_owned(),
+            bucket: bucket_of(&tenant),
             key: format!("{}/w{worker}/{sequence}", self.run).into_bytes(),
             manifest: Manifest {
                 size_bytes: value.len() as u64,
