@@ -69,9 +69,13 @@ pub struct RaftArgs {
     /// Metadata shards of the --connect cluster
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
-    /// etcd's client URLs (comma-separated http://IP:PORT)
+    /// etcd's client URLs (comma-separated http://IP:PORT, or https:// with --etcd-tls-dir)
     #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// etcd over TLS with a client certificate: the directory of ca.crt, client.crt and
+    /// client.key (the --tls-dir layout), so both sides pay for mutual TLS
+    #[arg(long = "etcd-tls-dir")]
+    pub etcd_tls_dir: Option<PathBuf>,
     /// Workers, each with one operation in flight
     #[arg(long, default_value_t = 16)]
     pub concurrency: u32,
@@ -130,10 +134,14 @@ pub fn run(args: &RaftArgs) -> Result<(), String> {
     let outcome = runtime.block_on(async {
         match args.target {
             Target::Etcd => {
-                let target =
-                    Arc::new(etcd::Etcd::connect(&args.endpoints, args.concurrency).await?);
-                let name =
-                    format!("etcd ({} endpoint(s), puts at the leader)", args.endpoints.len());
+                let tls = args.etcd_tls_dir.as_deref().map(etcd::tls_config).transpose()?;
+                let mtls = if tls.is_some() { "mTLS" } else { "plaintext" };
+                let etcd = etcd::Etcd::connect(&args.endpoints, args.concurrency, tls).await?;
+                let target = Arc::new(etcd);
+                let name = format!(
+                    "etcd ({} endpoint(s), {mtls}, puts at the leader)",
+                    args.endpoints.len()
+                );
                 Ok::<_, String>(drive(target, name, args).await)
             }
             Target::Kiseki => {

@@ -1,4 +1,5 @@
-//! The etcd side of `kiseki-bench raft`: etcd's v3 `KV/Put` over gRPC, at the leader.
+//! The etcd side of `kiseki-bench raft`: etcd's v3 `KV/Put` over gRPC, at the leader, in
+//! plaintext or over TLS with a client certificate (`--etcd-tls-dir`).
 //!
 //! Why not the `etcd-client` crate: its build script compiles etcd's .proto files with
 //! `tonic-prost-build`, which needs a system `protoc`, and Kiseki builds without one
@@ -6,9 +7,11 @@
 //! here by hand instead, field numbers as etcd's `rpc.proto` gives them (unknown fields of
 //! a response are skipped on decode), over the same tonic 0.14 the design names.
 
+use std::path::Path;
+
 use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_prost::ProstCodec;
 
 use super::PutTarget;
@@ -69,10 +72,14 @@ pub struct Etcd {
 
 impl Etcd {
     /// Finds the leader among `endpoints` and connects to it.
-    pub async fn connect(endpoints: &[String], concurrency: u32) -> Result<Etcd, String> {
+    pub async fn connect(
+        endpoints: &[String],
+        concurrency: u32,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Etcd, String> {
         let mut leader_url = None;
         for url in endpoints {
-            let mut grpc = Grpc::new(connect(url).await?);
+            let mut grpc = Grpc::new(connect(url, tls.as_ref()).await?);
             let status: StatusResponse = unary(&mut grpc, STATUS_PATH, StatusRequest {})
                 .await
                 .map_err(|e| format!("{url}: status: {e}"))?;
@@ -84,7 +91,7 @@ impl Etcd {
         let url = leader_url.ok_or_else(|| format!("no leader among {endpoints:?}"))?;
         let mut channels = Vec::new();
         for _ in 0..CONNECTIONS.min(concurrency as usize).max(1) {
-            channels.push(Grpc::new(connect(&url).await?));
+            channels.push(Grpc::new(connect(&url, tls.as_ref()).await?));
         }
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -109,9 +116,24 @@ impl PutTarget for Etcd {
     }
 }
 
-async fn connect(url: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
-    endpoint.tcp_nodelay(true).connect().await.map_err(|e| format!("{url}: connect: {e}"))
+/// TLS to etcd with the client identity of `dir` (ca.crt, client.crt, client.key); the
+/// members' certificates must name 127.0.0.1.
+pub fn tls_config(dir: &Path) -> Result<ClientTlsConfig, String> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| format!("--etcd-tls-dir: {name}: {e}"))
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(read("client.crt")?, read("client.key")?)))
+}
+
+async fn connect(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {
+    let mut endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?.tcp_nodelay(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("{url}: TLS: {e}"))?;
+    }
+    endpoint.connect().await.map_err(|e| format!("{url}: connect: {e}"))
 }
 
 async fn unary<Q, R>(grpc: &mut Grpc<Channel>, path: &'static str, request: Q) -> Result<R, String>
