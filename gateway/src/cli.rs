@@ -107,6 +107,8 @@ enum Command {
     /// The tamper-evident audit log: verify it, export a tenant's records.
     #[command(subcommand)]
     Audit(keys::AuditCommand),
+    /// Run the key manager alone: the gRPC key service over mTLS on this node's store.
+    Keyserver(keys::KeyserverArgs),
 }
 
 /// What a subcommand can fail with.
@@ -175,6 +177,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Keys(command) => keys::keys(command, out),
         Command::Tenant(command) => keys::tenant(command, out),
         Command::Audit(command) => keys::audit(command, out),
+        Command::Keyserver(args) => keys::keyserver(args, out),
     }
 }
 

@@ -41,6 +41,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKES_MAX: usize = 64;
 /// Finished handshakes waiting for the HTTP/2 server.
 pub const ACCEPTED_QUEUE: usize = 64;
+/// How long a shutdown waits for connected clients to hang up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (no descriptor left, say) before the next one.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 
@@ -352,17 +354,33 @@ pub async fn serve<S: KeyStoreBackend + Send + 'static>(
         }
     });
     let grpc = GrpcKeyService::new(service, tls);
-    let result = tonic::transport::Server::builder()
+    // Shutdown: stop accepting, let calls in flight finish, but wait for idle clients to
+    // hang up for at most DRAIN_TIMEOUT.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let (mut for_server, mut for_drain) = (stopping.clone(), stopping);
+    let server = tonic::transport::Server::builder()
         .add_service(KeyServiceServer::new(grpc))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(incoming),
-            shutdown,
-        )
-        .await
-        .map_err(io::Error::other);
+            async move {
+                let _ = for_server.wait_for(|stopped| *stopped).await;
+            },
+        );
+    let drain_limit = async move {
+        let _ = for_drain.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let result = tokio::select! {
+        served = server => served.map_err(io::Error::other),
+        () = drain_limit => Ok(()),
+    };
     accept_loop.abort();
     result
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -194,3 +194,83 @@ fn dir_root_other(dir: &Path) -> LocalRootKey {
     create_root_key_file(&path).expect("other root key");
     LocalRootKey::from_file(&path, MemoryLocking::Required).expect("other root")
 }
+
+/// Three nodes, each with its own key manager over its own replica: a shred proposed
+/// through the leader reaches every node's answers within one cache TTL.
+#[tokio::test]
+async fn a_shred_reaches_every_node_within_the_cache_ttl() {
+    let cluster = crate::cluster::SimCluster::start(7, 3, ShardId(0), one_shard()).await;
+    cluster.initialize().await;
+    let leader = cluster.wait_for_leader(std::time::Duration::from_secs(10)).await.expect("leader");
+    for n in [1, 2] {
+        cluster.propose(create_tenant(tenant(n))).await.expect("tenant");
+    }
+    let groups: Vec<(u64, Arc<MetadataGroup>)> =
+        (1..=3).map(|id| (id, cluster.group(id))).collect();
+    let handle = Handle::current();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root_path = dir.path().join("root.key");
+    create_root_key_file(&root_path).expect("root key");
+    blocking(move || {
+        let clock = Arc::new(kiseki_security::keymanager::ManualClock::new());
+        let config = KeyManagerConfig::with_cache_ttl_secs(30).expect("ttl");
+        let mut nodes: Vec<(u64, KeyManager<ConsensusKeyStore>)> = groups
+            .iter()
+            .map(|(id, group)| {
+                let root =
+                    LocalRootKey::from_file(&root_path, MemoryLocking::Required).expect("root");
+                let store = ConsensusKeyStore::new(Arc::clone(group), handle.clone());
+                (
+                    *id,
+                    KeyManager::new(Box::new(root), store, config, clock.clone()).expect("manager"),
+                )
+            })
+            .collect();
+        let (one, two) = (security_tenant(1), security_tenant(2));
+        let lead = nodes.iter().position(|(id, _)| *id == leader).expect("leader's manager");
+        let (blob_one, blob_two) = {
+            let keys = &mut nodes[lead].1;
+            keys.init_cluster().expect("init");
+            keys.create_tenant_kek(one, true).expect("KEK one");
+            keys.create_tenant_kek(two, true).expect("KEK two");
+            (
+                keys.seal_for_tenant(one, b"obj", SECRET).expect("seal"),
+                keys.seal_for_tenant(two, b"obj", b"two").expect("seal"),
+            )
+        };
+        // Every node opens the tenant's object once its replica has the key (and caches it).
+        let until = |what: &str, check: &mut dyn FnMut() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !check() {
+                assert!(std::time::Instant::now() < deadline, "{what}: not within 60 s");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        for (_, keys) in &mut nodes {
+            until("replica has the key", &mut || {
+                keys.open_for_tenant(one, b"obj", &blob_one).is_ok()
+            });
+        }
+        nodes[lead].1.shred_tenant(one, &NoRetentionHolds).expect("shred");
+        let destroyed = Err(KeyManagerError::TenantKeysDestroyed { tenant: one });
+        assert_eq!(nodes[lead].1.open_for_tenant(one, b"obj", &blob_one).map(|_| ()), destroyed);
+        // Once each replica has applied the shred, one TTL later every node answers
+        // "tenant keys destroyed" (its cache may answer until then), and the other tenant
+        // opens everywhere.
+        for (_, keys) in &mut nodes {
+            until("replica applied the shred", &mut || {
+                kiseki_security::keymanager::KeyStoreBackend::keys_destroyed(keys.store(), one)
+                    == Ok(true)
+            });
+        }
+        clock.advance(std::time::Duration::from_secs(31));
+        for (id, keys) in &mut nodes {
+            let outcome = keys.open_for_tenant(one, b"obj", &blob_one).map(|_| ());
+            assert_eq!(outcome, destroyed, "node {id}");
+            let opened = keys.open_for_tenant(two, b"obj", &blob_two).expect("tenant two");
+            assert_eq!(&opened[..], b"two", "node {id}");
+        }
+    })
+    .await;
+    cluster.stop().await;
+}

@@ -11,13 +11,16 @@
 //! the same authorizer and key service as a remote call. So only that tenant's admin can
 //! shred it or export its audit log, and the attempt is audited either way.
 //!
-//! What is missing: talking to a running node (its store is locked while it runs; the
-//! gRPC key service that would take these calls is not built yet).
+//! `keyserver` runs the key manager alone: the gRPC key service
+//! (`kiseki.keys.v1.KeyService`, [`crate::keys_grpc`]) over mTLS on the node's metadata
+//! store, until SIGINT or SIGTERM. While it runs, the commands above cannot open the
+//! store; its clients make the same calls over gRPC.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
@@ -33,6 +36,8 @@ use kiseki_security::keymanager::{
 };
 use kiseki_security::{OrgId, TenantId, TlsBuilder, TlsPaths};
 use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::CliError;
 
@@ -68,6 +73,36 @@ pub(super) struct Credentials {
     #[arg(long, value_name = "FILE", requires = "scope_file")]
     policy_file: Option<PathBuf>,
     /// The scope file that makes a tenant's certificate its tenant's admin.
+    #[arg(long, value_name = "FILE", requires = "policy_file")]
+    scope_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct KeyserverArgs {
+    #[command(flatten)]
+    data: DataDir,
+    /// Where to serve the key service (gRPC over mTLS).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9200")]
+    listen: String,
+    /// The key server's CA bundle (default: KISEKI_CA_PATH).
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// The key server's certificate, OU kiseki-keyserver (default: KISEKI_CERT_PATH).
+    #[arg(long, value_name = "FILE", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// Its private key (default: KISEKI_KEY_PATH).
+    #[arg(long, value_name = "FILE", requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// The CRL, re-read every KISEKI_CRL_RELOAD_SECS (default: KISEKI_CRL_PATH).
+    #[arg(long, value_name = "FILE", requires = "ca")]
+    crl: Option<PathBuf>,
+    /// The KES policy file: identities (SHA-256 of public keys) bound to API-path globs.
+    #[arg(long, value_name = "FILE")]
+    kes_policy_file: Option<PathBuf>,
+    /// The policy file (seed 004); with --scope-file.
+    #[arg(long, value_name = "FILE", requires = "scope_file")]
+    policy_file: Option<PathBuf>,
+    /// The scope file that makes tenants' certificates their tenants' admins.
     #[arg(long, value_name = "FILE", requires = "policy_file")]
     scope_file: Option<PathBuf>,
 }
@@ -175,7 +210,7 @@ pub(super) fn tenant(command: TenantCommand, out: &mut dyn Write) -> Result<(), 
     let caller = verified_caller(&credentials)?;
     let authorizer = authorizer(&credentials)?;
     let holds = retention_holds(&meta_dir(&data.data_dir)?)?;
-    with_node(&data.data_dir, |keys| {
+    with_node(&data.data_dir, |keys, _| {
         let mut service = KeyService::new(keys, authorizer, AuditLog::default(), Box::new(holds));
         let request = KeyRequest::Delete { name: org.as_str().to_owned() };
         match service.call(&caller, request, now_unix_s()) {
@@ -239,6 +274,68 @@ pub(super) fn audit(command: AuditCommand, out: &mut dyn Write) -> Result<(), Cl
     }
 }
 
+pub(super) fn keyserver(args: KeyserverArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let shutdown = async {
+        let Ok(mut terminate) = signal(SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    keyserver_until(args, out, shutdown)
+}
+
+/// The key server until `shutdown` resolves (a signal, or a test's channel).
+fn keyserver_until(
+    args: KeyserverArgs,
+    out: &mut dyn Write,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CliError> {
+    let paths = match (&args.ca, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            TlsPaths { ca: ca.clone(), cert: cert.clone(), key: key.clone(), crl: args.crl.clone() }
+        }
+        _ => TlsPaths::from_env()?,
+    };
+    let tls = TlsBuilder::new(paths).build()?;
+    let kes = match &args.kes_policy_file {
+        None => KesPolicies::default(),
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|error| CliError::Usage(format!("{}: {error}", path.display())))?;
+            KesPolicies::parse(&bytes).map_err(|error| CliError::Usage(error.to_string()))?
+        }
+    };
+    let role_files = match (&args.policy_file, &args.scope_file) {
+        (Some(policy), Some(scope)) => Some(read_role_files(policy, scope)?),
+        _ => None,
+    };
+    let authorizer = Authorizer::new(role_files.unwrap_or_default(), kes);
+    let holds = retention_holds(&meta_dir(&args.data.data_dir)?)?;
+    with_node(&args.data.data_dir, |mut keys, runtime| {
+        let (epoch, _) = keys.init_cluster().map_err(key_error)?;
+        let service = KeyService::new(keys, authorizer, AuditLog::default(), Box::new(holds));
+        let service = Arc::new(Mutex::new(service));
+        runtime.block_on(async {
+            let listener = TcpListener::bind(&args.listen).await.map_err(|source| {
+                CliError::Usage(format!("--listen {}: cannot listen there: {source}", args.listen))
+            })?;
+            let _crl_poller = tls.spawn_crl_poller()?;
+            writeln!(
+                out,
+                "key service listening on {} (master key epoch {epoch})",
+                listener.local_addr()?
+            )?;
+            out.flush()?;
+            crate::keys_grpc::serve(listener, tls.clone(), service, shutdown)
+                .await
+                .map_err(CliError::Runtime)?;
+            writeln!(out, "key service stopped")?;
+            Ok(())
+        })
+    })
+}
+
 type Keys = KeyManager<ConsensusKeyStore>;
 
 /// Opens the node's store, runs `work` with its key manager and an audit log, and stops
@@ -247,12 +344,12 @@ fn with_keys(
     data_dir: &Path,
     work: impl FnOnce(&mut Keys, &mut AuditLog) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
-    with_node(data_dir, |mut keys| work(&mut keys, &mut AuditLog::default()))
+    with_node(data_dir, |mut keys, _| work(&mut keys, &mut AuditLog::default()))
 }
 
 fn with_node(
     data_dir: &Path,
-    work: impl FnOnce(Keys) -> Result<(), CliError>,
+    work: impl FnOnce(Keys, &tokio::runtime::Runtime) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
     let meta = meta_dir(data_dir)?;
     let root_path = root_key_path(&meta);
@@ -260,7 +357,7 @@ fn with_node(
         CliError::Keys(format!("{error} (run `kiseki-server keys init` first)"))
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
@@ -269,7 +366,7 @@ fn with_node(
     let result =
         KeyManager::new(Box::new(root), store, KeyManagerConfig::default(), Arc::new(SystemClock))
             .map_err(key_error)
-            .and_then(work);
+            .and_then(|keys| work(keys, &runtime));
     let stopped = runtime.block_on(group.shutdown());
     result?;
     stopped.map_err(|error| CliError::Keys(format!("metadata group: {error}")))
@@ -346,12 +443,15 @@ fn authorizer(credentials: &Credentials) -> Result<Authorizer, CliError> {
     let (Some(policy), Some(scope)) = (&credentials.policy_file, &credentials.scope_file) else {
         return Ok(Authorizer::default());
     };
-    let read = |path: &PathBuf| {
+    Ok(Authorizer::new(read_role_files(policy, scope)?, KesPolicies::default()))
+}
+
+fn read_role_files(policy: &Path, scope: &Path) -> Result<RoleFiles, CliError> {
+    let read = |path: &Path| {
         std::fs::read(path).map_err(|error| CliError::Usage(format!("{}: {error}", path.display())))
     };
-    let files = RoleFiles::parse(&read(policy)?, &read(scope)?)
-        .map_err(|error| CliError::Usage(error.to_string()))?;
-    Ok(Authorizer::new(files, KesPolicies::default()))
+    RoleFiles::parse(&read(policy)?, &read(scope)?)
+        .map_err(|error| CliError::Usage(error.to_string()))
 }
 
 fn retention_holds(meta: &Path) -> Result<BTreeSet<TenantId>, CliError> {

@@ -30,7 +30,7 @@ fn issue(ca: &CertificateAuthority, dir: &Path, name: &str, role: Role, sans: &[
     ca.issue(&request).unwrap().write_files(&dir.join(name), name).unwrap();
 }
 
-async fn client(
+pub(crate) async fn client(
     dir: &Path,
     name: &str,
     port: u16,

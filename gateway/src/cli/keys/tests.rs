@@ -146,3 +146,94 @@ fn keys_shred_and_audit_from_the_command_line() {
     ok(&["cert", "revoke", "--ca", &ca, "--cert", &path(&d.join("alice/alice.crt"))]);
     fails(&strs(&export), 1, "");
 }
+
+#[test]
+fn the_keyserver_serves_grpc_on_the_nodes_store_until_told_to_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = path(&d.join("data"));
+    ok(&["keys", "init", "--data-dir", &data]);
+    let ca = path(&d.join("ca"));
+    ok(&["ca", "init", "--out", &ca]);
+    let keyserver = path(&d.join("keyserver"));
+    ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        &ca,
+        "--role",
+        "keyserver",
+        "--name",
+        "keyserver",
+        "--san",
+        "localhost",
+        "--san",
+        "127.0.0.1",
+        "--out",
+        &keyserver,
+    ]);
+    ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        &ca,
+        "--role",
+        "admin",
+        "--name",
+        "ops",
+        "--out",
+        &path(&d.join("ops")),
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let args = super::KeyserverArgs {
+        data: super::DataDir { data_dir: d.join("data") },
+        listen: format!("127.0.0.1:{port}"),
+        ca: Some(d.join("ca/ca.crt")),
+        cert: Some(d.join("keyserver/keyserver.crt")),
+        key: Some(d.join("keyserver/keyserver.key")),
+        crl: Some(d.join("ca/crl.pem")),
+        kes_policy_file: None,
+        policy_file: None,
+        scope_file: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let result = super::keyserver_until(args, &mut out, async {
+            let _ = stopped.await;
+        });
+        (result.map_err(|error| error.to_string()), String::from_utf8(out).unwrap())
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let epoch = runtime.block_on(async {
+        let mut ops = None;
+        for _ in 0..100 {
+            if let Ok(client) = crate::keys_grpc::tests::client(d, "ops", port).await {
+                ops = Some(client);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut ops = ops.expect("the key server came up");
+        let name = kiseki_proto::keys::KeyName { name: "master".into() };
+        let rotated = ops.rotate_key(name).await.unwrap().into_inner().epoch;
+        let acme = kiseki_proto::keys::KeyName { name: "acme-corp".into() };
+        let denied = ops.generate_data_key(acme).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        rotated
+    });
+    assert_eq!(epoch, 2);
+    // The client stays connected (its runtime still holds the connection): the server
+    // stops anyway, within its drain timeout.
+    let stopping = std::time::Instant::now();
+    stop.send(()).unwrap();
+    let (result, out) = server.join().unwrap();
+    assert_eq!(result, Ok(()), "{out}");
+    assert!(out.contains("key service listening on") && out.contains("stopped"), "{out}");
+    assert!(stopping.elapsed() < crate::keys_grpc::DRAIN_TIMEOUT * 2);
+    drop(runtime);
+    // The rotation went through consensus into the node's store, audited.
+    assert!(ok(&["keys", "status", "--data-dir", &data]).contains("[1, 2]"));
+    assert!(ok(&["audit", "verify", "--data-dir", &data]).contains("audit log verified"));
+}
