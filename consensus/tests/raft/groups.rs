@@ -54,10 +54,15 @@ fn rejection(outcome: Result<Applied, ConsensusError>) -> Rejection {
     }
 }
 
+/// Each tenant's bucket for inline puts (bucket names are one namespace).
+fn inline_bucket(tenant_n: u8) -> String {
+    format!("inline-{tenant_n}")
+}
+
 fn inline_put(tenant_n: u8, key: u64, bytes: usize) -> Command {
     Command::PutObject {
         tenant: tenant(tenant_n),
-        bucket: "inline".into(),
+        bucket: inline_bucket(tenant_n),
         key: object_key(key),
         manifest: Manifest {
             size_bytes: 1,
@@ -310,7 +315,7 @@ async fn one_tenant_cannot_flood_a_shard_with_inline_data() {
     wait_until_leader(&group).await;
     for n in [1u8, 2] {
         group.propose(create_tenant(tenant(n))).await.expect("tenant");
-        group.propose(create_bucket(tenant(n), "inline")).await.expect("bucket");
+        group.propose(create_bucket(tenant(n), &inline_bucket(n))).await.expect("bucket");
     }
     let mut admitted = 0;
     let throttled = loop {
