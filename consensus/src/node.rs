@@ -94,6 +94,42 @@ impl MetadataNode {
     }
 }
 
+/// How long [`start_single`] waits for its group to elect itself.
+pub const SINGLE_LEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A single node's metadata: the one-member group of a one-shard map on
+/// `meta_dir/shard-0.redb`, initialized (a second start keeps its membership) and elected.
+/// It has no peer, so it sends no RPC: its network is the in-process one, never used.
+pub async fn start_single(meta_dir: &Path) -> Result<MetadataGroup, ConsensusError> {
+    let shards = ShardMap::new(1)?;
+    let config = GroupConfig::new(1, ShardId(0), shards);
+    let store = GroupStore::open_file(&shard_path(meta_dir, ShardId(0)), ShardId(0), shards)?;
+    let network = crate::sim::SimNetwork::new(0).factory(ShardId(0), 1);
+    let group = MetadataGroup::start(config, store, network).await?;
+    let members = BTreeMap::from([(1, openraft::BasicNode::new("local"))]);
+    let elected = async {
+        group.initialize(members).await?;
+        let mut metrics = group.raft().metrics();
+        while metrics.borrow_and_update().current_leader != Some(1) {
+            if metrics.changed().await.is_err() {
+                return Err(ConsensusError::Config("the group stopped".into()));
+            }
+        }
+        Ok(())
+    };
+    let outcome = match tokio::time::timeout(SINGLE_LEADER_TIMEOUT, elected).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ConsensusError::Config("the one-member group elected no leader".into())),
+    };
+    match outcome {
+        Ok(()) => Ok(group),
+        Err(error) => {
+            let _ = group.shutdown().await;
+            Err(error)
+        }
+    }
+}
+
 /// Where a shard's database lives under a node's `meta/` directory.
 pub fn shard_path(meta_dir: &Path, shard: ShardId) -> PathBuf {
     meta_dir.join(format!("shard-{}.redb", shard.0))

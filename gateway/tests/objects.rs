@@ -6,11 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use kiseki_consensus::MetadataGroup;
 use kiseki_consensus::command::DedupMode;
-use kiseki_consensus::sim::SimNetwork;
-use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_consensus::node::start_single;
 use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
 use kiseki_engine::{DeviceIds, Engine, EngineHandle, FormatOptions, OpenOptions, Shard};
 use kiseki_gateway::objects::{ObjectConfig, ObjectError, ObjectStore, UserMetadata};
@@ -19,7 +18,6 @@ use kiseki_security::keymanager::{
     KeyManager, KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, NoRetentionHolds,
     SystemClock,
 };
-use openraft::BasicNode;
 use zeroize::Zeroizing;
 
 const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
@@ -38,21 +36,7 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let shards = ShardMap::new(1).unwrap();
-        let config = GroupConfig::new(1, ShardId(0), shards);
-        let store =
-            GroupStore::open_file(&dir.path().join("meta.redb"), config.shard, shards).unwrap();
-        let network = SimNetwork::new(0).factory(config.shard, config.node_id);
-        let group = MetadataGroup::start(config, store, network).await.unwrap();
-        group.initialize(BTreeMap::from([(1, BasicNode::new("node-1"))])).await.unwrap();
-        let mut metrics = group.raft().metrics();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while metrics.borrow_and_update().current_leader != Some(1) {
-                metrics.changed().await.unwrap();
-            }
-        })
-        .await
-        .expect("a single node elects itself");
+        let group = start_single(dir.path()).await.expect("a one-member metadata group");
         let group = Arc::new(group);
 
         let engine = Engine::start(1, Arc::new(|_| open_memory_shard(32 << 20))).unwrap();
@@ -359,7 +343,7 @@ async fn bodies_and_user_metadata_are_sealed_in_the_metadata_file() {
     let (meta, got) = f.store.get_object(alice, "bkt", b"small", None).await.unwrap();
     assert_eq!((got.as_slice(), meta.user), (&inline_marker[..], user));
 
-    let file = std::fs::read(f.dir.path().join("meta.redb")).unwrap();
+    let file = std::fs::read(f.dir.path().join("shard-0.redb")).unwrap();
     let contains = |needle: &[u8]| file.windows(needle.len()).any(|w| w == needle);
     assert!(contains(b"small"), "the scan sees plaintext where there is some (object keys)");
     assert!(!contains(inline_marker), "an inline body in the clear");

@@ -3,14 +3,11 @@
 //! credentials made the way `s3-credentials create` makes them, and boto3 (s3_boto3.py)
 //! driving every served operation and the negatives. boto3 comes from scripts/test.sh.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use kiseki_consensus::command::DedupMode;
-use kiseki_consensus::sim::SimNetwork;
-use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_consensus::node::start_single;
 use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
 use kiseki_engine::{DeviceIds, Engine, FormatOptions, OpenOptions, Shard};
 use kiseki_gateway::objects::{ObjectConfig, ObjectStore};
@@ -22,7 +19,6 @@ use kiseki_security::{
     CRL_FILE, CertificateAuthority, IssueRequest, Role, SubjectAltName, TenantId, TlsBuilder,
     TlsPaths, Validity,
 };
-use openraft::BasicNode;
 use zeroize::Zeroizing;
 
 const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
@@ -73,20 +69,7 @@ async fn boto3_exercises_every_served_operation_and_the_negatives() {
     .unwrap();
 
     // Metadata, engine, keys.
-    let shards = ShardMap::new(1).unwrap();
-    let config = GroupConfig::new(1, ShardId(0), shards);
-    let store = GroupStore::open_file(&dir.path().join("meta.redb"), config.shard, shards).unwrap();
-    let network = SimNetwork::new(0).factory(config.shard, config.node_id);
-    let group = MetadataGroup::start(config, store, network).await.unwrap();
-    group.initialize(BTreeMap::from([(1, BasicNode::new("node-1"))])).await.unwrap();
-    let mut metrics = group.raft().metrics();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while metrics.borrow_and_update().current_leader != Some(1) {
-            metrics.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("a single node elects itself");
+    let group = start_single(dir.path()).await.expect("a one-member metadata group");
     let group = Arc::new(group);
     let engine = Engine::start(1, Arc::new(|_| open_memory_shard())).unwrap();
     let root = Zeroizing::new([9u8; 32]);

@@ -16,18 +16,17 @@
 //! store, until SIGINT or SIGTERM. While it runs, the commands above cannot open the
 //! store; its clients make the same calls over gRPC.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
+use kiseki_consensus::MetadataGroup;
 use kiseki_consensus::keystore::ConsensusKeyStore;
-use kiseki_consensus::node::shard_path;
-use kiseki_consensus::sim::SimNetwork;
-use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_consensus::node::start_single;
 use kiseki_security::authz::{Authorizer, Caller, KesPolicies, RoleFiles, Target};
 use kiseki_security::keymanager::{
     AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyManagerConfig, KeyRequest,
@@ -35,7 +34,6 @@ use kiseki_security::keymanager::{
     root_key_path, tenant_of_org,
 };
 use kiseki_security::{OrgId, TenantId, TlsBuilder, TlsPaths};
-use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -45,8 +43,6 @@ use super::CliError;
 const META_DIR: &str = "meta";
 /// Organization ids under a retention hold, one per line (`#` starts a comment).
 const RETENTION_HOLDS_FILE: &str = "retention-holds";
-/// How long the one-member group may take to elect itself.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub(super) struct DataDir {
@@ -372,36 +368,15 @@ fn with_node(
     stopped.map_err(|error| CliError::Keys(format!("metadata group: {error}")))
 }
 
-/// The node's one-member group. It has no peer, so it sends no RPC: the network factory
-/// is the consensus crate's in-process one, which here is never used.
+/// The node's one-member group (`kiseki_consensus::node::start_single`).
 async fn start_group(meta: &Path) -> Result<MetadataGroup, CliError> {
-    let consensus = |error: kiseki_consensus::ConsensusError| {
-        CliError::Keys(format!("metadata store in {}: {error}", meta.display()))
-    };
-    let shards = ShardMap::new(1).map_err(consensus)?;
-    let config = GroupConfig::new(1, ShardId(0), shards);
-    let path = shard_path(meta, ShardId(0));
-    let store = GroupStore::open_file(&path, ShardId(0), shards).map_err(|error| {
-        CliError::Keys(format!(
-            "cannot open {} ({error}); is the node running? These commands run with it \
-             stopped",
-            path.display()
-        ))
-    })?;
-    let network = SimNetwork::new(0).factory(ShardId(0), 1);
-    let group = MetadataGroup::start(config, store, network).await.map_err(consensus)?;
-    group.initialize(BTreeMap::from([(1, BasicNode::new("local"))])).await.map_err(consensus)?;
-    let mut metrics = group.raft().metrics();
-    tokio::time::timeout(LEADER_TIMEOUT, async {
-        while metrics.borrow_and_update().current_leader != Some(1) {
-            if metrics.changed().await.is_err() {
-                break;
-            }
-        }
+    start_single(meta).await.map_err(|error| match error {
+        kiseki_consensus::ConsensusError::Storage(why) => CliError::Keys(format!(
+            "cannot open the metadata store ({why}); is the node running? These commands run \
+             with it stopped"
+        )),
+        other => CliError::Keys(format!("metadata store in {}: {other}", meta.display())),
     })
-    .await
-    .map_err(|_| CliError::Keys("the metadata group elected no leader".into()))?;
-    Ok(group)
 }
 
 fn record(

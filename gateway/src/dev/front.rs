@@ -11,35 +11,28 @@
 //!   and both are printed at each start (it is a development node).
 //! - The S3 front end over the engine the chunk service uses.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use kiseki_consensus::MetadataGroup;
 use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::keystore::ConsensusKeyStore;
-use kiseki_consensus::node::shard_path;
-use kiseki_consensus::sim::SimNetwork;
-use kiseki_consensus::{GroupConfig, GroupStore, MetadataGroup, ShardId, ShardMap};
+use kiseki_consensus::node::start_single;
 use kiseki_engine::EngineHandle;
 use kiseki_security::keymanager::{
     KeyManager, KeyManagerConfig, LocalRootKey, MemoryLocking, SystemClock, create_root_key_file,
     mlock_failures, root_key_path, tenant_of_org,
 };
 use kiseki_security::{OrgId, TlsContext};
-use openraft::BasicNode;
 use zeroize::Zeroizing;
 
 use super::DevError;
 use crate::constants::DEV_TENANT_ORG;
 use crate::objects::{ObjectConfig, ObjectStore};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
-
-/// How long the one-member group may take to elect itself.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The file that names the dev tenant's access key (not secret: the secret is sealed).
 const ACCESS_KEY_FILE: &str = "s3-access-key";
@@ -78,7 +71,8 @@ pub(super) async fn start(
     tls: &TlsContext,
     s3_listener: std::net::TcpListener,
 ) -> Result<Front, DevError> {
-    let group = Arc::new(start_group(meta).await?);
+    let group =
+        Arc::new(start_single(meta).await.map_err(|e| metadata(format!("metadata group: {e}")))?);
     match start_rest(meta, &group, engine, tls, s3_listener).await {
         Ok((s3, access_key, secret)) => {
             Ok(Front { group, s3, access_key, secret, mlock_failures: mlock_failures() })
@@ -163,33 +157,6 @@ async fn start_rest(
     let listener = tokio::net::TcpListener::from_std(s3_listener).map_err(DevError::Runtime)?;
     let s3 = S3Server::start(listener, tls, builder.build()).map_err(DevError::Runtime)?;
     Ok((s3, access_key, secret))
-}
-
-/// The node's one-member group on `meta/shard-0.redb`, elected.
-async fn start_group(meta: &Path) -> Result<MetadataGroup, DevError> {
-    let consensus = |e: kiseki_consensus::ConsensusError| metadata(e.to_string());
-    let shards = ShardMap::new(1).map_err(consensus)?;
-    let config = GroupConfig::new(1, ShardId(0), shards);
-    let path: PathBuf = shard_path(meta, ShardId(0));
-    let store = GroupStore::open_file(&path, ShardId(0), shards)
-        .map_err(|e| metadata(format!("{}: {e}", path.display())))?;
-    let network = SimNetwork::new(0).factory(ShardId(0), 1);
-    let group = MetadataGroup::start(config, store, network).await.map_err(consensus)?;
-    group.initialize(BTreeMap::from([(1, BasicNode::new("local"))])).await.map_err(consensus)?;
-    let mut metrics = group.raft().metrics();
-    let elected = tokio::time::timeout(LEADER_TIMEOUT, async {
-        while metrics.borrow_and_update().current_leader != Some(1) {
-            if metrics.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-    if elected.is_err() {
-        let _ = group.shutdown().await;
-        return Err(metadata("the metadata group elected no leader".to_owned()));
-    }
-    Ok(group)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
