@@ -170,14 +170,21 @@ mod tests {
 
     #[test]
     fn thread_usage_grows_with_work() {
+        // Spins until the thread's own CPU time shows 10 ms of work, or fails after 10 s of
+        // wall time: on a loaded machine 30 ms of wall time gave as little as 4.5 ms of CPU.
         let before = ThreadUsage::now();
         let mut x = 0u64;
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(30) {
-            x = x.wrapping_mul(31).wrapping_add(1);
+        let mut used = ThreadUsage::now().since(before);
+        while used.user + used.system < Duration::from_millis(10)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(1);
+            }
+            used = ThreadUsage::now().since(before);
         }
         std::hint::black_box(x);
-        let used = ThreadUsage::now().since(before);
         assert!(used.user + used.system >= Duration::from_millis(10), "{used:?}");
     }
 }
