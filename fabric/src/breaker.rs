@@ -22,59 +22,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::constants::{
     BREAKER_BACKOFF_INITIAL_DEFAULT, BREAKER_BACKOFF_MAX_DEFAULT, BREAKER_FAILURES_DEFAULT,
     BREAKER_FAILURES_MAX, BREAKER_PROBE_LEASE_DEFAULT, BREAKER_WINDOW_DEFAULT,
 };
-
-/// Where time comes from: the system's monotonic clock in production, a hand-driven one in
-/// tests.
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-}
-
-/// The monotonic system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to, for deterministic tests of time-dependent
-/// behaviour (here and in the integration tests).
-#[derive(Debug)]
-pub struct ManualClock {
-    now: Mutex<Instant>,
-}
-
-impl ManualClock {
-    pub fn new() -> ManualClock {
-        ManualClock { now: Mutex::new(Instant::now()) }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().expect("clock lock");
-        *now += by;
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        ManualClock::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.now.lock().expect("clock lock")
-    }
-}
 
 /// When a breaker opens and how long it stays open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +264,7 @@ impl fmt::Display for BreakerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiseki_security::clock::{Clock, ManualClock};
 
     const SECOND: Duration = Duration::from_secs(1);
 

@@ -46,12 +46,13 @@ mod transport;
 #[cfg(test)]
 mod testing;
 
-pub use breaker::{BreakerConfig, BreakerState, Clock, ManualClock, SystemClock};
+pub use breaker::{BreakerConfig, BreakerState};
 pub use client::{ChunkClient, ClientError};
 pub use connection::{
     ClientConnection, ConnectionCounters, ConnectionLimits, ConnectionStats, Handler, Peer,
     PendingResponse, TryCallError, serve_connection,
 };
+pub use kiseki_security::clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{FabricMetricsSnapshot, TransportMetricsSnapshot};
 pub use replication::{Replicated, ReplicationConfig, ReplicationError, Replicator, placement};
 pub use selector::{FabricSelector, PeerHealth, SelectorError};

@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex};
 
 use kiseki_proto::{FRAME_HEADER_BYTES, Op};
 
-use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState, Clock, SystemClock};
+use kiseki_security::clock::{Clock, SystemClock};
+
+use crate::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 use crate::constants::SELECTOR_PEERS_MAX;
 use crate::metrics::{FabricMetricsSnapshot, TransportMetrics};
 use crate::transport::{
@@ -421,11 +423,11 @@ mod tests {
     use kiseki_proto::{ChunkRequest, Status, TenantRef};
 
     use super::*;
-    use crate::breaker::ManualClock;
     use crate::testing::{
         Fault, Nodes, ScriptedTransport, connect_refused, connection_lost, endpoint, envelope,
         nodes,
     };
+    use kiseki_security::clock::ManualClock;
 
     const SECOND: Duration = Duration::from_secs(1);
 

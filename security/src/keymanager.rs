@@ -43,6 +43,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use audit_log::{
     AuditEntry, AuditKind, AuditLog, AuditOutcome, AuditVerifyError, ChainHead, ExportedRecord,
 };
@@ -51,8 +52,8 @@ pub use locked::{
     MemoryLocking, make_process_non_dumpable, mlock_failures, process_is_non_dumpable,
 };
 pub use manager::{
-    CACHE_TTL_DEFAULT_SECS, CACHE_TTL_MAX_SECS, CACHE_TTL_MIN_SECS, Clock, KeyManager,
-    KeyManagerConfig, KeyManagerStatus, ManualClock, NoRetentionHolds, RetentionHolds, SystemClock,
+    CACHE_TTL_DEFAULT_SECS, CACHE_TTL_MAX_SECS, CACHE_TTL_MIN_SECS, KeyManager, KeyManagerConfig,
+    KeyManagerStatus, NoRetentionHolds, RetentionHolds,
 };
 pub use reseal::{ChunkSource, ResealProgress, Resealer};
 pub use root::{

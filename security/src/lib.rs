@@ -68,6 +68,7 @@
 
 pub mod admission;
 pub mod authz;
+pub mod clock;
 pub mod constants;
 pub mod jwt;
 pub mod keymanager;

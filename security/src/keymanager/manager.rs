@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::AES_256_GCM;
@@ -18,6 +18,7 @@ use aws_lc_rs::hkdf;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use crate::clock::Clock;
 use crate::constants::KEY_LEN;
 use crate::error::CryptoError;
 use crate::ids::TenantId;
@@ -79,50 +80,6 @@ impl Default for KeyManagerConfig {
             memory_locking: MemoryLocking::Required,
             non_dumpable: true,
         }
-    }
-}
-
-/// Where the key manager reads the time (the cache's only use of it).
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-}
-
-/// The monotonic system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told (tests and simulations).
-#[derive(Debug)]
-pub struct ManualClock {
-    now: Mutex<Instant>,
-}
-
-impl ManualClock {
-    pub fn new() -> ManualClock {
-        ManualClock { now: Mutex::new(Instant::now()) }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now += by;
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> ManualClock {
-        ManualClock::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
