@@ -252,9 +252,13 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         check_key(key)?;
         let etag: [u8; 16] = Md5::digest(body).into();
         let owner = meta_tenant(tenant);
-        if !self.bucket_exists(tenant, bucket).await? {
-            return Err(self.absent_bucket(bucket).await);
+        // This node's applied state is enough to refuse early, before any chunk is stored:
+        // the command is checked again where it is applied.
+        let view = self.meta.local_view().map_err(consensus_error)?;
+        if !view.bucket_exists(&owner, bucket).map_err(consensus_error)? {
+            return Err(absent_bucket(&view, bucket));
         }
+        drop(view);
         let modified_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
@@ -292,7 +296,9 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 // Nothing names the chunks this put stored: give their references back.
                 self.release_refs(&stored).await;
                 Err(match error {
-                    ConsensusError::Rejected(Rejection::NotFound(_)) => ObjectError::NoSuchBucket,
+                    ConsensusError::Rejected(Rejection::NotFound(_)) => {
+                        self.absent_bucket(bucket).await
+                    }
                     other => consensus_error(other),
                 })
             }
@@ -319,16 +325,30 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         key: &[u8],
         range: Option<(u64, u64)>,
     ) -> Result<(ObjectMeta, Vec<u8>), ObjectError> {
+        let resolve = |size: u64| match range {
+            None => Ok((0, size)),
+            Some((start, _)) if start >= size && size > 0 => {
+                Err(ObjectError::InvalidRange { size_bytes: size })
+            }
+            Some((start, end)) => Ok((start.min(size), end.min(size))),
+        };
+        let (meta, _, bytes) = self.get_object_with(tenant, bucket, key, resolve).await?;
+        Ok((meta, bytes))
+    }
+
+    /// As [`Self::get_object`], with the range worked out from the object's size by
+    /// `range` (`start..end`; S3's suffix and open ranges need the size), from the same read
+    /// of the manifest. Returns the range read too.
+    pub async fn get_object_with(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        range: impl FnOnce(u64) -> Result<(u64, u64), ObjectError>,
+    ) -> Result<(ObjectMeta, std::ops::Range<u64>, Vec<u8>), ObjectError> {
         let manifest = self.manifest(tenant, bucket, key).await?;
         let meta = self.object_meta(tenant, bucket, key, &manifest)?;
-        let size = manifest.size_bytes;
-        let (start, end) = match range {
-            None => (0, size),
-            Some((start, _)) if start >= size && size > 0 => {
-                return Err(ObjectError::InvalidRange { size_bytes: size });
-            }
-            Some((start, end)) => (start.min(size), end.min(size)),
-        };
+        let (start, end) = range(manifest.size_bytes)?;
         let bytes = match &manifest.body {
             ObjectBody::Inline(sealed) => {
                 let body =
@@ -337,7 +357,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             }
             ObjectBody::Chunks(chunks) => self.read_range(tenant, chunks, start, end).await?,
         };
-        Ok((meta, bytes))
+        Ok((meta, start..end, bytes))
     }
 
     pub async fn delete_object(
@@ -484,7 +504,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     // ---- keys and metadata ----
 
     async fn tenancy(&self, tenant: TenantId) -> Result<Tenancy, ObjectError> {
-        let view = self.meta.read().await.map_err(consensus_error)?;
+        // A tenant's dedup mode never changes after it is created: this node's view will do.
+        let view = self.meta.local_view().map_err(consensus_error)?;
         let record = view
             .tenant(&meta_tenant(tenant))
             .map_err(consensus_error)?
@@ -576,7 +597,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     }
 }
 
-fn lock<S>(keys: &Mutex<KeyManager<S>>) -> MutexGuard<'_, KeyManager<S>> {
+/// The key manager behind its lock, for every front end of this crate.
+pub(crate) fn lock<S>(keys: &Mutex<KeyManager<S>>) -> MutexGuard<'_, KeyManager<S>> {
     // A panic while holding the lock leaves no half-made key (each call is one store
     // operation), so a poisoned lock is taken over.
     keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -55,13 +55,13 @@ const LATENCY_BUCKETS: u16 = 16;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
-    op: String,
+    op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    op: String,
-    status: String,
+    op: &'static str,
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,10 +192,16 @@ impl Metrics {
     }
 
     /// Counts one answered fabric request.
-    fn record(&self, op: &str, status: &str, seconds: f64, bytes_in: u64, bytes_out: u64) {
-        let labels = RequestLabels { op: op.to_owned(), status: status.to_owned() };
-        self.requests.get_or_create(&labels).inc();
-        let op = OpLabels { op: op.to_owned() };
+    fn record(
+        &self,
+        op: &'static str,
+        status: &'static str,
+        seconds: f64,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.requests.get_or_create(&RequestLabels { op, status }).inc();
+        let op = OpLabels { op };
         self.latency.get_or_create(&op).observe(seconds);
         self.bytes_in.get_or_create(&op).inc_by(bytes_in);
         self.bytes_out.get_or_create(&op).inc_by(bytes_out);
@@ -270,23 +276,6 @@ fn device_state_code(state: DeviceState) -> u64 {
     }
 }
 
-/// A fabric operation's label: its name in snake case (`PutChunk` → `put_chunk`).
-fn op_label(op: impl std::fmt::Debug) -> String {
-    let name = format!("{op:?}");
-    let mut label = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                label.push('_');
-            }
-            label.push(c.to_ascii_lowercase());
-        } else {
-            label.push(c);
-        }
-    }
-    label
-}
-
 /// A fabric [`Handler`] that counts and times every request it passes to `inner`.
 pub struct MeteredHandler<H: ?Sized> {
     metrics: Arc<Metrics>,
@@ -307,13 +296,12 @@ impl<H: Handler + ?Sized> Handler for MeteredHandler<H> {
     ) -> BoxFuture<'a, FabricResponse> {
         Box::pin(async move {
             let started = Instant::now();
-            let op = op_label(request.op);
+            let op = request.op.name();
             let bytes_in = request.len_bytes() as u64;
             let response = self.inner.handle(peer, request).await;
             let bytes_out = response.len_bytes() as u64;
-            let status = op_label(response.status);
             let seconds = started.elapsed().as_secs_f64();
-            self.metrics.record(&op, &status, seconds, bytes_in, bytes_out);
+            self.metrics.record(op, response.status.name(), seconds, bytes_in, bytes_out);
             response
         })
     }
@@ -524,11 +512,38 @@ fn text(status: StatusCode, body: String) -> Answer {
 mod tests {
     use super::*;
 
+    /// `PutChunk` → `put_chunk`: what each hand-written label must equal.
+    fn snake_case(name: impl std::fmt::Debug) -> String {
+        let mut label = String::new();
+        for (i, c) in format!("{name:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                label.push('_');
+            }
+            label.push(c.to_ascii_lowercase());
+        }
+        label
+    }
+
     #[test]
     fn operation_labels_are_snake_case() {
-        assert_eq!(op_label(kiseki_proto::Op::PutChunk), "put_chunk");
-        assert_eq!(op_label(kiseki_proto::Op::Ping), "ping");
-        assert_eq!(op_label(kiseki_proto::Status::NotFound), "not_found");
+        use kiseki_proto::{Op, Status};
+        let ops = [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks, Op::RdmaSetup, Op::Raft];
+        for op in ops {
+            assert_eq!(op.name(), snake_case(op));
+        }
+        let statuses = [
+            Status::Ok,
+            Status::NotFound,
+            Status::Denied,
+            Status::BadRequest,
+            Status::Busy,
+            Status::Unavailable,
+            Status::Integrity,
+            Status::Internal,
+        ];
+        for status in statuses {
+            assert_eq!(status.name(), snake_case(status));
+        }
     }
 
     #[test]

@@ -131,8 +131,20 @@ impl<S: KeyStoreBackend + Send + 'static> S3Credentials<S> {
         Ok(Some((KeyOwner { tenant, workload: record.workload }, Zeroizing::new(secret))))
     }
 
+    /// Who holds `access_key`, from this node's applied state and without opening the
+    /// secret: for a request whose signature was already checked against [`Self::lookup`],
+    /// which read at least this far.
+    pub fn owner(&self, access_key: &str) -> Result<Option<KeyOwner>, ObjectError> {
+        let view = self.meta.local_view().map_err(unavailable)?;
+        let Some(record) = view.credential(access_key).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        Ok(TenantId::new(record.tenant.0)
+            .map(|tenant| KeyOwner { tenant, workload: record.workload }))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, KeyManager<S>> {
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::objects::lock(&self.keys)
     }
 }
 
@@ -208,9 +220,10 @@ impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
         let Some(credentials) = &request.credentials else {
             return Err(s3_error!(AccessDenied, "anonymous requests are not served"));
         };
-        match self.credentials.lookup(&credentials.access_key).await {
-            Ok(Some((owner, _))) => Ok(owner.tenant),
-            Ok(None) | Err(ObjectError::TenantKeysDestroyed) => Err(s3_error!(InvalidAccessKeyId)),
+        // s3s checked the signature with the secret from `lookup`; only the owner is needed.
+        match self.credentials.owner(&credentials.access_key) {
+            Ok(Some(owner)) => Ok(owner.tenant),
+            Ok(None) => Err(s3_error!(InvalidAccessKeyId)),
             Err(error) => Err(object_error(error)),
         }
     }
@@ -300,27 +313,20 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         let tenant = self.tenant(&req).await?;
         let input = &req.input;
         let key = input.key.as_bytes();
-        let range = match &input.range {
-            None => None,
-            Some(range) => {
-                let meta = self
-                    .objects
-                    .head_object(tenant, &input.bucket, key)
-                    .await
-                    .map_err(object_error)?;
-                let checked = range
-                    .check(meta.size_bytes)
-                    .map_err(|_| s3_error!(InvalidRange, "the range is not satisfiable"))?;
-                Some((checked.start, checked.end))
-            }
-        };
-        let (meta, bytes) = self
+        // The range is resolved against the size in the same manifest read that serves it.
+        let (meta, read, bytes) = self
             .objects
-            .get_object(tenant, &input.bucket, key, range)
+            .get_object_with(tenant, &input.bucket, key, |size| match &input.range {
+                None => Ok((0, size)),
+                Some(range) => range
+                    .check(size)
+                    .map(|checked| (checked.start, checked.end))
+                    .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+            })
             .await
             .map_err(object_error)?;
-        let content_range = range.map(|(start, end)| {
-            format!("bytes {start}-{}/{}", end.saturating_sub(1), meta.size_bytes)
+        let content_range = input.range.as_ref().map(|_| {
+            format!("bytes {}-{}/{}", read.start, read.end.saturating_sub(1), meta.size_bytes)
         });
         let length = bytes.len() as i64;
         let mut output = GetObjectOutput {
@@ -475,10 +481,11 @@ fn fill_head(
 }
 
 fn etag_of(md5: [u8; 16]) -> S3ETag {
-    let mut hex = String::with_capacity(32);
-    for byte in md5 {
-        hex.push_str(&format!("{byte:02x}"));
-    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hex = md5
+        .iter()
+        .flat_map(|byte| [HEX[usize::from(byte >> 4)] as char, HEX[usize::from(byte & 15)] as char])
+        .collect();
     S3ETag::Strong(hex)
 }
 

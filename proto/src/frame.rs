@@ -63,6 +63,20 @@ pub enum Op {
     Raft,
 }
 
+impl Op {
+    /// The operation's name in snake case, as metrics and logs label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Ping => "ping",
+            Op::PutChunk => "put_chunk",
+            Op::GetChunk => "get_chunk",
+            Op::HasChunks => "has_chunks",
+            Op::RdmaSetup => "rdma_setup",
+            Op::Raft => "raft",
+        }
+    }
+}
+
 /// The outcome a response reports. Security failures are deliberately coarse: an absent
 /// chunk and one the caller may not see are both `NotFound`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +96,22 @@ pub enum Status {
     Integrity,
     /// Anything else; the payload may carry a short message.
     Internal,
+}
+
+impl Status {
+    /// The status's name in snake case, as metrics and logs label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::NotFound => "not_found",
+            Status::Denied => "denied",
+            Status::BadRequest => "bad_request",
+            Status::Busy => "busy",
+            Status::Unavailable => "unavailable",
+            Status::Integrity => "integrity",
+            Status::Internal => "internal",
+        }
+    }
 }
 
 /// Why bytes are not a frame header. The checks run in this order.

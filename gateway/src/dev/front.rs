@@ -104,12 +104,10 @@ async fn start_rest(
         .map_err(|e| metadata(format!("key manager: {e}")))?;
     let keys = Arc::new(Mutex::new(keys));
     let init = Arc::clone(&keys);
-    tokio::task::spawn_blocking(move || {
-        init.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).init_cluster()
-    })
-    .await
-    .map_err(|e| metadata(format!("key manager: {e}")))?
-    .map_err(|e| metadata(format!("key manager: {e}")))?;
+    tokio::task::spawn_blocking(move || crate::objects::lock(&init).init_cluster())
+        .await
+        .map_err(|e| metadata(format!("key manager: {e}")))?
+        .map_err(|e| metadata(format!("key manager: {e}")))?;
 
     let objects = Arc::new(ObjectStore::new(
         Arc::clone(group),
