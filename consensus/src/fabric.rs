@@ -56,10 +56,21 @@ impl RpcTransport for FabricRpcTransport {
         })?;
         let endpoint =
             Endpoint { node: format!("raft-{target}"), addr, server_name: addr.ip().to_string() };
-        let response = self
-            .transport
-            .call(&endpoint, FabricRequest::new(Op::Raft, request))
+        // openraft drops an RPC's future when its timeout (one heartbeat, for appends)
+        // passes. Run inside that future, a new connection's TCP connect and TLS handshake
+        // would be dropped with it, and to a peer whose handshake takes longer than a
+        // heartbeat (a node just started, on a loaded machine) no connection would ever
+        // come up: seen as a new node that never caught up. The call runs in a task of its
+        // own instead, so the connection joins the pool for the next RPC; a response nobody
+        // waits for is dropped, which Raft tolerates as a lost message. The transport's
+        // connect and request timeouts bound the task.
+        let transport = Arc::clone(&self.transport);
+        let call = tokio::spawn(async move {
+            transport.call(&endpoint, FabricRequest::new(Op::Raft, request)).await
+        });
+        let response = call
             .await
+            .map_err(|_| RpcTransportError::Lost(format!("node {target}: the RPC task ended")))?
             .map_err(|error| transport_error(target, error))?;
         if response.status != Status::Ok {
             let status = response.status;

@@ -35,7 +35,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::BasicNode;
 use openraft::error::{
@@ -182,8 +185,52 @@ pub trait RpcTransport: Send + Sync + 'static {
 /// A node's Raft RPC endpoint: routes each request to its shard's group.
 #[derive(Clone, Default)]
 pub struct RpcServer {
-    groups: Arc<RwLock<HashMap<ShardId, Raft>>>,
+    groups: Arc<RwLock<HashMap<ShardId, Served>>>,
     limits: RpcLimits,
+}
+
+/// The receiving side of one node's group: hands each RPC to openraft, noting when a
+/// leader's append last landed and ending elections a candidate cannot win (see
+/// [`outrun_a_losing_candidate`]). The fabric dispatcher and the seeded simulator's network
+/// both deliver through it.
+#[derive(Clone)]
+pub(crate) struct Served {
+    raft: Raft,
+    leader_heard: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Served {
+    pub(crate) fn new(raft: Raft) -> Served {
+        Served { raft, leader_heard: Arc::default() }
+    }
+
+    pub(crate) async fn vote(
+        &self,
+        request: VoteRequest<NodeId>,
+    ) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
+        let response = self.raft.vote(request.clone()).await;
+        if let Ok(refused) = &response {
+            let heard = *self.leader_heard.lock().unwrap_or_else(|p| p.into_inner());
+            outrun_a_losing_candidate(&self.raft, heard, &request, refused);
+        }
+        response
+    }
+
+    pub(crate) async fn append_entries(
+        &self,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let response = self.raft.append_entries(request).await;
+        if matches!(response, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::Conflict))
+        {
+            *self.leader_heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        response
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
 }
 
 impl std::fmt::Debug for RpcServer {
@@ -199,7 +246,7 @@ impl RpcServer {
 
     /// Serves RPCs of `shard` with `raft` (replacing a group that stopped).
     pub fn register(&self, shard: ShardId, raft: Raft) {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(shard, raft);
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(shard, Served::new(raft));
     }
 
     pub fn unregister(&self, shard: ShardId) {
@@ -215,27 +262,85 @@ impl RpcServer {
         let Some((kind, shard, body)) = parse_request(request) else {
             return refusal(RpcKind::Append, Refusal::Malformed);
         };
-        let raft = self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&shard).cloned();
-        let Some(raft) = raft else { return refusal(kind, Refusal::NoSuchShard) };
+        let served = self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&shard).cloned();
+        let Some(served) = served else { return refusal(kind, Refusal::NoSuchShard) };
         match kind {
             RpcKind::Vote => match postcard::from_bytes::<VoteRequest<NodeId>>(body) {
-                Ok(vote) => answer(kind, raft.vote(vote).await),
+                Ok(vote) => answer(kind, served.vote(vote).await),
                 Err(_) => refusal(kind, Refusal::Malformed),
             },
             RpcKind::Append => match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(body)
             {
-                Ok(append) => answer(kind, raft.append_entries(append).await),
+                Ok(append) => answer(kind, served.append_entries(append).await),
                 Err(_) => refusal(kind, Refusal::Malformed),
             },
             RpcKind::Snapshot => {
                 match postcard::from_bytes::<InstallSnapshotRequest<TypeConfig>>(body) {
-                    Ok(chunk) => answer(kind, raft.install_snapshot(chunk).await),
+                    Ok(chunk) => answer(kind, served.raft().install_snapshot(chunk).await),
                     Err(_) => refusal(kind, Refusal::Malformed),
                 }
             }
             RpcKind::Client => refusal(kind, Refusal::NotServed),
         }
     }
+}
+
+/// Elections a candidate cannot win, ended early, so a dead leader's group has a new one
+/// within an election timeout. Two cases, both seen in the real-process test:
+///
+/// - A stale candidate. The survivor whose timer fires first may hold a shorter log than
+///   another: the others refuse it their vote, but openraft 0.9 leaves their term alone
+///   when it refuses for the log, so the survivor with the longer log later campaigns in
+///   the candidate's own term and loses to the candidate's vote for itself (0.9 s to a new
+///   leader instead of 0.5 s). Raft's rule is that a higher term seen in any request moves
+///   a node to it; this follows it for that case.
+/// - A split vote. Two survivors campaign within a round trip of each other and each votes
+///   for itself; nobody wins the term and both wait out another timeout (0.7 to 0.8 s).
+///   Of two candidates that refused each other, only the better one (longer log, or the
+///   same log and the higher node id) campaigns again at once.
+///
+/// Either way the refusing node, if it heard no leader for a lease, campaigns in a term above
+/// the candidate's at once. Starting an election is always safe in Raft; the lease check
+/// keeps a node with a live leader from disturbing it.
+fn outrun_a_losing_candidate(
+    raft: &Raft,
+    leader_heard: Option<Instant>,
+    request: &VoteRequest<NodeId>,
+    response: &VoteResponse<NodeId>,
+) {
+    /// Campaigns started for one refused request at most; a candidate further ahead than
+    /// this is left to the ordinary timers.
+    const TERMS_SKIPPED_MAX: u64 = 4;
+    let lease = Duration::from_millis(raft.config().election_timeout_max);
+    let leader_silent = leader_heard.is_none_or(|heard| heard.elapsed() >= lease);
+    if response.vote_granted || !leader_silent {
+        return;
+    }
+    let (ours, theirs) = (response.vote.leader_id().term, request.vote.leader_id().term);
+    let ours_is_longer = response.last_log_id > request.last_log_id;
+    let stale_candidate = theirs > ours && ours_is_longer;
+    let split_vote = theirs == ours && !response.vote.is_committed() && {
+        let us = raft.metrics().borrow().id;
+        let candidate = request.vote.leader_id().voted_for();
+        let same_log = response.last_log_id == request.last_log_id;
+        response.vote.leader_id().voted_for() == Some(us)
+            && candidate != Some(us)
+            && (ours_is_longer || (same_log && candidate.is_some_and(|them| us > them)))
+    };
+    if !stale_candidate && !split_vote {
+        return;
+    }
+    let campaigns = (theirs - ours + 1).min(TERMS_SKIPPED_MAX);
+    let trigger = raft.clone();
+    tokio::spawn(async move {
+        // Each campaign moves this node's term up by one; openraft runs them in order and
+        // ignores them if this node has become a leader or a learner meanwhile.
+        for _ in 0..campaigns {
+            if trigger.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Whether `request` is a client request (kind 4), which a node's handler routes to

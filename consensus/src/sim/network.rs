@@ -22,6 +22,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
+use crate::rpc::Served;
 use crate::sim::SimRng;
 use crate::types::{NodeId, Raft, ShardId, TypeConfig};
 
@@ -54,7 +55,7 @@ pub struct SimNetwork {
 struct NetState {
     rng: SimRng,
     faults: NetworkFaults,
-    nodes: HashMap<(ShardId, NodeId), Raft>,
+    nodes: HashMap<(ShardId, NodeId), Served>,
     /// Which side of a partition each node is on; absent means side 0.
     sides: HashMap<NodeId, u32>,
     stats: NetworkStats,
@@ -82,7 +83,7 @@ impl NetState {
 
 /// What the network decided for one RPC before sending it.
 struct Fate {
-    target: Raft,
+    target: Served,
     drop_request: bool,
     drop_reply: bool,
     there: Duration,
@@ -104,7 +105,7 @@ impl SimNetwork {
 
     /// Makes `raft` reachable as node `node` of `shard`.
     pub fn register(&self, shard: ShardId, node: NodeId, raft: Raft) {
-        self.lock().nodes.insert((shard, node), raft);
+        self.lock().nodes.insert((shard, node), Served::new(raft));
     }
 
     /// Makes node `node` of `shard` unreachable (it crashed or stopped).
@@ -153,7 +154,7 @@ impl SimNetwork {
     fn fate(&self, shard: ShardId, source: NodeId, target: NodeId) -> Option<Fate> {
         let mut state = self.lock();
         let raft = match state.nodes.get(&(shard, target)) {
-            Some(raft) if state.connected(source, target) => raft.clone(),
+            Some(served) if state.connected(source, target) => served.clone(),
             _ => {
                 state.stats.unreachable += 1;
                 return None;
@@ -177,7 +178,7 @@ impl SimNetwork {
     ) -> Result<R, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         E: std::error::Error,
-        F: FnOnce(Raft) -> Fut,
+        F: FnOnce(Served) -> Fut,
         Fut: Future<Output = Result<R, RaftError<NodeId, E>>>,
     {
         let Some(fate) = self.fate(shard, source, target) else {
@@ -241,8 +242,8 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.network
-            .carry(self.shard, self.source, self.target, |raft| async move {
-                raft.append_entries(request).await
+            .carry(self.shard, self.source, self.target, |served| async move {
+                served.append_entries(request).await
             })
             .await
     }
@@ -256,8 +257,8 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.network
-            .carry(self.shard, self.source, self.target, |raft| async move {
-                raft.install_snapshot(request).await
+            .carry(self.shard, self.source, self.target, |served| async move {
+                served.raft().install_snapshot(request).await
             })
             .await
     }
@@ -268,12 +269,9 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.network
-            .carry(
-                self.shard,
-                self.source,
-                self.target,
-                |raft| async move { raft.vote(request).await },
-            )
+            .carry(self.shard, self.source, self.target, |served| async move {
+                served.vote(request).await
+            })
             .await
     }
 }
