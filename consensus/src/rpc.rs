@@ -308,29 +308,13 @@ fn outrun_a_losing_candidate(
     request: &VoteRequest<NodeId>,
     response: &VoteResponse<NodeId>,
 ) {
-    /// Campaigns started for one refused request at most; a candidate further ahead than
-    /// this is left to the ordinary timers.
-    const TERMS_SKIPPED_MAX: u64 = 4;
     let lease = Duration::from_millis(raft.config().election_timeout_max);
     let leader_silent = leader_heard.is_none_or(|heard| heard.elapsed() >= lease);
-    if response.vote_granted || !leader_silent {
+    let us = raft.metrics().borrow().id;
+    let campaigns = campaigns_to_outrun(us, leader_silent, request, response);
+    if campaigns == 0 {
         return;
     }
-    let (ours, theirs) = (response.vote.leader_id().term, request.vote.leader_id().term);
-    let ours_is_longer = response.last_log_id > request.last_log_id;
-    let stale_candidate = theirs > ours && ours_is_longer;
-    let split_vote = theirs == ours && !response.vote.is_committed() && {
-        let us = raft.metrics().borrow().id;
-        let candidate = request.vote.leader_id().voted_for();
-        let same_log = response.last_log_id == request.last_log_id;
-        response.vote.leader_id().voted_for() == Some(us)
-            && candidate != Some(us)
-            && (ours_is_longer || (same_log && candidate.is_some_and(|them| us > them)))
-    };
-    if !stale_candidate && !split_vote {
-        return;
-    }
-    let campaigns = (theirs - ours + 1).min(TERMS_SKIPPED_MAX);
     let trigger = raft.clone();
     tokio::spawn(async move {
         // Each campaign moves this node's term up by one; openraft runs them in order and
@@ -341,6 +325,33 @@ fn outrun_a_losing_candidate(
             }
         }
     });
+}
+
+/// How many campaigns node `us` starts at once after answering `request` with `response`
+/// (each moves its term up by one), per [`outrun_a_losing_candidate`]; 0 for none.
+fn campaigns_to_outrun(
+    us: NodeId,
+    leader_silent: bool,
+    request: &VoteRequest<NodeId>,
+    response: &VoteResponse<NodeId>,
+) -> u64 {
+    /// Campaigns started for one refused request at most; a candidate further ahead than
+    /// this is left to the ordinary timers.
+    const TERMS_SKIPPED_MAX: u64 = 4;
+    if response.vote_granted || !leader_silent {
+        return 0;
+    }
+    let (ours, theirs) = (response.vote.leader_id().term, request.vote.leader_id().term);
+    let ours_is_longer = response.last_log_id > request.last_log_id;
+    let stale_candidate = theirs > ours && ours_is_longer;
+    let split_vote = theirs == ours && !response.vote.is_committed() && {
+        let candidate = request.vote.leader_id().voted_for();
+        let same_log = response.last_log_id == request.last_log_id;
+        response.vote.leader_id().voted_for() == Some(us)
+            && candidate != Some(us)
+            && (ours_is_longer || (same_log && candidate.is_some_and(|them| us > them)))
+    };
+    if stale_candidate || split_vote { (theirs - ours + 1).min(TERMS_SKIPPED_MAX) } else { 0 }
 }
 
 /// Whether `request` is a client request (kind 4), which a node's handler routes to
@@ -549,6 +560,54 @@ impl<T: RpcTransport> RaftNetwork<TypeConfig> for RpcConnection<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn log_id(term: u64, index: u64) -> Option<openraft::LogId<NodeId>> {
+        Some(openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    /// Candidate 2 asks node 3 (`us`) for its vote.
+    fn ask(term: u64, last: u64) -> VoteRequest<NodeId> {
+        VoteRequest::new(openraft::Vote::new(term, 2), log_id(1, last))
+    }
+
+    fn refused(vote: openraft::Vote<NodeId>, last: u64) -> VoteResponse<NodeId> {
+        VoteResponse::new(vote, log_id(1, last), false)
+    }
+
+    #[test]
+    fn only_a_voter_that_would_win_campaigns_after_refusing() {
+        let committed = |term, leader| {
+            let mut vote = openraft::Vote::new(term, leader);
+            vote.commit();
+            vote
+        };
+        // A stale candidate (shorter log, higher term) and no leader heard: campaign past
+        // its term, from 3 to 5 (two campaigns).
+        assert_eq!(campaigns_to_outrun(3, true, &ask(4, 10), &refused(committed(3, 1), 12)), 2);
+        // The same with a leader heard within the lease: leave it alone.
+        assert_eq!(campaigns_to_outrun(3, false, &ask(4, 10), &refused(committed(3, 1), 12)), 0);
+        // Refused for something else than the log (ours is no longer): nothing.
+        assert_eq!(campaigns_to_outrun(3, true, &ask(4, 12), &refused(committed(3, 1), 12)), 0);
+        // Granted: nothing.
+        let granted = VoteResponse::new(openraft::Vote::new(4, 2), log_id(1, 12), true);
+        assert_eq!(campaigns_to_outrun(3, true, &ask(4, 10), &granted), 0);
+        // A split vote, both candidates in term 4 with the same log: the higher id goes once.
+        let ours = openraft::Vote::new(4, 3);
+        assert_eq!(campaigns_to_outrun(3, true, &ask(4, 12), &refused(ours, 12)), 1);
+        let theirs = VoteRequest::new(openraft::Vote::new(4, 3), log_id(1, 12));
+        let lower = VoteResponse::new(openraft::Vote::new(4, 2), log_id(1, 12), false);
+        assert_eq!(campaigns_to_outrun(2, true, &theirs, &lower), 0);
+        // A split vote where ours is the longer log: we go, whatever the ids.
+        let longer = VoteResponse::new(openraft::Vote::new(4, 2), log_id(1, 13), false);
+        assert_eq!(campaigns_to_outrun(2, true, &theirs, &longer), 1);
+        // Refused because we voted for a third node in that term: not our election to take.
+        assert_eq!(
+            campaigns_to_outrun(3, true, &ask(4, 12), &refused(openraft::Vote::new(4, 1), 12)),
+            0
+        );
+        // A candidate far ahead: at most four campaigns.
+        assert_eq!(campaigns_to_outrun(3, true, &ask(40, 10), &refused(committed(3, 1), 12)), 4);
+    }
 
     #[test]
     fn requests_round_trip_and_bad_headers_are_refused() {
