@@ -11,6 +11,9 @@
 //! the node's `join`, over tokio and tokio-rustls with the TLS configurations of
 //! `kiseki-security`. Its limits are in [`constants`].
 //!
+//! [`audit`] writes the data path's audit records (S3 data accesses, unknown keys) to the
+//! key manager's hash-chained log.
+//!
 //! [`observe`] is what an operator watches: Prometheus metrics and the health probes.
 //! [`objects`] is the object layer under the S3 front end, [`s3`].
 //!
@@ -21,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod audit;
 pub mod cli;
 pub mod constants;
 pub mod dev;

@@ -683,3 +683,41 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn s3_requests_and_unknown_keys_land_in_the_audit_log_and_it_verifies() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("kiseki-data");
+    let ca = data.join("tls/ca/ca.crt");
+    let node = Node::start(&data, &["--device-size", "64M", "--cores", "1"]);
+    let ops = "s3.create_bucket(Bucket='audited')\n\
+               s3.put_object(Bucket='audited', Key='k', Body=b'x')\n\
+               print(s3.get_object(Bucket='audited', Key='k')['Body'].read().decode())";
+    assert_eq!(boto3(&node.printed, &ca, ops).trim(), "x");
+    // A key nobody holds: refused, and recorded.
+    let stranger = "import botocore\n\
+                    s3 = boto3.client('s3', endpoint_url=sys.argv[1], \
+                    aws_access_key_id='KSKNOBODYHOLDSTHIS', aws_secret_access_key='x' * 40, \
+                    region_name='us-east-1', verify=sys.argv[4], \
+                    config=Config(s3={'addressing_style': 'path'}, retries={'max_attempts': 1}))\n\
+                    try:\n    s3.list_buckets()\nexcept botocore.exceptions.ClientError as e:\n    \
+                    print(e.response['Error']['Code'])";
+    assert_eq!(boto3(&node.printed, &ca, stranger).trim(), "InvalidAccessKeyId");
+    let (status, rest) = node.terminate();
+    assert_eq!(status.code(), Some(0), "{rest}");
+
+    // The records are in the metadata (the audit log's store) and the chain verifies.
+    let metadata = fs::read(data.join("meta/shard-0.redb")).unwrap();
+    let has = |text: &str| metadata.windows(text.len()).any(|w| w == text.as_bytes());
+    for expected in ["s3 CreateBucket", "s3 PutObject", "s3 GetObject", "InvalidAccessKeyId"] {
+        assert!(has(expected), "no audit record with {expected:?}");
+    }
+    assert!(has("KSKNOBODYHOLDSTHIS"), "the refused key id is named");
+    let output = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir", path(&data)])
+        .output()
+        .unwrap();
+    let verified = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{verified}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(verified.contains("audit log verified"), "{verified}");
+}

@@ -9,7 +9,9 @@
 //! - Tenant org `dev` (cross-tenant dedup) and one S3 access key for its workload `dev`:
 //!   the key's id is kept in `meta/s3-access-key`, its secret only sealed in the metadata,
 //!   and both are printed at each start (it is a development node).
-//! - The S3 front end over the engine the chunk service uses.
+//! - The S3 front end over the engine the chunk service uses. Every signed request is
+//!   recorded as a data access of its tenant, and every unknown access key as an
+//!   authentication failure (rate-limited), in the key manager's audit log (`crate::audit`).
 
 use std::fs;
 use std::io::Write as _;
@@ -30,9 +32,13 @@ use kiseki_security::{OrgId, TlsContext};
 use zeroize::Zeroizing;
 
 use super::DevError;
+use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
 use crate::constants::DEV_TENANT_ORG;
 use crate::objects::{ObjectConfig, ObjectStore};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
+
+/// Longest a stop waits for the audit writer to empty its queue.
+const AUDIT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The file that names the dev tenant's access key (not secret: the secret is sealed).
 const ACCESS_KEY_FILE: &str = "s3-access-key";
@@ -41,6 +47,7 @@ const ACCESS_KEY_FILE: &str = "s3-access-key";
 pub(super) struct Front {
     group: Arc<MetadataGroup>,
     s3: S3Server,
+    audit_writer: tokio::task::JoinHandle<()>,
     pub access_key: String,
     pub secret: Zeroizing<String>,
     /// Key pages the kernel would not lock (RLIMIT_MEMLOCK); printed as a warning.
@@ -52,9 +59,14 @@ impl Front {
         self.s3.local_addr()
     }
 
-    /// Stops the S3 listener, then the metadata group.
+    /// Stops the S3 listener, lets the audit writer append what is queued, then stops the
+    /// metadata group.
     pub async fn stop(self) -> Result<(), DevError> {
         self.s3.shutdown().await;
+        // The writer ends once the S3 service, which holds its sink, is gone.
+        if tokio::time::timeout(AUDIT_DRAIN_TIMEOUT, self.audit_writer).await.is_err() {
+            tracing::warn!("audit: queued data-path records were not all written at shutdown");
+        }
         self.group.shutdown().await.map_err(|e| metadata(format!("stopping the group: {e}")))
     }
 }
@@ -74,9 +86,14 @@ pub(super) async fn start(
     let group =
         Arc::new(start_single(meta).await.map_err(|e| metadata(format!("metadata group: {e}")))?);
     match start_rest(meta, &group, engine, tls, s3_listener).await {
-        Ok((s3, access_key, secret)) => {
-            Ok(Front { group, s3, access_key, secret, mlock_failures: mlock_failures() })
-        }
+        Ok((s3, audit_writer, access_key, secret)) => Ok(Front {
+            group,
+            s3,
+            audit_writer,
+            access_key,
+            secret,
+            mlock_failures: mlock_failures(),
+        }),
         Err(error) => {
             let _ = group.shutdown().await;
             Err(error)
@@ -90,7 +107,7 @@ async fn start_rest(
     engine: EngineHandle,
     tls: &TlsContext,
     s3_listener: std::net::TcpListener,
-) -> Result<(S3Server, String, Zeroizing<String>), DevError> {
+) -> Result<(S3Server, tokio::task::JoinHandle<()>, String, Zeroizing<String>), DevError> {
     let root_path = root_key_path(meta);
     if !root_path.exists() {
         create_root_key_file(&root_path).map_err(|e| metadata(e.to_string()))?;
@@ -121,6 +138,7 @@ async fn start_rest(
         .create_tenant(tenant, DedupMode::CrossTenant)
         .await
         .map_err(|e| metadata(format!("tenant {DEV_TENANT_ORG}: {e}")))?;
+    let (audit, audit_writer) = AuditSink::start(Arc::clone(&keys), AuditConfig::default());
     let credentials = Arc::new(S3Credentials::new(Arc::clone(group), keys));
     let key_file = meta.join(ACCESS_KEY_FILE);
     let known = match fs::read_to_string(&key_file) {
@@ -150,11 +168,13 @@ async fn start_rest(
 
     let mut builder =
         s3s::service::S3ServiceBuilder::new(KisekiS3::new(objects, Arc::clone(&credentials)));
-    builder.set_auth(CredentialAuth(credentials));
+    builder
+        .set_auth(AuditedAuth::new(CredentialAuth(Arc::clone(&credentials)), Arc::clone(&audit)));
+    builder.set_access(AuditAccess::new(credentials, audit));
     s3_listener.set_nonblocking(true).map_err(DevError::Runtime)?;
     let listener = tokio::net::TcpListener::from_std(s3_listener).map_err(DevError::Runtime)?;
     let s3 = S3Server::start(listener, tls, builder.build()).map_err(DevError::Runtime)?;
-    Ok((s3, access_key, secret))
+    Ok((s3, audit_writer, access_key, secret))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
