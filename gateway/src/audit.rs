@@ -218,6 +218,34 @@ fn now_unix_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
+/// Admits events at a token bucket's rate and counts the rest, for a record that says how
+/// many were left out.
+#[derive(Debug)]
+pub(crate) struct RateLimited {
+    bucket: Mutex<TokenBucket>,
+    refused: AtomicU64,
+}
+
+impl RateLimited {
+    pub(crate) fn new(per_s: u32, burst: u32) -> RateLimited {
+        RateLimited {
+            bucket: Mutex::new(TokenBucket::new(per_s, burst)),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: record this event, and say that `n` before it were not; `None`: over
+    /// the rate, counted.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        if lock_bucket(&self.bucket).take(Instant::now()) {
+            Some(self.refused.swap(0, Ordering::Relaxed))
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// A token bucket: `per_s` tokens a second, at most `burst` saved.
 #[derive(Debug)]
 struct TokenBucket {
@@ -402,6 +430,16 @@ mod tests {
             .map(|(count, _)| count.parse::<u64>().unwrap())
             .sum();
         assert_eq!(refused as u64 + counted, 51, "every refusal recorded or counted");
+    }
+
+    #[test]
+    fn a_rate_limit_counts_what_it_refuses_for_the_next_admitted() {
+        let limited = RateLimited::new(0, 2);
+        assert_eq!(limited.admit(), Some(0));
+        assert_eq!(limited.admit(), Some(0));
+        assert_eq!(limited.admit(), None);
+        assert_eq!(limited.admit(), None);
+        assert_eq!(limited.refused.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -35,6 +35,8 @@ use tokio_rustls::TlsAcceptor;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use crate::audit::RateLimited;
+
 /// A handshake that takes longer is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in flight at once; more connections wait in the listen backlog.
@@ -45,6 +47,11 @@ pub const ACCEPTED_QUEUE: usize = 64;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (no descriptor left, say) before the next one.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Failed handshakes recorded in the audit log per second, and in a burst; the rest are
+/// counted into the next recorded one.
+const HANDSHAKE_FAILURES_AUDITED_PER_S: u32 = 10;
+const HANDSHAKE_FAILURES_AUDITED_BURST: u32 = 100;
 
 /// The tonic service: a [`KeyService`] behind a lock, and the TLS context that turns a
 /// peer's certificates into its identity.
@@ -324,6 +331,10 @@ pub async fn serve<S: KeyStoreBackend + Send + 'static>(
     let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
     let (audit_service, audit_tls) = (Arc::clone(&service), tls.clone());
+    let failures = Arc::new(RateLimited::new(
+        HANDSHAKE_FAILURES_AUDITED_PER_S,
+        HANDSHAKE_FAILURES_AUDITED_BURST,
+    ));
     let accept_loop = tokio::spawn(async move {
         loop {
             let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
@@ -334,6 +345,7 @@ pub async fn serve<S: KeyStoreBackend + Send + 'static>(
             };
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
             let (service, tls) = (Arc::clone(&audit_service), audit_tls.clone());
+            let failures = Arc::clone(&failures);
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(permit);
@@ -345,7 +357,19 @@ pub async fn serve<S: KeyStoreBackend + Send + 'static>(
                     Ok(Err(error)) => (None, Err(error.to_string())),
                     Err(_) => (None, Err("handshake timed out".to_owned())),
                 };
-                audit_handshake(service, outcome.as_ref().map_err(String::as_str), remote).await;
+                // Every success is recorded (it is a client of the key service); failures
+                // at a bounded rate, so a flood of bad handshakes cannot flood the log.
+                match &outcome {
+                    Ok(caller) => audit_handshake(service, Ok(caller), remote).await,
+                    Err(why) => match failures.admit() {
+                        Some(0) => audit_handshake(service, Err(why), remote).await,
+                        Some(left_out) => {
+                            let why = format!("{why} ({left_out} earlier failures not recorded)");
+                            audit_handshake(service, Err(&why), remote).await;
+                        }
+                        None => {}
+                    },
+                }
                 // A refused peer reaches nothing of the service.
                 if let (Some(stream), Ok(_)) = (stream, outcome) {
                     let _ = accepted.send(Ok::<_, io::Error>(stream)).await;

@@ -713,10 +713,8 @@ fn s3_requests_and_unknown_keys_land_in_the_audit_log_and_it_verifies() {
         assert!(has(expected), "no audit record with {expected:?}");
     }
     assert!(has("KSKNOBODYHOLDSTHIS"), "the refused key id is named");
-    let output = Command::new(BIN)
-        .args(["audit", "verify", "--data-dir", path(&data)])
-        .output()
-        .unwrap();
+    let output =
+        Command::new(BIN).args(["audit", "verify", "--data-dir", path(&data)]).output().unwrap();
     let verified = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{verified}{}", String::from_utf8_lossy(&output.stderr));
     assert!(verified.contains("audit log verified"), "{verified}");

@@ -190,6 +190,36 @@ async fn roles_come_from_certificates_and_a_revoked_one_is_refused_after_a_crl_r
         system.iter().filter(|r| r.entry.kind == AuditKind::AuthFailure).collect();
     assert!(!failures.is_empty(), "the revoked handshake was not audited");
     assert!(failures.iter().all(|r| r.entry.actor == "unauthenticated peer"));
+
+    // A flood of bad handshakes (plaintext) is recorded at a bounded rate; the next
+    // recorded failure says how many were left out.
+    const FLOOD: usize = 300;
+    for _ in 0..FLOOD {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = plain.read_to_end(&mut sink).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"plaintext").await.unwrap();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut Vec::new()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let recorded: Vec<_> = {
+            let service = service.lock().unwrap();
+            let (root, store) = (service.keys().root(), service.keys().store());
+            let (system, _) = AuditLog::cluster_view(root, store).unwrap();
+            system.into_iter().filter(|r| r.entry.kind == AuditKind::AuthFailure).collect()
+        };
+        if recorded.iter().any(|r| format!("{:?}", r.entry.outcome).contains("not recorded")) {
+            break recorded;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record counts the left-out failures");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(after.len() < failures.len() + FLOOD / 2, "{} records for {FLOOD}", after.len());
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
