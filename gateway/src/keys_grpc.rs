@@ -17,23 +17,28 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kiseki_proto::keys::key_service_client::KeyServiceClient;
 use kiseki_proto::keys::key_service_server::{KeyService as KeyServiceApi, KeyServiceServer};
 use kiseki_proto::keys::{
     AssignIdentityRequest, CreateKeyRequest, DataKeyReply, DecryptReply, DecryptRequest, Empty,
-    EpochReply, Identity, IdentityReply, ImportKeyRequest, KeyName, ListKeysRequest, NamesReply,
-    PolicyName, PolicyReply, StatusReply, WritePolicyRequest,
+    EpochReply, FetchMasterKeyRequest, Identity, IdentityReply, ImportKeyRequest, KeyName,
+    ListKeysRequest, MasterKeyReply, NamesReply, PolicyName, PolicyReply, StatusReply,
+    WritePolicyRequest,
 };
-use kiseki_security::TlsContext;
 use kiseki_security::authz::Caller;
+use kiseki_security::constants::KEY_LEN;
 use kiseki_security::keymanager::{
-    KeyReply, KeyRequest, KeyService, KeyStoreBackend, ServiceError,
+    FetchedMasterKeys, KeyManagerError, KeyReply, KeyRequest, KeyService, KeyStoreBackend,
+    ServiceError,
 };
+use kiseki_security::{TlsContext, TlsPaths};
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use tonic::{Request, Response, Status};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::audit::RateLimited;
 
@@ -132,6 +137,77 @@ async fn audit_handshake<S: KeyStoreBackend + Send + 'static>(
     if !matches!(recorded, Ok(Ok(()))) {
         tracing::error!(%remote, "key service: the handshake could not be audited");
     }
+}
+
+/// Why a storage node holds no master key from the key service.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The node's TLS files could not be read.
+    Tls(String),
+    /// No connection to the key service (address, handshake, CA).
+    Connect(String),
+    /// The service refused or failed the call (a role other than server is refused).
+    Refused(Status),
+    /// The answer was not a 32-byte key.
+    Malformed,
+    /// The key could not be kept (locked memory under `MemoryLocking::Required`).
+    Keep(KeyManagerError),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Tls(why) => write!(f, "the node's TLS files: {why}"),
+            FetchError::Connect(why) => write!(f, "no connection to the key service: {why}"),
+            FetchError::Refused(status) => {
+                write!(f, "the key service refused: {:?} {}", status.code(), status.message())
+            }
+            FetchError::Malformed => f.write_str("the key service's answer is not a 32-byte key"),
+            FetchError::Keep(error) => write!(f, "the key could not be kept: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// A storage node fetches master-key `epoch` (`None`: the current one) from the key service
+/// at `endpoint` over mTLS with its own certificate (`paths`; the server role), and keeps
+/// it in `into`'s locked memory. Returns the epoch fetched.
+pub async fn fetch_master_key(
+    paths: &TlsPaths,
+    endpoint: std::net::SocketAddr,
+    server_name: &str,
+    epoch: Option<u32>,
+    into: &mut FetchedMasterKeys,
+) -> Result<u32, FetchError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| FetchError::Tls(format!("{}: {error}", path.display())))
+    };
+    let (ca, cert) = (read(&paths.ca)?, read(&paths.cert)?);
+    let key = Zeroizing::new(read(&paths.key)?);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(TlsIdentity::from_pem(cert, key.as_slice()))
+        .domain_name(server_name);
+    let channel = Channel::from_shared(format!("https://{endpoint}"))
+        .map_err(|error| FetchError::Connect(error.to_string()))?
+        .tls_config(tls)
+        .map_err(|error| FetchError::Tls(error.to_string()))?
+        .connect()
+        .await
+        .map_err(|error| FetchError::Connect(error.to_string()))?;
+    let request = FetchMasterKeyRequest { epoch: epoch.unwrap_or(0) };
+    let reply = KeyServiceClient::new(channel)
+        .fetch_master_key(request)
+        .await
+        .map_err(FetchError::Refused)?
+        .into_inner();
+    let mut bytes = Zeroizing::new(reply.key);
+    let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| FetchError::Malformed)?;
+    bytes.zeroize();
+    into.insert(reply.epoch, reply.current_epoch, Zeroizing::new(key)).map_err(FetchError::Keep)?;
+    Ok(reply.epoch)
 }
 
 /// The wire status of a refusal: as little as the caller needs (STYLE 12).
@@ -247,6 +323,26 @@ impl<S: KeyStoreBackend + Send + 'static> KeyServiceApi for GrpcKeyService<S> {
                 cache_memory_locked: status.cache_memory_locked,
                 non_dumpable: status.non_dumpable,
                 mlock_failures: status.mlock_failures,
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn fetch_master_key(
+        &self,
+        request: Request<FetchMasterKeyRequest>,
+    ) -> Result<Response<MasterKeyReply>, Status> {
+        let make = |r: FetchMasterKeyRequest| KeyRequest::FetchMaster {
+            epoch: (r.epoch != 0).then_some(r.epoch),
+        };
+        match self.call(request, make).await? {
+            // The reply's buffer is prost's and is not zeroed after tonic encodes it: the
+            // key's bytes outlive this call in freed memory of this process (which holds
+            // them anyway) until reused.
+            KeyReply::MasterKey { epoch, current, key } => Ok(Response::new(MasterKeyReply {
+                epoch,
+                current_epoch: current,
+                key: key.to_vec(),
             })),
             _ => Err(unexpected()),
         }

@@ -32,6 +32,7 @@
 
 mod audit_log;
 mod error;
+mod fetched;
 mod locked;
 mod manager;
 mod record;
@@ -48,6 +49,7 @@ pub use audit_log::{
     AuditEntry, AuditKind, AuditLog, AuditOutcome, AuditVerifyError, ChainHead, ExportedRecord,
 };
 pub use error::KeyManagerError;
+pub use fetched::FetchedMasterKeys;
 pub use locked::{
     MemoryLocking, make_process_non_dumpable, mlock_failures, process_is_non_dumpable,
 };

@@ -40,6 +40,11 @@ impl MasterKey {
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
+
+    /// The key's bytes, for the key service to hand to a storage node.
+    pub(crate) fn expose(&self) -> &[u8; KEY_LEN] {
+        self.secret.expose()
+    }
 }
 
 /// An isolated tenant's secret, added to the DEK derivation's input. Only the tenant's KEK

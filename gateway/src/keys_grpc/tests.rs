@@ -9,11 +9,12 @@ use kiseki_proto::keys::key_service_client::KeyServiceClient;
 use kiseki_proto::keys::{CreateKeyRequest, DecryptRequest, Empty, KeyName, ListKeysRequest};
 use kiseki_security::authz::{Authorizer, KesPolicies, RoleFiles};
 use kiseki_security::keymanager::{
-    AuditLog, KeyManager, KeyManagerConfig, KeyService, LocalRootKey, ManualClock, MemoryKeyStore,
-    MemoryLocking, NoRetentionHolds,
+    AuditLog, FetchedMasterKeys, KeyManager, KeyManagerConfig, KeyService, LocalRootKey,
+    ManualClock, MemoryKeyStore, MemoryLocking, NoRetentionHolds,
 };
 use kiseki_security::{
-    CertificateAuthority, IssueRequest, OrgId, Role, SubjectAltName, TlsBuilder, TlsPaths, Validity,
+    CertificateAuthority, ChunkId, ChunkTenant, Dek, Envelope, IssueRequest, OrgId, Role,
+    SubjectAltName, TlsBuilder, TlsPaths, Validity,
 };
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -148,6 +149,44 @@ async fn roles_come_from_certificates_and_a_revoked_one_is_refused_after_a_crl_r
     assert_eq!(ops.rotate_key(name("master")).await.unwrap().into_inner().epoch, 2);
     assert_eq!(ops.status(Empty {}).await.unwrap().into_inner().master_epoch, 2);
     assert_eq!(code(alice.status(Empty {}).await), Code::PermissionDenied);
+
+    // A storage node fetches master-key epochs into its own locked memory: the current
+    // (2) and the old one (1), each the key the service holds. Nobody else may.
+    let paths = |who: &str| TlsPaths {
+        ca: d.join("ca/ca.crt"),
+        cert: d.join(format!("{who}/{who}.crt")),
+        key: d.join(format!("{who}/{who}.key")),
+        crl: None,
+    };
+    let endpoint: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut held = FetchedMasterKeys::new(MemoryLocking::BestEffort, false).unwrap();
+    let fetched =
+        super::fetch_master_key(&paths("node1"), endpoint, "localhost", None, &mut held).await;
+    assert_eq!(fetched.unwrap(), 2);
+    super::fetch_master_key(&paths("node1"), endpoint, "localhost", Some(1), &mut held)
+        .await
+        .unwrap();
+    assert_eq!(held.epochs(), vec![1, 2]);
+    // What the node seals with its fetched key, the service's own key of epoch 2 opens.
+    let plaintext = b"sealed with the fetched key";
+    let sealed_by_node =
+        Envelope::seal_chunk(plaintext, &held.current().unwrap(), ChunkTenant::Shared).unwrap();
+    let service_key = service.lock().unwrap().keys_mut().master_key(2).unwrap();
+    let chunk_id = ChunkId::of_plaintext(plaintext);
+    let opened = sealed_by_node.open(&Dek::derive(&service_key, &chunk_id, None)).unwrap();
+    assert_eq!(&opened[..], plaintext);
+    for who in ["alice", "ops"] {
+        let mut none = FetchedMasterKeys::new(MemoryLocking::BestEffort, false).unwrap();
+        let refused =
+            super::fetch_master_key(&paths(who), endpoint, "localhost", None, &mut none).await;
+        match refused {
+            Err(super::FetchError::Refused(status)) => {
+                assert_eq!(status.code(), Code::PermissionDenied, "{who}");
+            }
+            other => panic!("{who} fetched a master key: {other:?}"),
+        }
+        assert!(none.epochs().is_empty());
+    }
 
     // Shred by the tenant's admin: the tenant's keys are gone for everyone.
     alice.delete_key(name("acme-corp")).await.unwrap();

@@ -50,6 +50,8 @@ pub enum Api {
     KeyDecrypt,
     KeyRotate,
     KeyStatus,
+    /// A storage node takes a system master key epoch into its own locked memory.
+    KeyFetch,
     // Authorization management: KES policies and identity bindings.
     PolicyList,
     PolicyRead,
@@ -184,7 +186,7 @@ pub enum InvalidApiPath {
 
 impl Api {
     /// Every API of the product, in declaration order.
-    pub const ALL: [Api; 48] = [
+    pub const ALL: [Api; 49] = [
         Api::StorageList,
         Api::StorageGet,
         Api::StorageStatus,
@@ -205,6 +207,7 @@ impl Api {
         Api::KeyDecrypt,
         Api::KeyRotate,
         Api::KeyStatus,
+        Api::KeyFetch,
         Api::PolicyList,
         Api::PolicyRead,
         Api::PolicyWrite,
@@ -270,6 +273,7 @@ impl Api {
             Api::KeyDecrypt => ("key", "decrypt", Name, O::Key, Write, ClusterOrTenant, true),
             Api::KeyRotate => ("key", "rotate", Name, O::Key, Write, ClusterOrTenant, true),
             Api::KeyStatus => ("key", "status", None, O::Key, Read, Cluster, false),
+            Api::KeyFetch => ("key", "fetch", Name, O::Key, Read, Cluster, false),
             Api::PolicyList => ("policy", "list", OptionalName, O::Policy, Read, Cluster, false),
             Api::PolicyRead => ("policy", "read", Name, O::Policy, Read, Cluster, false),
             Api::PolicyWrite => ("policy", "write", Name, O::Policy, Write, Cluster, false),

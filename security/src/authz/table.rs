@@ -129,6 +129,7 @@ const TABLE: &[(RoleKind, &[(Api, Reach)])] = {
                 (AuditAppend, ClusterOrAnyOrg),
                 (KeyGenerate, ClusterOrAnyOrg),
                 (KeyDecrypt, ClusterOrAnyOrg),
+                (KeyFetch, Cluster),
             ],
         ),
         (RoleKind::KeyServer, &[(AuditAppend, ClusterOrAnyOrg)]),

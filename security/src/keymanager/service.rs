@@ -81,6 +81,11 @@ pub enum KeyRequest {
         ciphertext: Vec<u8>,
     },
     Status,
+    /// A system master key epoch (`None`: the current one), for a storage node: the only
+    /// call that hands out a key the service holds. Tenant KEKs never leave it.
+    FetchMaster {
+        epoch: Option<u32>,
+    },
     PolicyWrite {
         name: String,
         allow: Vec<String>,
@@ -117,6 +122,7 @@ pub enum KeyReply {
     Status(KeyManagerStatus),
     Policy { allow: Vec<String>, deny: Vec<String> },
     Identity { policy: Option<String> },
+    MasterKey { epoch: u32, current: u32, key: Zeroizing<[u8; KEY_LEN]> },
 }
 
 impl fmt::Debug for KeyReply {
@@ -132,6 +138,9 @@ impl fmt::Debug for KeyReply {
             KeyReply::Status(status) => write!(f, "Status({status:?})"),
             KeyReply::Policy { allow, deny } => write!(f, "Policy({allow:?}, {deny:?})"),
             KeyReply::Identity { policy } => write!(f, "Identity({policy:?})"),
+            KeyReply::MasterKey { epoch, current, .. } => {
+                write!(f, "MasterKey {{ epoch: {epoch}, current: {current}, .. }}")
+            }
         }
     }
 }
@@ -330,6 +339,12 @@ impl<S: KeyStoreBackend> KeyService<S> {
                 self.keys.open_under(scope, DATA_KEY_CONTEXT, &ciphertext).map(KeyReply::Plaintext)
             }
             KeyRequest::Status => Ok(KeyReply::Status(self.keys.status())),
+            KeyRequest::FetchMaster { epoch } => {
+                let current = self.keys.master_epoch()?;
+                let key = self.keys.master_key(epoch.unwrap_or(current))?;
+                let bytes = Zeroizing::new(*key.expose());
+                Ok(KeyReply::MasterKey { epoch: key.epoch(), current, key: bytes })
+            }
             request => self.policy_call(request),
         }
     }
@@ -421,6 +436,7 @@ fn request_path(request: &KeyRequest) -> (String, Target) {
         }
         KeyRequest::List { pattern: None } => cluster("/v1/key/list".into()),
         KeyRequest::Status => cluster("/v1/key/status".into()),
+        KeyRequest::FetchMaster { .. } => cluster(format!("/v1/key/fetch/{MASTER_KEY_NAME}")),
         KeyRequest::PolicyWrite { name, .. } => cluster(format!("/v1/policy/write/{name}")),
         KeyRequest::PolicyRead { name } => cluster(format!("/v1/policy/read/{name}")),
         KeyRequest::PolicyList => cluster("/v1/policy/list".into()),
