@@ -109,6 +109,9 @@ enum Command {
     Audit(keys::AuditCommand),
     /// Run the key manager alone: the gRPC key service over mTLS on this node's store.
     Keyserver(keys::KeyserverArgs),
+    /// A tenant's S3 access keys: create one for a workload (tenant admin; node stopped).
+    #[command(subcommand)]
+    S3Credentials(keys::S3CredentialsCommand),
 }
 
 /// What a subcommand can fail with.
@@ -178,6 +181,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Tenant(command) => keys::tenant(command, out),
         Command::Audit(command) => keys::audit(command, out),
         Command::Keyserver(args) => keys::keyserver(args, out),
+        Command::S3Credentials(command) => keys::s3_credentials(command, out),
     }
 }
 

@@ -177,28 +177,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         tenant: TenantId,
         dedup: DedupMode,
     ) -> Result<(), ObjectError> {
-        // The record first: a key store in the metadata refuses keys of an unknown tenant.
-        // A start that stops between the two finishes on the next call.
-        let command = Command::CreateTenant {
-            tenant: meta_tenant(tenant),
-            dedup,
-            sealed_config: Sealed::default(),
-        };
-        match self.meta.propose(command).await {
-            Ok(_) | Err(ConsensusError::Rejected(Rejection::AlreadyExists(_))) => {}
-            Err(error) => return Err(consensus_error(error)),
-        }
-        let isolated = matches!(dedup, DedupMode::Isolated);
-        // A key store in the metadata proposes, and waits, on a thread of its own.
-        let keys = Arc::clone(&self.keys);
-        let created =
-            tokio::task::spawn_blocking(move || lock(&keys).create_tenant_kek(tenant, isolated))
-                .await
-                .map_err(|e| ObjectError::Internal(format!("key manager task: {e}")))?;
-        match created {
-            Ok(_) | Err(KeyManagerError::AlreadyExists { .. }) => Ok(()),
-            Err(error) => Err(key_error(error)),
-        }
+        ensure_tenant(&self.meta, &self.keys, tenant, dedup).await
     }
 
     pub async fn create_bucket(&self, tenant: TenantId, bucket: &str) -> Result<(), ObjectError> {
@@ -594,6 +573,38 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
 
     fn key_manager(&self) -> MutexGuard<'_, KeyManager<S>> {
         lock(&self.keys)
+    }
+}
+
+/// Makes `tenant`'s metadata record and its first KEK (with a tenant secret for an
+/// isolated tenant) unless they exist: what a tenant needs before its data or credentials.
+pub async fn ensure_tenant<S: KeyStoreBackend + Send + 'static>(
+    meta: &MetadataGroup,
+    keys: &Arc<Mutex<KeyManager<S>>>,
+    tenant: TenantId,
+    dedup: DedupMode,
+) -> Result<(), ObjectError> {
+    // The record first: a key store in the metadata refuses keys of an unknown tenant.
+    // A start that stops between the two finishes on the next call.
+    let command = Command::CreateTenant {
+        tenant: meta_tenant(tenant),
+        dedup,
+        sealed_config: Sealed::default(),
+    };
+    match meta.propose(command).await {
+        Ok(_) | Err(ConsensusError::Rejected(Rejection::AlreadyExists(_))) => {}
+        Err(error) => return Err(consensus_error(error)),
+    }
+    let isolated = matches!(dedup, DedupMode::Isolated);
+    // A key store in the metadata proposes, and waits, on a thread of its own.
+    let keys = Arc::clone(keys);
+    let created =
+        tokio::task::spawn_blocking(move || lock(&keys).create_tenant_kek(tenant, isolated))
+            .await
+            .map_err(|e| ObjectError::Internal(format!("key manager task: {e}")))?;
+    match created {
+        Ok(_) | Err(KeyManagerError::AlreadyExists { .. }) => Ok(()),
+        Err(error) => Err(key_error(error)),
     }
 }
 

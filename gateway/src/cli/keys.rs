@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use kiseki_consensus::MetadataGroup;
+use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::keystore::ConsensusKeyStore;
 use kiseki_consensus::node::start_single;
 use kiseki_security::authz::{Authorizer, Caller, KesPolicies, RoleFiles, Target};
@@ -38,6 +39,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::CliError;
+use crate::objects::ensure_tenant;
+use crate::s3::S3Credentials;
 
 /// Where a data dir keeps its metadata (and the root key).
 const META_DIR: &str = "meta";
@@ -120,6 +123,25 @@ pub(super) enum KeysCommand {
     },
     /// Show the master-key epochs, the root key's source and the memory protection.
     Status(DataDir),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum S3CredentialsCommand {
+    /// Make an S3 access key for one workload of a tenant and print it with its secret,
+    /// shown this once (only its sealed form is kept). The tenant is set up on first use
+    /// (cross-tenant dedup). Tenant admin only; the attempt is audited either way.
+    Create {
+        #[command(flatten)]
+        data: DataDir,
+        /// The tenant's organization id.
+        #[arg(long, value_name = "ORG")]
+        tenant_id: String,
+        /// The workload the key acts for: 1 to 64 letters, digits, '.', '_' or '-'.
+        #[arg(long, value_name = "NAME")]
+        workload_id: String,
+        #[command(flatten)]
+        credentials: Credentials,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +247,54 @@ pub(super) fn tenant(command: TenantCommand, out: &mut dyn Write) -> Result<(), 
             )),
             Err(error) => Err(CliError::Keys(error.to_string())),
         }
+    })
+}
+
+pub(super) fn s3_credentials(
+    command: S3CredentialsCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let S3CredentialsCommand::Create { data, tenant_id, workload_id, credentials } = command;
+    let org = parse_org(&tenant_id)?;
+    let workload_ok = (1..=64).contains(&workload_id.len())
+        && workload_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !workload_ok {
+        return Err(CliError::Usage(format!(
+            "--workload-id {workload_id:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+        )));
+    }
+    let caller = verified_caller(&credentials)?;
+    let authorizer = authorizer(&credentials)?;
+    with_node_group(&data.data_dir, |mut keys, runtime, group| {
+        let path = format!("/v1/s3-credentials/create/{workload_id}");
+        let decision =
+            authorizer.authorize(&caller, &path, &Target::Tenant(org.clone()), now_unix_s());
+        let allowed = decision.is_allowed();
+        let entry = AuditEntry::from_event(AuditKind::AdminOperation, decision.audit_event());
+        let (root, store) = keys.audit_parts();
+        AuditLog::default().append(root, store, entry).map_err(key_error)?;
+        if !allowed {
+            return Err(CliError::Usage(
+                "access denied (only the tenant's admin may make its S3 credentials)".into(),
+            ));
+        }
+        let tenant = tenant_of_org(&org);
+        let keys = Arc::new(Mutex::new(keys));
+        let (access_key, secret) = runtime
+            .block_on(async {
+                ensure_tenant(group, &keys, tenant, DedupMode::CrossTenant).await?;
+                S3Credentials::new(Arc::clone(group), keys).create(tenant, &workload_id).await
+            })
+            .map_err(|error| CliError::Keys(format!("S3 credentials: {error}")))?;
+        writeln!(out, "tenant:      {org}")?;
+        writeln!(out, "workload:    {workload_id}")?;
+        writeln!(out, "access key:  {access_key}")?;
+        writeln!(out, "secret key:  {}", secret.as_str())?;
+        writeln!(
+            out,
+            "(the secret is shown only now; Kiseki keeps it sealed under the tenant's key)"
+        )?;
+        Ok(())
     })
 }
 
@@ -347,6 +417,14 @@ fn with_node(
     data_dir: &Path,
     work: impl FnOnce(Keys, &tokio::runtime::Runtime) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
+    with_node_group(data_dir, |keys, runtime, _| work(keys, runtime))
+}
+
+/// As [`with_node`], with the node's metadata group for `work` too.
+fn with_node_group(
+    data_dir: &Path,
+    work: impl FnOnce(Keys, &tokio::runtime::Runtime, &Arc<MetadataGroup>) -> Result<(), CliError>,
+) -> Result<(), CliError> {
     let meta = meta_dir(data_dir)?;
     let root_path = root_key_path(&meta);
     let root = LocalRootKey::from_file(&root_path, MemoryLocking::Required).map_err(|error| {
@@ -362,7 +440,7 @@ fn with_node(
     let result =
         KeyManager::new(Box::new(root), store, KeyManagerConfig::default(), Arc::new(SystemClock))
             .map_err(key_error)
-            .and_then(|keys| work(keys, &runtime));
+            .and_then(|keys| work(keys, &runtime, &group));
     let stopped = runtime.block_on(group.shutdown());
     result?;
     stopped.map_err(|error| CliError::Keys(format!("metadata group: {error}")))

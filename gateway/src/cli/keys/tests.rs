@@ -142,6 +142,39 @@ fn keys_shred_and_audit_from_the_command_line() {
     let ops_in_acme = lines.contains("\"actor\":\"ops\"");
     assert!(ops_in_acme, "{lines}");
 
+    // S3 credentials for a workload of globex: its admin only; bad ids refused first.
+    let s3 = |workload: &str| {
+        with(
+            &["s3-credentials", "create", "--tenant-id", "globex", "--workload-id", workload],
+            &data_args.map(str::to_owned),
+        )
+    };
+    fails(&strs(&with(&strs(&s3("job-1")), &creds(d, "alice", true, false))), 2, "access denied");
+    fails(&strs(&with(&strs(&s3("job-1")), &creds(d, "ops", true, false))), 2, "access denied");
+    fails(&strs(&with(&strs(&s3("job/1")), &creds(d, "bob", true, false))), 2, "--workload-id");
+    let made = ok(&strs(&with(&strs(&s3("job-1")), &creds(d, "bob", true, false))));
+    let value = |label: &str| {
+        let line = made.lines().find(|line| line.starts_with(label)).expect(label);
+        line[label.len()..].trim().to_owned()
+    };
+    let (access_key, secret) = (value("access key:"), value("secret key:"));
+    assert!(access_key.starts_with("KSK") && access_key.len() == 21, "{made}");
+    assert_eq!(secret.len(), 40, "{made}");
+    // A second key for the same workload is another key.
+    let again = ok(&strs(&with(&strs(&s3("job-1")), &creds(d, "bob", true, false))));
+    assert!(!again.contains(&access_key) && !again.contains(&secret));
+    // The secret is nowhere in the data dir in the clear; the attempts are bob's records.
+    for entry in std::fs::read_dir(d.join("data/meta")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+    let globex_export = with(
+        &["audit", "export", "--tenant", "globex", "--data-dir", &data],
+        &creds(d, "bob", true, false),
+    );
+    let lines = ok(&strs(&globex_export));
+    assert!(lines.contains("/v1/s3-credentials/create/job-1"), "{lines}");
+
     // A revoked certificate acts on nothing.
     ok(&["cert", "revoke", "--ca", &ca, "--cert", &path(&d.join("alice/alice.crt"))]);
     fails(&strs(&export), 1, "");
