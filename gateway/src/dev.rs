@@ -210,7 +210,8 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
         )),
     ));
     let listeners = Listeners { fabric: listener, admin };
-    let served = runtime.block_on(serve(listeners, &started, service, metrics, output.out));
+    let group = Arc::clone(front.group());
+    let served = runtime.block_on(serve(listeners, &started, group, service, metrics, output.out));
     let front_stopped = runtime.block_on(front.stop());
     let device = started.dir.layout.device();
     let stopped = started.engine.shutdown().map_err(|source| DevError::Engine { device, source });
@@ -499,6 +500,7 @@ struct Listeners {
 async fn serve(
     listeners: Listeners,
     started: &Started,
+    metadata: Arc<kiseki_consensus::MetadataGroup>,
     service: Arc<MeteredHandler<ChunkService>>,
     metrics: Arc<Metrics>,
     out: &mut dyn Write,
@@ -514,7 +516,11 @@ async fn serve(
     let listener = tokio_listener(listeners.fabric).map_err(DevError::Runtime)?;
     let server = TcpServer::start(listener, &started.tls, TcpServerConfig::default(), service)
         .map_err(DevError::Fabric)?;
-    let sources = Sources { engine: started.engine.handle(), connections: Some(server.counters()) };
+    let sources = Sources {
+        engine: started.engine.handle(),
+        connections: Some(server.counters()),
+        metadata: Some(metadata),
+    };
     let admin = tokio_listener(listeners.admin)
         .and_then(|listener| AdminServer::start(listener, metrics, sources))
         .map_err(DevError::Runtime)?;

@@ -5,7 +5,8 @@
 //!   engine, device and connection figures are read from their sources at each scrape.
 //! - [`AdminServer`]: plain HTTP/1.1 (hyper) serving `GET /metrics` (the OpenMetrics text
 //!   format), `GET /healthz` (the process answers) and `GET /readyz` (every shard's device
-//!   is usable and the node is not stopping; 503 and the failing check otherwise). Any
+//!   is usable, the metadata group has a leader and the node is not stopping; 503 and the
+//!   failing check otherwise). Any
 //!   other path is 404, any other method 405. At most [`ADMIN_CONNECTIONS_MAX`]
 //!   connections are served at once; a client must send its headers within
 //!   [`ADMIN_HEADER_TIMEOUT`].
@@ -84,6 +85,8 @@ pub struct Sources {
     pub engine: EngineHandle,
     /// The fabric server's connection counters, once it serves.
     pub connections: Option<Arc<ConnectionCounters>>,
+    /// The node's metadata group, if it has one: `/readyz` needs it to know a leader.
+    pub metadata: Option<Arc<kiseki_consensus::MetadataGroup>>,
 }
 
 /// The node's metrics; see the module's notes.
@@ -475,6 +478,22 @@ async fn readiness(context: &AdminContext) -> Answer {
     if context.stopping.load(Ordering::Relaxed) {
         ready = false;
         body.push_str("node: stopping\n");
+    }
+    if let Some(group) = &context.sources.metadata {
+        let (leader, term) = {
+            let metrics = group.raft().metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_leader, metrics.current_term)
+        };
+        match leader {
+            Some(leader) => {
+                let _ = writeln!(body, "metadata: ok (leader node {leader}, term {term})");
+            }
+            None => {
+                ready = false;
+                let _ = writeln!(body, "metadata: no leader (term {term})");
+            }
+        }
     }
     match engine_stats(&context.sources.engine).await {
         Ok(stats) => {

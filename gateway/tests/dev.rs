@@ -563,6 +563,7 @@ fn metrics_and_health_count_what_the_node_serves_and_name_no_tenant() {
     let (status, body) = http_get(admin, "GET", "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("shard 0: ok"), "{body}");
+    assert!(body.contains("metadata: ok (leader node 1"), "{body}");
 
     let key = MasterKey::generate(1).unwrap();
     let as_tenant = Client::of_dir(&data.join("tls/clients/tenant-dev"), node.addr, "localhost");

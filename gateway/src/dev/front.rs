@@ -55,6 +55,10 @@ pub(super) struct Front {
 }
 
 impl Front {
+    pub fn group(&self) -> &Arc<MetadataGroup> {
+        &self.group
+    }
+
     pub fn s3_addr(&self) -> std::net::SocketAddr {
         self.s3.local_addr()
     }
