@@ -17,9 +17,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    AuditScope, ChunkId, Command, DedupMode, KeyScope, Manifest, ObjectBody, Part, RefDelta,
-    Sealed, TenantId, UploadId,
+    AuditScope, ChunkId, ChunkRef, Command, DedupMode, ETag, KeyScope, Manifest, ObjectBody, Part,
+    PutCondition, RefDelta, Sealed, TenantId, UploadId,
 };
+use crate::constants::{MANIFEST_CHUNKS_MAX, UPLOADS_OPEN_PER_TENANT_MAX};
 use crate::error::Rejection;
 use crate::types::Applied;
 
@@ -62,6 +63,13 @@ pub const TENANT_KEYS_DESTROYED: &str = "tenant keys destroyed";
 pub const AUDIT_SEQUENCE_NOT_NEXT: &str = "audit sequence is not the next one";
 /// The refusal of an epoch that is not one past the current one (retry after re-reading).
 pub const KEY_EPOCH_NOT_NEXT: &str = "key epoch is not the next one";
+
+/// The refusal of a conditional put whose condition the object does not meet (S3's 412).
+pub const PRECONDITION_FAILED: &str = "precondition failed";
+/// The refusal of a completion naming a part whose ETag is not the stored one.
+pub const PART_ETAG_DIFFERS: &str = "part ETag differs";
+/// The refusal of a new upload when the tenant has the most open uploads allowed.
+pub const TOO_MANY_UPLOADS: &str = "too many open uploads";
 
 /// Version byte in front of every record value.
 const RECORD_FORMAT_VERSION: u8 = 1;
@@ -336,6 +344,53 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(objects)
     }
 
+    /// The tenant's open uploads in upload-id order (at most
+    /// [`UPLOADS_OPEN_PER_TENANT_MAX`], which `CreateUpload` keeps to).
+    pub(crate) fn uploads(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(UploadId, UploadRecord)>, StateError> {
+        let mut uploads = Vec::new();
+        for row in self.uploads.range(tenant.0.as_slice()..)? {
+            let (key, value) = row?;
+            let Some(id) = key.value().strip_prefix(tenant.0.as_slice()) else { break };
+            let id: [u8; 16] =
+                id.try_into().map_err(|_| StateError::Store("upload row key".into()))?;
+            uploads.push((UploadId(id), decode(value.value())?));
+            if uploads.len() == UPLOADS_OPEN_PER_TENANT_MAX {
+                break;
+            }
+        }
+        Ok(uploads)
+    }
+
+    /// Up to `limit` parts of an upload numbered above `after`, in number order.
+    pub(crate) fn parts(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+        after: u16,
+        limit: usize,
+    ) -> Result<Vec<(u16, Part)>, StateError> {
+        let prefix = upload_key(tenant, upload);
+        let mut parts = Vec::new();
+        if limit == 0 || after == u16::MAX {
+            return Ok(parts);
+        }
+        let start = part_key(tenant, upload, after + 1);
+        for row in self.parts.range(start.as_slice()..)? {
+            let (key, value) = row?;
+            let Some(number) = key.value().strip_prefix(prefix.as_slice()) else { break };
+            let number: [u8; 2] =
+                number.try_into().map_err(|_| StateError::Store("part row key".into()))?;
+            parts.push((u16::from_be_bytes(number), decode(value.value())?));
+            if parts.len() == limit {
+                break;
+            }
+        }
+        Ok(parts)
+    }
+
     fn has_rows_with_prefix(table: &T, prefix: &[u8]) -> Result<bool, StateError> {
         match table.range(prefix..)?.next() {
             None => Ok(false),
@@ -388,13 +443,25 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                     return Err(Rejection::conflict("bucket has open uploads").into());
                 }
             }
-            Command::PutObject { tenant, bucket, .. }
-            | Command::CreateUpload { tenant, bucket, .. } => {
+            Command::PutObject { tenant, bucket, .. } => self.require_bucket(tenant, bucket)?,
+            Command::PutObjectIf { tenant, bucket, key, condition, .. } => {
                 self.require_bucket(tenant, bucket)?;
-                if let Command::CreateUpload { upload, .. } = command
-                    && self.upload(tenant, upload)?.is_some()
-                {
+                let current = self.object(tenant, bucket, key)?;
+                let met = match condition {
+                    PutCondition::Absent => current.is_none(),
+                    PutCondition::ETagIs(etag) => current.is_some_and(|m| m.etag == *etag),
+                };
+                if !met {
+                    return Err(Rejection::conflict(PRECONDITION_FAILED).into());
+                }
+            }
+            Command::CreateUpload { tenant, bucket, upload, .. } => {
+                self.require_bucket(tenant, bucket)?;
+                if self.upload(tenant, upload)?.is_some() {
                     return Err(Rejection::already_exists("upload").into());
+                }
+                if self.uploads(tenant)?.len() >= UPLOADS_OPEN_PER_TENANT_MAX {
+                    return Err(Rejection::conflict(TOO_MANY_UPLOADS).into());
                 }
             }
             Command::DeleteObject { tenant, bucket, key } => {
@@ -405,17 +472,27 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             Command::PutPart { tenant, upload, .. } | Command::AbortUpload { tenant, upload } => {
                 self.require_upload(tenant, upload)?;
             }
-            Command::CompleteUpload { tenant, upload, parts, .. } => {
+            Command::CompleteUpload { tenant, upload, parts, .. }
+            | Command::CompleteUploadAs { tenant, upload, parts, .. } => {
                 let record = self.require_upload(tenant, upload)?;
                 self.require_bucket(tenant, &record.bucket)?;
+                let mut chunks = 0usize;
                 for (number, etag) in parts {
                     match self.part(tenant, upload, *number)? {
                         None => return Err(Rejection::not_found("part").into()),
                         Some(part) if part.etag != *etag => {
-                            return Err(Rejection::conflict("part ETag differs").into());
+                            return Err(Rejection::conflict(PART_ETAG_DIFFERS).into());
                         }
-                        Some(_) => {}
+                        Some(part) => chunks += part.chunks.len(),
                     }
+                }
+                // The object's manifest is bounded like any other.
+                if chunks > MANIFEST_CHUNKS_MAX {
+                    return Err(Rejection::TooLarge {
+                        size_bytes: chunks,
+                        max_bytes: MANIFEST_CHUNKS_MAX,
+                    }
+                    .into());
                 }
             }
             Command::PutCredential { access_key_id, .. } => {
@@ -530,7 +607,8 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             Command::DeleteBucket { tenant, bucket } => {
                 self.buckets.remove(bucket_key(tenant, bucket).as_slice())?;
             }
-            Command::PutObject { tenant, bucket, key, manifest } => {
+            Command::PutObject { tenant, bucket, key, manifest }
+            | Command::PutObjectIf { tenant, bucket, key, manifest, .. } => {
                 let row = object_key(tenant, bucket, key);
                 let old = self.objects.insert(row.as_slice(), encode(manifest).as_slice())?;
                 if let Some(old) = old {
@@ -554,13 +632,21 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             }
             Command::PutPart { tenant, upload, number, part } => {
                 let row = part_key(tenant, upload, *number);
-                self.parts.insert(row.as_slice(), encode(part).as_slice())?;
+                let old = self.parts.insert(row.as_slice(), encode(part).as_slice())?;
+                if let Some(old) = old {
+                    let old: Part = decode(old.value())?;
+                    return Ok(Applied::Released(old.chunks));
+                }
             }
             Command::CompleteUpload { tenant, upload, parts, etag } => {
-                self.complete_upload(tenant, upload, parts, *etag)?;
+                return self.complete_upload(tenant, upload, parts, *etag, None);
+            }
+            Command::CompleteUploadAs { tenant, upload, parts, etag, sealed_user_metadata } => {
+                let sealed = Some(sealed_user_metadata.clone());
+                return self.complete_upload(tenant, upload, parts, *etag, sealed);
             }
             Command::AbortUpload { tenant, upload } => {
-                self.drop_upload(tenant, upload)?;
+                return Ok(Applied::Released(self.drop_upload(tenant, upload)?));
             }
             Command::PutCredential { access_key_id, tenant, workload, sealed_secret } => {
                 let record = CredentialRecord {
@@ -613,14 +699,17 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
         Ok(Applied::Done)
     }
 
-    /// Joins the named parts into the object's manifest and drops the upload.
+    /// Joins the named parts into the object's manifest (with `sealed_user_metadata`, or
+    /// the upload's when `None`) and drops the upload. Returns the chunks nothing names any
+    /// more: the parts left out and the object replaced.
     fn complete_upload(
         &mut self,
         tenant: &TenantId,
         upload: &UploadId,
-        parts: &[(u16, crate::command::ETag)],
-        etag: crate::command::ETag,
-    ) -> Result<(), StateError> {
+        parts: &[(u16, ETag)],
+        etag: ETag,
+        sealed_user_metadata: Option<Sealed>,
+    ) -> Result<Applied, StateError> {
         let record = self
             .upload(tenant, upload)?
             .ok_or_else(|| StateError::Store("upload vanished between check and write".into()))?;
@@ -636,21 +725,45 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
         let manifest = Manifest {
             size_bytes,
             body: ObjectBody::Chunks(chunks),
-            sealed_user_metadata: record.sealed_user_metadata,
+            sealed_user_metadata: sealed_user_metadata.unwrap_or(record.sealed_user_metadata),
             etag,
         };
         let row = object_key(tenant, &record.bucket, &record.key);
-        self.objects.insert(row.as_slice(), encode(&manifest).as_slice())?;
-        self.drop_upload(tenant, upload)
+        let replaced = match self.objects.insert(row.as_slice(), encode(&manifest).as_slice())? {
+            Some(old) => Some(decode::<Manifest>(old.value())?),
+            None => None,
+        };
+        let mut released = match replaced.map(|old| old.body) {
+            Some(ObjectBody::Chunks(chunks)) => chunks,
+            Some(ObjectBody::Inline(_)) | None => Vec::new(),
+        };
+        // The chunks of the named parts moved into the manifest; the others are released.
+        let named: std::collections::BTreeSet<u16> = parts.iter().map(|(n, _)| *n).collect();
+        for (number, part) in self.parts(tenant, upload, 0, usize::MAX)? {
+            if !named.contains(&number) {
+                released.extend_from_slice(&part.chunks);
+            }
+        }
+        self.drop_upload(tenant, upload)?;
+        Ok(Applied::Released(released))
     }
 
-    fn drop_upload(&mut self, tenant: &TenantId, upload: &UploadId) -> Result<(), StateError> {
+    /// Removes an upload and its parts; returns the chunks its parts named.
+    fn drop_upload(
+        &mut self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<Vec<ChunkRef>, StateError> {
+        let mut chunks = Vec::new();
+        for (_, part) in self.parts(tenant, upload, 0, usize::MAX)? {
+            chunks.extend_from_slice(&part.chunks);
+        }
         let prefix = upload_key(tenant, upload);
         self.uploads.remove(prefix.as_slice())?;
         let mut end = prefix.clone();
         end.extend_from_slice(&u16::MAX.to_be_bytes());
         self.parts.retain_in(prefix.as_slice()..=end.as_slice(), |_, _| false)?;
-        Ok(())
+        Ok(chunks)
     }
 }
 

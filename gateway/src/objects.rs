@@ -64,6 +64,9 @@ pub struct UserMetadata {
 pub struct ObjectMeta {
     pub size_bytes: u64,
     pub etag: [u8; 16],
+    /// The part count of an object made by a multipart upload (S3's ETag then reads
+    /// `"<md5 of the parts' md5s>-<parts>"`); `None` for a single put.
+    pub parts: Option<u16>,
     /// When the put that made it was accepted (milliseconds since the Unix epoch).
     pub modified_unix_ms: u64,
     pub user: UserMetadata,
@@ -75,15 +78,20 @@ pub struct Listed {
     pub key: Vec<u8>,
     pub size_bytes: u64,
     pub etag: [u8; 16],
+    /// As [`ObjectMeta::parts`].
+    pub parts: Option<u16>,
     pub modified_unix_ms: u64,
 }
 
 /// What is sealed under the tenant's KEK beside an object: the user's metadata and the
 /// time of the put (kept out of the plaintext manifest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SealedMeta {
-    user: UserMetadata,
-    modified_unix_ms: u64,
+pub(crate) struct SealedMeta {
+    pub(crate) user: UserMetadata,
+    pub(crate) modified_unix_ms: u64,
+    /// Set when a multipart upload completes; absent in single puts (and older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) parts: Option<u16>,
 }
 
 /// Why an object operation failed; each maps to one S3 error.
@@ -103,6 +111,22 @@ pub enum ObjectError {
     InvalidRange {
         size_bytes: u64,
     },
+    /// No such multipart upload (or not for this bucket and key, or not the caller's).
+    NoSuchUpload,
+    /// A part number outside 1 to 10,000.
+    InvalidPartNumber,
+    /// A completion names a part that was not uploaded, or with another ETag.
+    InvalidPart,
+    /// A completion lists its parts out of ascending order.
+    InvalidPartOrder,
+    /// A part other than the last is smaller than S3's minimum.
+    EntityTooSmall,
+    /// The object would be larger than this node keeps in one manifest.
+    EntityTooLarge,
+    /// A conditional request's condition does not hold (S3's 412).
+    PreconditionFailed,
+    /// The tenant has the most open multipart uploads allowed.
+    TooManyUploads,
     /// The tenant's keys were crypto-shredded: nothing of it opens again.
     TenantKeysDestroyed,
     /// The node cannot take it now (a full queue, a device over its critical level).
@@ -126,6 +150,14 @@ impl fmt::Display for ObjectError {
             ObjectError::InvalidRange { size_bytes } => {
                 write!(f, "the range is not satisfiable for an object of {size_bytes} bytes")
             }
+            ObjectError::NoSuchUpload => f.write_str("no such upload"),
+            ObjectError::InvalidPartNumber => f.write_str("part numbers are 1 to 10,000"),
+            ObjectError::InvalidPart => f.write_str("a part is missing or has another ETag"),
+            ObjectError::InvalidPartOrder => f.write_str("parts are not in ascending order"),
+            ObjectError::EntityTooSmall => f.write_str("a part is smaller than the minimum"),
+            ObjectError::EntityTooLarge => f.write_str("the object is larger than allowed"),
+            ObjectError::PreconditionFailed => f.write_str("precondition failed"),
+            ObjectError::TooManyUploads => f.write_str("too many open uploads"),
             ObjectError::TenantKeysDestroyed => f.write_str("tenant keys destroyed"),
             ObjectError::Unavailable(why) => write!(f, "unavailable: {why}"),
             ObjectError::Integrity(why) => write!(f, "integrity: {why}"),
@@ -141,7 +173,7 @@ pub const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
 /// The object layer of one node; see the module's notes.
 pub struct ObjectStore<S> {
-    meta: Arc<MetadataGroup>,
+    pub(crate) meta: Arc<MetadataGroup>,
     engine: EngineHandle,
     keys: Arc<Mutex<KeyManager<S>>>,
     config: ObjectConfig,
@@ -262,7 +294,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         let modified_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
-        let sealed_meta = SealedMeta { user: user.clone(), modified_unix_ms };
+        let sealed_meta = SealedMeta { user: user.clone(), modified_unix_ms, parts: None };
         let user_json =
             serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
         let sealed_user_metadata =
@@ -405,6 +437,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 key,
                 size_bytes: manifest.size_bytes,
                 etag: manifest.etag.0,
+                parts: meta.parts,
                 modified_unix_ms: meta.modified_unix_ms,
             });
         }
@@ -413,7 +446,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
 
     // ---- chunks ----
 
-    async fn store_chunks(
+    pub(crate) async fn store_chunks(
         &self,
         tenant: TenantId,
         body: &[u8],
@@ -485,7 +518,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         Ok(bytes)
     }
 
-    async fn release_chunks(&self, manifest: &Manifest) {
+    pub(crate) async fn release_chunks(&self, manifest: &Manifest) {
         if let ObjectBody::Chunks(chunks) = &manifest.body {
             self.release_refs(chunks).await;
         }
@@ -493,7 +526,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
 
     /// Gives back one reference per chunk. A failure leaves a reference behind (space, not
     /// data, is lost), so it is logged, not returned.
-    async fn release_refs(&self, chunks: &[ChunkRef]) {
+    pub(crate) async fn release_refs(&self, chunks: &[ChunkRef]) {
         for chunk in chunks {
             if let Err(error) = self.engine.release(chunk.id.0).await {
                 tracing::warn!(%error, "releasing a chunk reference failed; its space stays in use");
@@ -552,7 +585,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         }
     }
 
-    fn object_meta(
+    pub(crate) fn object_meta(
         &self,
         tenant: TenantId,
         bucket: &str,
@@ -569,12 +602,13 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         Ok(ObjectMeta {
             size_bytes: manifest.size_bytes,
             etag: manifest.etag.0,
+            parts: sealed.parts,
             modified_unix_ms: sealed.modified_unix_ms,
             user: sealed.user,
         })
     }
 
-    fn seal_for_tenant(
+    pub(crate) fn seal_for_tenant(
         &self,
         tenant: TenantId,
         context: &[u8],
@@ -583,7 +617,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         self.key_manager().seal_for_tenant(tenant, context, plaintext).map_err(key_error)
     }
 
-    fn open_for_tenant(
+    pub(crate) fn open_for_tenant(
         &self,
         tenant: TenantId,
         context: &[u8],
@@ -606,7 +640,7 @@ pub(crate) fn lock<S>(keys: &Mutex<KeyManager<S>>) -> MutexGuard<'_, KeyManager<
 
 /// What a sealed blob of an object is bound to: its kind, bucket and key, with lengths so
 /// that no two (bucket, key) pairs give the same bytes.
-fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
+pub(crate) fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
     let mut context = Vec::with_capacity(kind.len() + bucket.len() + key.len() + 4);
     context.extend_from_slice(kind);
     context.push(bucket.len() as u8);
@@ -616,7 +650,7 @@ fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
     context
 }
 
-fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectError {
+pub(crate) fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectError {
     match view.bucket_owner(bucket) {
         Ok(Some(_)) => ObjectError::AccessDenied,
         Ok(None) => ObjectError::NoSuchBucket,
@@ -624,7 +658,7 @@ fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectErro
     }
 }
 
-fn meta_tenant(tenant: TenantId) -> MetaTenantId {
+pub(crate) fn meta_tenant(tenant: TenantId) -> MetaTenantId {
     MetaTenantId(*tenant.as_bytes())
 }
 
@@ -655,7 +689,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), ObjectError> {
     Ok(())
 }
 
-fn check_key(key: &[u8]) -> Result<(), ObjectError> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), ObjectError> {
     if key.is_empty() || key.len() > OBJECT_KEY_MAX_BYTES {
         return Err(ObjectError::InvalidKey("1 to 1024 bytes"));
     }
@@ -665,7 +699,7 @@ fn check_key(key: &[u8]) -> Result<(), ObjectError> {
     Ok(())
 }
 
-fn key_error(error: KeyManagerError) -> ObjectError {
+pub(crate) fn key_error(error: KeyManagerError) -> ObjectError {
     match error {
         KeyManagerError::TenantKeysDestroyed { .. } => ObjectError::TenantKeysDestroyed,
         KeyManagerError::NoKey { .. } => ObjectError::NoSuchTenant,
@@ -676,7 +710,7 @@ fn key_error(error: KeyManagerError) -> ObjectError {
     }
 }
 
-fn consensus_error(error: ConsensusError) -> ObjectError {
+pub(crate) fn consensus_error(error: ConsensusError) -> ObjectError {
     match error {
         ConsensusError::Rejected(rejection) => {
             ObjectError::Internal(format!("metadata refused: {rejection}"))

@@ -6,18 +6,25 @@
 //!   stop working with its data). `s3s` compares signatures in constant time.
 //! - Operations served: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject,
 //!   GetObject (with ranges), HeadObject, DeleteObject, ListObjectsV2 (prefix, delimiter,
-//!   continuation, max-keys, start-after). Everything else answers NotImplemented.
+//!   continuation, max-keys, start-after); multipart uploads ([`crate::multipart`]):
+//!   CreateMultipartUpload, UploadPart, CompleteMultipartUpload (S3's `<md5 of md5s>-N`
+//!   ETag), AbortMultipartUpload, ListParts, ListMultipartUploads (prefix and markers; no
+//!   delimiter). Everything else answers NotImplemented.
+//! - An upload is seen only by its tenant: another tenant naming its bucket gets
+//!   AccessDenied, naming its upload id through a bucket of its own NoSuchUpload.
 //! - A tenant sees only its own buckets: another tenant's bucket is AccessDenied (as S3
 //!   answers for another account's bucket), and a name taken by anyone is
 //!   BucketAlreadyExists, which does not say by whom.
-//! - Bodies are read whole, up to [`S3_OBJECT_MAX_BYTES`] (EntityTooLarge beyond).
+//! - Bodies are read whole, up to [`S3_OBJECT_MAX_BYTES`] (EntityTooLarge beyond), parts
+//!   up to [`S3_PART_MAX_BYTES`]; parts other than the last are at least
+//!   [`crate::constants::S3_PART_MIN_BYTES`] (EntityTooSmall).
 //!
 //! [`serve_https`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
 //! each request) and serves each over HTTP/1.1 with TCP_NODELAY.
 //!
-//! What it does not do yet: multipart uploads, copies, conditional requests, versions,
-//! flexible checksums beyond what `s3s` checks itself, streaming bodies, presigned-URL
-//! expiry limits of our own. They are issue 8's remaining points.
+//! What it does not do yet: copies, conditional requests, versions, flexible checksums
+//! beyond what `s3s` checks itself, streaming bodies, presigned-URL expiry limits of our
+//! own. They are issue 8's remaining points.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -30,15 +37,21 @@ use kiseki_security::TenantId;
 use kiseki_security::keymanager::{KeyManager, KeyStoreBackend};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
+    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
     DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag as S3ETag, GetObjectInput,
     GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListBucketsInput, ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, Object,
-    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload,
+    Object, Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput,
+    UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use zeroize::Zeroizing;
 
+use crate::constants::{S3_LIST_PARTS_MAX, S3_LIST_UPLOADS_MAX, S3_PART_MAX_BYTES, S3_PARTS_MAX};
+use crate::multipart::hex;
 use crate::objects::{ObjectError, ObjectMeta, ObjectStore, UserMetadata};
 
 /// The largest object body a single PUT may carry here (it is held in memory).
@@ -434,7 +447,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
                     None => contents.push(Object {
                         key: Some(key),
                         size: Some(listed.size_bytes as i64),
-                        e_tag: Some(etag_of(listed.etag)),
+                        e_tag: Some(etag_of_parts(listed.etag, listed.parts)),
                         last_modified: Some(timestamp(listed.modified_unix_ms)),
                         ..Object::default()
                     }),
@@ -465,6 +478,195 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             ..Default::default()
         }))
     }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let user = UserMetadata {
+            content_type: input.content_type.map(|t| t.to_string()),
+            entries: input.metadata.unwrap_or_default().into_iter().collect(),
+        };
+        let upload_id = self
+            .objects
+            .create_upload(tenant, &input.bucket, input.key.as_bytes(), &user)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let body = match input.body {
+            None => hyper::body::Bytes::new(),
+            Some(blob) => s3s::Body::from(blob)
+                .store_all_limited(S3_PART_MAX_BYTES)
+                .await
+                .map_err(|_| s3_error!(EntityTooLarge, "at most 256 MiB in one part here"))?,
+        };
+        let etag = self
+            .objects
+            .upload_part(
+                tenant,
+                &input.bucket,
+                input.key.as_bytes(),
+                &input.upload_id,
+                input.part_number,
+                &body,
+            )
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(UploadPartOutput { e_tag: Some(etag_of(etag)), ..Default::default() }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let listed = input.multipart_upload.and_then(|upload| upload.parts).unwrap_or_default();
+        if listed.is_empty() {
+            return Err(s3_error!(MalformedXML, "a completion lists at least one part"));
+        }
+        let mut parts = Vec::with_capacity(listed.len().min(usize::from(S3_PARTS_MAX)));
+        for part in listed {
+            let (Some(number), Some(etag)) = (part.part_number, part.e_tag) else {
+                return Err(s3_error!(InvalidPart, "each part needs its number and ETag"));
+            };
+            parts.push((number, etag.value().to_owned()));
+        }
+        let completed = self
+            .objects
+            .complete_upload(tenant, &input.bucket, input.key.as_bytes(), &input.upload_id, &parts)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag_of_parts(completed.etag, Some(completed.parts))),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = &req.input;
+        self.objects
+            .abort_upload(tenant, &input.bucket, input.key.as_bytes(), &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let limit = clamp_limit(input.max_parts, S3_LIST_PARTS_MAX);
+        let after = input.part_number_marker.map_or(0, |m| u16::try_from(m).unwrap_or(u16::MAX));
+        let (parts, truncated) = self
+            .objects
+            .list_parts(tenant, &input.bucket, input.key.as_bytes(), &input.upload_id, after, limit)
+            .await
+            .map_err(object_error)?;
+        let next = parts.last().map(|part| i32::from(part.number));
+        let parts = parts
+            .into_iter()
+            .map(|part| Part {
+                part_number: Some(i32::from(part.number)),
+                size: Some(part.size_bytes as i64),
+                e_tag: Some(etag_of(part.etag)),
+                ..Part::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(limit as i32),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: if truncated { next } else { None },
+            is_truncated: Some(truncated),
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        if input.delimiter.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(s3_error!(NotImplemented, "ListMultipartUploads with a delimiter"));
+        }
+        let limit = clamp_limit(input.max_uploads, S3_LIST_UPLOADS_MAX);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let marker = input
+            .key_marker
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|key| (key.as_bytes(), input.upload_id_marker.as_deref()));
+        let (uploads, truncated) = self
+            .objects
+            .list_uploads(tenant, &input.bucket, prefix.as_bytes(), marker, limit)
+            .await
+            .map_err(object_error)?;
+        let mut listed = Vec::with_capacity(uploads.len());
+        for upload in &uploads {
+            listed.push(MultipartUpload {
+                key: Some(utf8_key(&upload.key)?),
+                upload_id: Some(upload.upload_id.clone()),
+                initiated: Some(timestamp(upload.initiated_unix_ms)),
+                ..MultipartUpload::default()
+            });
+        }
+        let (next_key_marker, next_upload_id_marker) = match uploads.last() {
+            Some(last) if truncated => (Some(utf8_key(&last.key)?), Some(last.upload_id.clone())),
+            _ => (None, None),
+        };
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: Some(prefix),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker,
+            next_upload_id_marker,
+            max_uploads: Some(limit as i32),
+            is_truncated: Some(truncated),
+            uploads: Some(listed),
+            ..Default::default()
+        }))
+    }
+}
+
+/// A listing's page size: what the client asked for, at most `max` (S3's limits).
+fn clamp_limit(asked: Option<i32>, max: usize) -> usize {
+    asked.map_or(max, |m| usize::try_from(m).unwrap_or(0).min(max))
+}
+
+fn utf8_key(key: &[u8]) -> S3Result<String> {
+    String::from_utf8(key.to_vec())
+        .map_err(|_| s3_error!(InternalError, "a stored key is not UTF-8"))
 }
 
 fn fill_head(
@@ -473,7 +675,7 @@ fn fill_head(
     last_modified: &mut Option<Timestamp>,
     metadata: &mut Option<s3s::dto::Metadata>,
 ) {
-    *etag = Some(etag_of(meta.etag));
+    *etag = Some(etag_of_parts(meta.etag, meta.parts));
     *last_modified = Some(timestamp(meta.modified_unix_ms));
     if !meta.user.entries.is_empty() {
         *metadata = Some(meta.user.entries.clone().into_iter().collect());
@@ -481,12 +683,15 @@ fn fill_head(
 }
 
 fn etag_of(md5: [u8; 16]) -> S3ETag {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hex = md5
-        .iter()
-        .flat_map(|byte| [HEX[usize::from(byte >> 4)] as char, HEX[usize::from(byte & 15)] as char])
-        .collect();
-    S3ETag::Strong(hex)
+    etag_of_parts(md5, None)
+}
+
+/// S3's ETag: the MD5 in hex, followed by `-<parts>` for a multipart object.
+fn etag_of_parts(md5: [u8; 16], parts: Option<u16>) -> S3ETag {
+    match parts {
+        None => S3ETag::Strong(hex(&md5)),
+        Some(parts) => S3ETag::Strong(format!("{}-{parts}", hex(&md5))),
+    }
 }
 
 fn timestamp(unix_ms: u64) -> Timestamp {
@@ -507,6 +712,18 @@ fn object_error(error: ObjectError) -> S3Error {
         }
         ObjectError::InvalidKey(why) => S3Error::with_message(S3ErrorCode::InvalidArgument, why),
         ObjectError::InvalidRange { .. } => s3_error!(InvalidRange),
+        ObjectError::NoSuchUpload => s3_error!(NoSuchUpload),
+        ObjectError::InvalidPartNumber => {
+            s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000")
+        }
+        ObjectError::InvalidPart => s3_error!(InvalidPart),
+        ObjectError::InvalidPartOrder => s3_error!(InvalidPartOrder),
+        ObjectError::EntityTooSmall => s3_error!(EntityTooSmall),
+        ObjectError::EntityTooLarge => s3_error!(EntityTooLarge),
+        ObjectError::PreconditionFailed => s3_error!(PreconditionFailed),
+        ObjectError::TooManyUploads => {
+            s3_error!(SlowDown, "too many open multipart uploads; abort some")
+        }
         ObjectError::TenantKeysDestroyed => {
             S3Error::with_message(S3ErrorCode::AccessDenied, "tenant keys destroyed")
         }

@@ -6,7 +6,10 @@ environment. Every response is checked; the first failure raises and exits non-z
 
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import boto3
 from botocore.config import Config
@@ -118,6 +121,199 @@ forged = client(os.environ["KISEKI_S3_ALICE_KEY"], "not-the-secret-" + "x" * 25)
 assert error_code(lambda: forged.list_buckets()) == "SignatureDoesNotMatch"
 stranger = client("KSKUNKNOWNUNKNOWNUNK", "whatever-" + "y" * 31)
 assert error_code(lambda: stranger.list_buckets()) == "InvalidAccessKeyId"
+
+# ---- Multipart uploads ----
+MIB = 1 << 20
+alice.create_bucket(Bucket="multi")
+
+
+def multipart_etag(parts):
+    digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    return '"%s-%d"' % (digest, len(parts))
+
+
+def md5_etag(data):
+    return '"%s"' % hashlib.md5(data).hexdigest()
+
+
+def upload_parts(key, upload_id, parts, first=1):
+    for number, data in enumerate(parts, start=first):
+        got = alice.upload_part(
+            Bucket="multi", Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+        assert got["ETag"] == md5_etag(data), (number, got["ETag"])
+
+
+def complete(client, key, upload_id, numbered):
+    return client.complete_multipart_upload(
+        Bucket="multi", Key=key, UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in numbered]})
+
+
+# Three parts of about 5 MiB; the first is 3 bytes longer, so part boundaries fall inside
+# the object's chunks rather than on them.
+parts = [body(5 * MIB + 3, 10), body(5 * MIB, 11), body(5 * MIB, 12)]
+created = alice.create_multipart_upload(
+    Bucket="multi", Key="big.bin", ContentType="application/x-multi", Metadata={"kind": "mp"})
+upload_id = created["UploadId"]
+assert created["Key"] == "big.bin" and created["Bucket"] == "multi", created
+assert len(upload_id) == 32 and all(c in "0123456789abcdef" for c in upload_id), upload_id
+# Part 2 first with other bytes, then replaced: the listing and the object show the second.
+upload_parts("big.bin", upload_id, [body(5 * MIB, 99)], first=2)
+upload_parts("big.bin", upload_id, parts)
+listed = alice.list_parts(Bucket="multi", Key="big.bin", UploadId=upload_id)
+assert [p["PartNumber"] for p in listed["Parts"]] == [1, 2, 3], listed["Parts"]
+assert [p["Size"] for p in listed["Parts"]] == [len(p) for p in parts], listed["Parts"]
+assert [p["ETag"] for p in listed["Parts"]] == [md5_etag(p) for p in parts], listed["Parts"]
+assert listed["IsTruncated"] is False, listed
+page = alice.list_parts(Bucket="multi", Key="big.bin", UploadId=upload_id, MaxParts=2)
+assert [p["PartNumber"] for p in page["Parts"]] == [1, 2] and page["IsTruncated"], page
+assert page["NextPartNumberMarker"] == 2, page
+page = alice.list_parts(
+    Bucket="multi", Key="big.bin", UploadId=upload_id, PartNumberMarker=2)
+assert [p["PartNumber"] for p in page["Parts"]] == [3] and not page["IsTruncated"], page
+uploads = alice.list_multipart_uploads(Bucket="multi")
+assert [(u["Key"], u["UploadId"]) for u in uploads["Uploads"]] == [("big.bin", upload_id)], uploads
+assert uploads["IsTruncated"] is False, uploads
+
+# Completion refusals: the upload stays open through each.
+etags = [(n, md5_etag(p)) for n, p in enumerate(parts, start=1)]
+assert error_code(lambda: complete(alice, "big.bin", upload_id, [etags[1], etags[0]])) \
+    == "InvalidPartOrder"
+assert error_code(lambda: complete(
+    alice, "big.bin", upload_id, [etags[0], (2, md5_etag(b"other"))])) == "InvalidPart"
+assert error_code(lambda: complete(
+    alice, "big.bin", upload_id, [etags[0], (4, etags[2][1])])) == "InvalidPart"
+assert error_code(lambda: complete(alice, "other.bin", upload_id, etags)) == "NoSuchUpload"
+assert error_code(lambda: complete(alice, "big.bin", "0" * 32, etags)) == "NoSuchUpload"
+assert error_code(lambda: alice.upload_part(
+    Bucket="multi", Key="big.bin", UploadId=upload_id, PartNumber=10001, Body=b"x")) \
+    == "InvalidArgument"
+assert error_code(lambda: alice.upload_part(
+    Bucket="multi", Key="big.bin", UploadId="not-an-upload", PartNumber=1, Body=b"x")) \
+    == "NoSuchUpload"
+
+# Tenants apart: Bob sees neither Alice's bucket's uploads nor her upload through his own.
+bob.create_bucket(Bucket="bobs")
+assert error_code(lambda: bob.list_multipart_uploads(Bucket="multi")) == "AccessDenied"
+assert error_code(lambda: bob.list_parts(
+    Bucket="multi", Key="big.bin", UploadId=upload_id)) == "AccessDenied"
+assert error_code(lambda: bob.upload_part(
+    Bucket="multi", Key="big.bin", UploadId=upload_id, PartNumber=1, Body=b"x")) \
+    == "AccessDenied"
+assert error_code(lambda: bob.abort_multipart_upload(
+    Bucket="multi", Key="big.bin", UploadId=upload_id)) == "AccessDenied"
+assert error_code(lambda: complete(bob, "big.bin", upload_id, etags)) == "AccessDenied"
+assert error_code(lambda: bob.upload_part(
+    Bucket="bobs", Key="big.bin", UploadId=upload_id, PartNumber=1, Body=b"x")) \
+    == "NoSuchUpload"
+assert error_code(lambda: bob.list_parts(
+    Bucket="bobs", Key="big.bin", UploadId=upload_id)) == "NoSuchUpload"
+assert bob.list_multipart_uploads(Bucket="bobs").get("Uploads", []) == []
+
+done = complete(alice, "big.bin", upload_id, etags)
+whole = b"".join(parts)
+assert done["ETag"] == multipart_etag(parts), (done["ETag"], multipart_etag(parts))
+assert done["Key"] == "big.bin" and done["Bucket"] == "multi", done
+got = alice.get_object(Bucket="multi", Key="big.bin")
+assert got["Body"].read() == whole
+assert got["ContentLength"] == len(whole)
+assert got["ETag"] == multipart_etag(parts), got["ETag"]
+assert got["ContentType"] == "application/x-multi", got["ContentType"]
+assert got["Metadata"] == {"kind": "mp"}, got["Metadata"]
+assert alice.head_object(Bucket="multi", Key="big.bin")["ETag"] == multipart_etag(parts)
+listed = alice.list_objects_v2(Bucket="multi")["Contents"]
+assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] \
+    == [("big.bin", len(whole), multipart_etag(parts))], listed
+# Ranges at part boundaries (inside a chunk) and chunk boundaries, and the last byte.
+b1, b2 = len(parts[0]), len(parts[0]) + len(parts[1])
+for first, last in [(b1 - 1, b1), (b1 - 10, b1 + 10), (b1, b1 + CHUNK), (CHUNK - 1, CHUNK),
+                    (b2 - CHUNK, b2 + CHUNK), (b1 - 5, b2 + 5), (len(whole) - 1, len(whole) - 1)]:
+    got = alice.get_object(Bucket="multi", Key="big.bin", Range="bytes=%d-%d" % (first, last))
+    assert got["Body"].read() == whole[first:last + 1], (first, last)
+    assert got["ContentRange"] == "bytes %d-%d/%d" % (first, last, len(whole)), got
+# The upload is gone.
+assert error_code(lambda: alice.list_parts(
+    Bucket="multi", Key="big.bin", UploadId=upload_id)) == "NoSuchUpload"
+assert error_code(lambda: complete(alice, "big.bin", upload_id, etags)) == "NoSuchUpload"
+assert alice.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
+
+# A short last part, a part left out of the completion, and a completion that replaces the
+# object above.
+short = [body(5 * MIB, 20), body(1000, 21)]
+upload_id = alice.create_multipart_upload(Bucket="multi", Key="big.bin")["UploadId"]
+upload_parts("big.bin", upload_id, short + [body(MIB, 22)])
+done = complete(alice, "big.bin", upload_id, [(1, md5_etag(short[0])), (2, md5_etag(short[1]))])
+assert done["ETag"] == multipart_etag(short), done["ETag"]
+got = alice.get_object(Bucket="multi", Key="big.bin")
+assert got["Body"].read() == b"".join(short) and got["ETag"] == multipart_etag(short)
+got = alice.get_object(Bucket="multi", Key="big.bin", Range="bytes=%d-" % (5 * MIB - 2))
+assert got["Body"].read() == b"".join(short)[5 * MIB - 2:]
+
+# Parts under 5 MiB other than the last: EntityTooSmall, and the upload stays open.
+upload_id = alice.create_multipart_upload(Bucket="multi", Key="small.bin")["UploadId"]
+small = [body(MIB, 30), body(MIB, 31)]
+upload_parts("small.bin", upload_id, small)
+assert error_code(lambda: complete(
+    alice, "small.bin", upload_id, [(1, md5_etag(small[0])), (2, md5_etag(small[1]))])) \
+    == "EntityTooSmall"
+# Paging the bucket's uploads: two uploads of one key and one of another.
+second_id = alice.create_multipart_upload(Bucket="multi", Key="small.bin")["UploadId"]
+third_id = alice.create_multipart_upload(Bucket="multi", Key="tail.bin")["UploadId"]
+everything = alice.list_multipart_uploads(Bucket="multi")["Uploads"]
+assert [u["Key"] for u in everything] == ["small.bin", "small.bin", "tail.bin"], everything
+assert {u["UploadId"] for u in everything} == {upload_id, second_id, third_id}
+page = alice.list_multipart_uploads(Bucket="multi", MaxUploads=1)
+assert page["IsTruncated"] and page["NextKeyMarker"] == "small.bin", page
+rest = alice.list_multipart_uploads(
+    Bucket="multi", KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+assert [u["UploadId"] for u in rest["Uploads"]] == [u["UploadId"] for u in everything[1:]], rest
+after_key = alice.list_multipart_uploads(Bucket="multi", KeyMarker="small.bin")
+assert [u["Key"] for u in after_key["Uploads"]] == ["tail.bin"], after_key
+assert [u["Key"] for u in alice.list_multipart_uploads(
+    Bucket="multi", Prefix="t")["Uploads"]] == ["tail.bin"]
+# Aborts release the parts; a second abort finds nothing.
+for key, uid in [("small.bin", upload_id), ("small.bin", second_id), ("tail.bin", third_id)]:
+    alice.abort_multipart_upload(Bucket="multi", Key=key, UploadId=uid)
+assert error_code(lambda: alice.abort_multipart_upload(
+    Bucket="multi", Key="small.bin", UploadId=upload_id)) == "NoSuchUpload"
+assert error_code(lambda: alice.upload_part(
+    Bucket="multi", Key="small.bin", UploadId=upload_id, PartNumber=1, Body=b"x")) \
+    == "NoSuchUpload"
+assert alice.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
+
+# aws-cli: `aws s3 cp` of a file over its 8 MiB multipart threshold, both ways.
+if shutil.which("aws"):
+    with tempfile.TemporaryDirectory() as scratch:
+        config = os.path.join(scratch, "config")
+        with open(config, "w") as out:
+            out.write("[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n")
+        env = dict(os.environ, AWS_CONFIG_FILE=config,
+                   AWS_SHARED_CREDENTIALS_FILE=os.path.join(scratch, "none"),
+                   AWS_ACCESS_KEY_ID=os.environ["KISEKI_S3_ALICE_KEY"],
+                   AWS_SECRET_ACCESS_KEY=os.environ["KISEKI_S3_ALICE_SECRET"],
+                   AWS_CA_BUNDLE=CA)
+        cli_body = body(9 * MIB + 17, 40)
+        source, target = os.path.join(scratch, "up.bin"), os.path.join(scratch, "down.bin")
+        with open(source, "wb") as out:
+            out.write(cli_body)
+        for args in (["cp", source, "s3://multi/cli.bin"], ["cp", "s3://multi/cli.bin", target]):
+            subprocess.run(["aws", "--endpoint-url", ENDPOINT, "s3"] + args, env=env,
+                           check=True, capture_output=True)
+        with open(target, "rb") as downloaded:
+            assert downloaded.read() == cli_body
+        got = alice.get_object(Bucket="multi", Key="cli.bin")
+        assert got["Body"].read() == cli_body
+        # aws-cli cuts 8 MiB parts: two here.
+        expected = multipart_etag([cli_body[:8 * MIB], cli_body[8 * MIB:]])
+        assert got["ETag"] == expected, (got["ETag"], expected)
+    alice.delete_object(Bucket="multi", Key="cli.bin")
+    print("aws-cli multipart: checked")
+else:
+    print("aws-cli not installed: its multipart check skipped")
+
+alice.delete_object(Bucket="multi", Key="big.bin")
+alice.delete_bucket(Bucket="multi")
+bob.delete_bucket(Bucket="bobs")
 
 # Deletes.
 assert error_code(lambda: alice.delete_bucket(Bucket="photos")) == "BucketNotEmpty"
