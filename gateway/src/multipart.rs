@@ -26,7 +26,7 @@ use md5::{Digest, Md5};
 use crate::constants::{S3_PART_MIN_BYTES, S3_PARTS_MAX};
 use crate::objects::{
     ObjectError, ObjectStore, SealedMeta, UserMetadata, absent_bucket, check_key, consensus_error,
-    context, meta_tenant,
+    context, meta_tenant, now_unix_ms,
 };
 
 /// An open upload as ListMultipartUploads shows it.
@@ -377,12 +377,6 @@ pub fn hex(bytes: &[u8]) -> String {
         .iter()
         .flat_map(|byte| [HEX[usize::from(byte >> 4)] as char, HEX[usize::from(byte & 15)] as char])
         .collect()
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@
 //! manifest from a linearizable view, then only the chunks a range covers.
 //!
 //! Overwrites and deletes release the chunks of the manifest the committed command
-//! unlinked (`Applied::Replaced`), so each reference is released once whoever races.
+//! unlinked (`Applied::Replaced`), so each reference is released once whoever races. A
+//! copy within a tenant names the source's chunks again and takes one more reference on
+//! each (the engine counts a second put of a stored envelope as one); multipart uploads
+//! are in [`crate::multipart`].
 //!
 //! What it does not do yet: replicate chunks to other nodes (one node's engine), stream
 //! (a body is in memory, bounded by the caller), or collect chunks a crash left between
@@ -291,10 +294,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             return Err(absent_bucket(&view, bucket));
         }
         drop(view);
-        let modified_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
-        let sealed_meta = SealedMeta { user: user.clone(), modified_unix_ms, parts: None };
+        let sealed_meta =
+            SealedMeta { user: user.clone(), modified_unix_ms: now_unix_ms(), parts: None };
         let user_json =
             serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
         let sealed_user_metadata =
@@ -398,6 +399,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         bucket: &str,
         key: &[u8],
     ) -> Result<(), ObjectError> {
+        check_key(key)?;
         let command = Command::DeleteObject {
             tenant: meta_tenant(tenant),
             bucket: bucket.to_owned(),
@@ -409,9 +411,118 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 Ok(())
             }
             Ok(_) => Ok(()),
-            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => Err(ObjectError::NoSuchKey),
+            // No such object under this tenant: say whether the bucket is not its own.
+            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => {
+                let view = self.meta.read().await.map_err(consensus_error)?;
+                if view.bucket_exists(&meta_tenant(tenant), bucket).map_err(consensus_error)? {
+                    Err(ObjectError::NoSuchKey)
+                } else {
+                    Err(absent_bucket(&view, bucket))
+                }
+            }
             Err(error) => Err(consensus_error(error)),
         }
+    }
+
+    /// Copies `source` (bucket, key) to `target` within the tenant, with the source's user
+    /// metadata or `replace`; returns the copy's metadata. A chunked body is not read: the
+    /// copy's manifest names the same chunks, each given one more reference in the engine
+    /// (a put of the stored envelope, which the engine counts as a reference). An inline
+    /// body is opened and sealed again, bound to its new name. The copy keeps the source's
+    /// ETag (its bytes are the same; S3 computes a copy's anew).
+    pub async fn copy_object(
+        &self,
+        tenant: TenantId,
+        source: (&str, &[u8]),
+        target: (&str, &[u8]),
+        replace: Option<&UserMetadata>,
+    ) -> Result<ObjectMeta, ObjectError> {
+        let ((source_bucket, source_key), (bucket, key)) = (source, target);
+        check_key(key)?;
+        let manifest = self.manifest(tenant, source_bucket, source_key).await?;
+        let source_meta = self.object_meta(tenant, source_bucket, source_key, &manifest)?;
+        let owner = meta_tenant(tenant);
+        let view = self.meta.local_view().map_err(consensus_error)?;
+        if !view.bucket_exists(&owner, bucket).map_err(consensus_error)? {
+            return Err(absent_bucket(&view, bucket));
+        }
+        drop(view);
+        let sealed_meta = SealedMeta {
+            user: replace.cloned().unwrap_or(source_meta.user),
+            modified_unix_ms: now_unix_ms(),
+            parts: source_meta.parts,
+        };
+        let user_json =
+            serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
+        let sealed_user_metadata =
+            Sealed(self.seal_for_tenant(tenant, &context(b"meta", bucket, key), &user_json)?);
+        let (body, referenced) = match &manifest.body {
+            ObjectBody::Inline(sealed) => {
+                let plain = self.open_for_tenant(
+                    tenant,
+                    &context(b"body", source_bucket, source_key),
+                    &sealed.0,
+                )?;
+                let sealed =
+                    self.seal_for_tenant(tenant, &context(b"body", bucket, key), &plain)?;
+                (ObjectBody::Inline(Sealed(sealed)), Vec::new())
+            }
+            ObjectBody::Chunks(chunks) => {
+                self.add_refs(chunks).await?;
+                (ObjectBody::Chunks(chunks.clone()), chunks.clone())
+            }
+        };
+        let copy = Manifest {
+            size_bytes: manifest.size_bytes,
+            body,
+            sealed_user_metadata,
+            etag: manifest.etag,
+        };
+        let command = Command::PutObject {
+            tenant: owner,
+            bucket: bucket.to_owned(),
+            key: key.to_vec(),
+            manifest: copy,
+        };
+        let result = ObjectMeta {
+            size_bytes: manifest.size_bytes,
+            etag: manifest.etag.0,
+            parts: sealed_meta.parts,
+            modified_unix_ms: sealed_meta.modified_unix_ms,
+            user: sealed_meta.user,
+        };
+        match self.meta.propose(command).await {
+            Ok(Applied::Replaced(old)) => {
+                self.release_chunks(&old).await;
+                Ok(result)
+            }
+            Ok(_) => Ok(result),
+            Err(error) => {
+                self.release_refs(&referenced).await;
+                Err(match error {
+                    ConsensusError::Rejected(Rejection::NotFound(_)) => {
+                        self.absent_bucket(bucket).await
+                    }
+                    other => consensus_error(other),
+                })
+            }
+        }
+    }
+
+    /// Adds one engine reference to each chunk (all or none: a failure gives back those
+    /// already added).
+    async fn add_refs(&self, chunks: &[ChunkRef]) -> Result<(), ObjectError> {
+        for (done, chunk) in chunks.iter().enumerate() {
+            let added = match self.engine.get(chunk.id.0).await {
+                Ok(envelope) => self.engine.put(envelope).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = added {
+                self.release_refs(&chunks[..done]).await;
+                return Err(engine_error(error));
+            }
+        }
+        Ok(())
     }
 
     /// Up to `limit` objects whose keys start with `prefix` and sort after `after`.
@@ -629,6 +740,13 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     fn key_manager(&self) -> MutexGuard<'_, KeyManager<S>> {
         lock(&self.keys)
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// The key manager behind its lock, for every front end of this crate.

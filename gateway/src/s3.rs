@@ -9,7 +9,14 @@
 //!   continuation, max-keys, start-after); multipart uploads ([`crate::multipart`]):
 //!   CreateMultipartUpload, UploadPart, CompleteMultipartUpload (S3's `<md5 of md5s>-N`
 //!   ETag), AbortMultipartUpload, ListParts, ListMultipartUploads (prefix and markers; no
-//!   delimiter). Everything else answers NotImplemented.
+//!   delimiter); CopyObject within a tenant (COPY or REPLACE metadata; the copy names the
+//!   same chunks, one more reference each), DeleteObjects (quiet or verbose, per-key
+//!   errors), ListObjects v1 (marker, prefix, delimiter, max-keys), ListObjectVersions
+//!   (versioning is off: every object is its "null" version), GetBucketLocation (one
+//!   region, shown as us-east-1's empty constraint). Everything else answers
+//!   NotImplemented.
+//! - Copies never cross tenants: a source or target bucket of another tenant is
+//!   AccessDenied, as is a DeleteObjects or a listing of another tenant's bucket.
 //! - An upload is seen only by its tenant: another tenant naming its bucket gets
 //!   AccessDenied, naming its upload id through a bucket of its own NoSuchUpload.
 //! - A tenant sees only its own buckets: another tenant's bucket is AccessDenied (as S3
@@ -22,9 +29,9 @@
 //! [`serve_https`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
 //! each request) and serves each over HTTP/1.1 with TCP_NODELAY.
 //!
-//! What it does not do yet: copies, conditional requests, versions, flexible checksums
-//! beyond what `s3s` checks itself, streaming bodies, presigned-URL expiry limits of our
-//! own. They are issue 8's remaining points.
+//! What it does not do yet: UploadPartCopy, conditional requests, versioning, flexible
+//! checksums beyond what `s3s` checks itself, streaming bodies, presigned-URL expiry limits
+//! of our own. They are issue 8's remaining points.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -38,14 +45,17 @@ use kiseki_security::keymanager::{KeyManager, KeyStoreBackend};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
-    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
-    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
-    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag as S3ETag, GetObjectInput,
-    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
-    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload,
-    Object, Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput,
-    UploadPartOutput,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
+    CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
+    DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
+    ETag as S3ETag, Error as S3DeleteError, GetBucketLocationInput, GetBucketLocationOutput,
+    GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
+    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput,
+    ListMultipartUploadsOutput, ListObjectVersionsInput, ListObjectVersionsOutput,
+    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
+    ListPartsOutput, MultipartUpload, Object, ObjectVersion, Part, PutObjectInput, PutObjectOutput,
+    StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use zeroize::Zeroizing;
@@ -228,6 +238,57 @@ impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
         KisekiS3 { objects, credentials }
     }
 
+    /// Up to `max_keys` entries of a bucket's listing: objects whose keys start with
+    /// `prefix` and sort after `after`, those with `delimiter` after the prefix rolled up
+    /// into one common prefix each (S3's listing for ListObjects, V2 and versions).
+    async fn list_keys(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        mut after: Option<Vec<u8>>,
+        max_keys: usize,
+    ) -> S3Result<Listing> {
+        let mut listing = Listing::default();
+        'pages: loop {
+            let page = self
+                .objects
+                .list_objects(tenant, bucket, prefix.as_bytes(), after.as_deref(), LIST_KEYS_MAX)
+                .await
+                .map_err(object_error)?;
+            let full_page = page.len() == LIST_KEYS_MAX;
+            for listed in page {
+                let key = utf8_key(&listed.key)?;
+                let grouped = delimiter.and_then(|d| {
+                    key[prefix.len()..]
+                        .find(d)
+                        .map(|at| key[..prefix.len() + at + d.len()].to_owned())
+                });
+                if let Some(common) = &grouped
+                    && listing.prefixes.last() == Some(common)
+                {
+                    after = Some(listed.key);
+                    continue;
+                }
+                if listing.objects.len() + listing.prefixes.len() == max_keys {
+                    listing.truncated = true;
+                    break 'pages;
+                }
+                after = Some(listed.key.clone());
+                match grouped {
+                    Some(common) => listing.prefixes.push(common),
+                    None => listing.objects.push(listed),
+                }
+            }
+            if !full_page {
+                break;
+            }
+        }
+        listing.after = after;
+        Ok(listing)
+    }
+
     /// The tenant of a signed request; anonymous requests are refused.
     async fn tenant<T>(&self, request: &S3Request<T>) -> S3Result<TenantId> {
         let Some(credentials) = &request.credentials else {
@@ -398,83 +459,217 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
-        let max_keys = input
-            .max_keys
-            .map_or(LIST_KEYS_MAX, |m| usize::try_from(m).unwrap_or(0).min(LIST_KEYS_MAX));
-        let mut after: Option<Vec<u8>> =
+        let max_keys = clamp_limit(input.max_keys, LIST_KEYS_MAX);
+        let after: Option<Vec<u8>> =
             match &input.continuation_token {
                 Some(token) => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
                     s3_error!(InvalidArgument, "the continuation token is not ours")
                 })?),
                 None => input.start_after.clone().map(String::into_bytes),
             };
-        let mut contents = Vec::new();
-        let mut prefixes: Vec<String> = Vec::new();
-        let mut truncated = false;
-        'pages: loop {
-            let page = self
-                .objects
-                .list_objects(
-                    tenant,
-                    &input.bucket,
-                    prefix.as_bytes(),
-                    after.as_deref(),
-                    LIST_KEYS_MAX,
-                )
-                .await
-                .map_err(object_error)?;
-            let full_page = page.len() == LIST_KEYS_MAX;
-            for listed in page {
-                let key = String::from_utf8(listed.key.clone())
-                    .map_err(|_| s3_error!(InternalError, "a stored key is not UTF-8"))?;
-                let grouped = delimiter.as_ref().and_then(|d| {
-                    key[prefix.len()..]
-                        .find(d.as_str())
-                        .map(|at| key[..prefix.len() + at + d.len()].to_owned())
-                });
-                if let Some(common) = &grouped
-                    && prefixes.last() == Some(common)
-                {
-                    after = Some(listed.key);
-                    continue;
-                }
-                if contents.len() + prefixes.len() == max_keys {
-                    truncated = true;
-                    break 'pages;
-                }
-                match grouped {
-                    Some(common) => prefixes.push(common),
-                    None => contents.push(Object {
-                        key: Some(key),
-                        size: Some(listed.size_bytes as i64),
-                        e_tag: Some(etag_of_parts(listed.etag, listed.parts)),
-                        last_modified: Some(timestamp(listed.modified_unix_ms)),
-                        ..Object::default()
-                    }),
-                }
-                after = Some(listed.key);
-            }
-            if !full_page {
-                break;
-            }
-        }
-        let count = contents.len() + prefixes.len();
-        let next_continuation_token =
-            if truncated { after.as_ref().map(|key| URL_SAFE_NO_PAD.encode(key)) } else { None };
+        let listing = self
+            .list_keys(tenant, &input.bucket, &prefix, delimiter.as_deref(), after, max_keys)
+            .await?;
+        let count = listing.objects.len() + listing.prefixes.len();
+        let next_continuation_token = listing.next_after().map(|key| URL_SAFE_NO_PAD.encode(key));
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: Some(prefix),
             delimiter,
             max_keys: Some(max_keys as i32),
             key_count: Some(count as i32),
-            is_truncated: Some(truncated),
+            is_truncated: Some(listing.truncated),
             continuation_token: input.continuation_token,
             next_continuation_token,
             start_after: input.start_after,
-            contents: Some(contents),
-            common_prefixes: Some(
-                prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect(),
-            ),
+            contents: Some(listing.objects()?),
+            common_prefixes: Some(listing.common_prefixes()),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = clamp_limit(input.max_keys, LIST_KEYS_MAX);
+        let after = input.marker.clone().filter(|m| !m.is_empty()).map(String::into_bytes);
+        let listing = self
+            .list_keys(tenant, &input.bucket, &prefix, delimiter.as_deref(), after, max_keys)
+            .await?;
+        let next_marker = listing.next_after().map(utf8_key).transpose()?;
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter,
+            marker: Some(input.marker.unwrap_or_default()),
+            max_keys: Some(max_keys as i32),
+            is_truncated: Some(listing.truncated),
+            next_marker,
+            contents: Some(listing.objects()?),
+            common_prefixes: Some(listing.common_prefixes()),
+            ..Default::default()
+        }))
+    }
+
+    /// Versioning is never enabled here: each object is its one version, "null", the latest.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = clamp_limit(input.max_keys, LIST_KEYS_MAX);
+        let after = input.key_marker.clone().filter(|m| !m.is_empty()).map(String::into_bytes);
+        let listing = self
+            .list_keys(tenant, &input.bucket, &prefix, delimiter.as_deref(), after, max_keys)
+            .await?;
+        let next_key_marker = listing.next_after().map(utf8_key).transpose()?;
+        let next_version_id_marker = next_key_marker.as_ref().map(|_| NULL_VERSION.to_owned());
+        let mut versions = Vec::with_capacity(listing.objects.len());
+        for listed in &listing.objects {
+            versions.push(ObjectVersion {
+                key: Some(utf8_key(&listed.key)?),
+                version_id: Some(NULL_VERSION.to_owned()),
+                is_latest: Some(true),
+                size: Some(listed.size_bytes as i64),
+                e_tag: Some(etag_of_parts(listed.etag, listed.parts)),
+                last_modified: Some(timestamp(listed.modified_unix_ms)),
+                ..ObjectVersion::default()
+            });
+        }
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter,
+            key_marker: input.key_marker,
+            version_id_marker: input.version_id_marker,
+            max_keys: Some(max_keys as i32),
+            is_truncated: Some(listing.truncated),
+            next_key_marker,
+            next_version_id_marker,
+            versions: Some(versions),
+            common_prefixes: Some(listing.common_prefixes()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let bucket = &req.input.bucket;
+        match self.objects.bucket_exists(tenant, bucket).await {
+            // One region; S3 shows us-east-1 as an empty constraint.
+            Ok(true) => Ok(S3Response::new(GetBucketLocationOutput::default())),
+            Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let (source_bucket, source_key) = match &input.copy_source {
+            CopySource::Bucket { bucket, key, version_id } => {
+                if version_id.as_deref().is_some_and(|v| v != NULL_VERSION) {
+                    return Err(s3_error!(NoSuchVersion, "versioning is off: only \"null\""));
+                }
+                (bucket.to_string(), key.to_string())
+            }
+            _ => return Err(s3_error!(NotImplemented, "copies from access points")),
+        };
+        let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
+            None | Some("COPY") => None,
+            Some("REPLACE") => Some(UserMetadata {
+                content_type: input.content_type.map(|t| t.to_string()),
+                entries: input.metadata.unwrap_or_default().into_iter().collect(),
+            }),
+            Some(_) => return Err(s3_error!(InvalidArgument, "unknown metadata directive")),
+        };
+        if source_bucket == input.bucket && source_key == input.key && replace.is_none() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object to itself without changing its metadata is not allowed"
+            ));
+        }
+        let copied = self
+            .objects
+            .copy_object(
+                tenant,
+                (&source_bucket, source_key.as_bytes()),
+                (&input.bucket, input.key.as_bytes()),
+                replace.as_ref(),
+            )
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag_of_parts(copied.etag, copied.parts)),
+                last_modified: Some(timestamp(copied.modified_unix_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let identifiers = input.delete.objects;
+        if identifiers.is_empty() || identifiers.len() > LIST_KEYS_MAX {
+            return Err(s3_error!(MalformedXML, "1 to 1000 keys in one DeleteObjects"));
+        }
+        // The bucket is checked once: another tenant's bucket fails the whole request.
+        match self.objects.bucket_exists(tenant, &input.bucket).await {
+            Ok(true) => {}
+            Ok(false) => return Err(object_error(self.objects.absent_bucket(&input.bucket).await)),
+            Err(error) => return Err(object_error(error)),
+        }
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
+        for identifier in identifiers {
+            let key = identifier.key;
+            let outcome = match identifier.version_id.as_deref() {
+                Some(version) if version != NULL_VERSION => Err(s3_error!(NoSuchVersion)),
+                _ => {
+                    match self.objects.delete_object(tenant, &input.bucket, key.as_bytes()).await {
+                        Ok(()) | Err(ObjectError::NoSuchKey) => Ok(()),
+                        Err(error) => Err(object_error(error)),
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) if quiet => {}
+                Ok(()) => deleted.push(DeletedObject {
+                    key: Some(key),
+                    version_id: identifier.version_id,
+                    ..Default::default()
+                }),
+                Err(error) => errors.push(S3DeleteError {
+                    code: Some(error.code().as_str().to_owned()),
+                    message: error.message().map(str::to_owned),
+                    key: Some(key),
+                    version_id: identifier.version_id,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
             ..Default::default()
         }))
     }
@@ -658,6 +853,44 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         }))
     }
 }
+
+/// One page of a bucket listing; see [`KisekiS3::list_keys`].
+#[derive(Debug, Default)]
+struct Listing {
+    objects: Vec<crate::objects::Listed>,
+    prefixes: Vec<String>,
+    truncated: bool,
+    /// The last key the page consumed (objects and keys rolled into prefixes).
+    after: Option<Vec<u8>>,
+}
+
+impl Listing {
+    /// Where the next page starts (after this key), when the listing was truncated.
+    fn next_after(&self) -> Option<&[u8]> {
+        if self.truncated { self.after.as_deref() } else { None }
+    }
+
+    fn objects(&self) -> S3Result<Vec<Object>> {
+        let mut objects = Vec::with_capacity(self.objects.len());
+        for listed in &self.objects {
+            objects.push(Object {
+                key: Some(utf8_key(&listed.key)?),
+                size: Some(listed.size_bytes as i64),
+                e_tag: Some(etag_of_parts(listed.etag, listed.parts)),
+                last_modified: Some(timestamp(listed.modified_unix_ms)),
+                ..Object::default()
+            });
+        }
+        Ok(objects)
+    }
+
+    fn common_prefixes(&self) -> Vec<CommonPrefix> {
+        self.prefixes.iter().map(|p| CommonPrefix { prefix: Some(p.clone()) }).collect()
+    }
+}
+
+/// The version id of every object while versioning is off (S3's "null" version).
+const NULL_VERSION: &str = "null";
 
 /// A listing's page size: what the client asked for, at most `max` (S3's limits).
 fn clamp_limit(asked: Option<i32>, max: usize) -> usize {

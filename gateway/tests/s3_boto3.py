@@ -311,7 +311,107 @@ if shutil.which("aws"):
 else:
     print("aws-cli not installed: its multipart check skipped")
 
+# ---- Copies, batch deletes, ListObjects (v1), versions, location ----
+alice.create_bucket(Bucket="copies")
+large, tiny = objects["dir/large.bin"], objects["tiny.txt"]
+# COPY (the default): the source's bytes, ETag, content type and metadata.
+copied = alice.copy_object(
+    Bucket="copies", Key="large-copy", CopySource={"Bucket": "photos", "Key": "dir/large.bin"})
+assert copied["CopyObjectResult"]["ETag"] == md5_etag(large), copied
+got = alice.get_object(Bucket="copies", Key="large-copy")
+assert got["Body"].read() == large and got["ETag"] == md5_etag(large)
+assert got["ContentType"] == "application/x-test" and got["Metadata"] == {"origin": "boto3"}
+got = alice.get_object(Bucket="copies", Key="large-copy", Range="bytes=%d-%d" % (CHUNK - 3, CHUNK + 3))
+assert got["Body"].read() == large[CHUNK - 3:CHUNK + 4]
+# REPLACE on an inline object: new content type and metadata, same bytes.
+copied = alice.copy_object(
+    Bucket="copies", Key="tiny-copy", CopySource="photos/tiny.txt", MetadataDirective="REPLACE",
+    ContentType="text/plain", Metadata={"new": "yes"})
+assert copied["CopyObjectResult"]["ETag"] == md5_etag(tiny), copied
+got = alice.get_object(Bucket="copies", Key="tiny-copy")
+assert got["Body"].read() == tiny and got["ContentType"] == "text/plain", got
+assert got["Metadata"] == {"new": "yes"}, got["Metadata"]
+# A multipart object keeps its ETag; deleting the source leaves the copy whole.
+copied = alice.copy_object(Bucket="copies", Key="big-copy", CopySource="multi/big.bin")
+assert copied["CopyObjectResult"]["ETag"] == multipart_etag(short), copied
 alice.delete_object(Bucket="multi", Key="big.bin")
+got = alice.get_object(Bucket="copies", Key="big-copy")
+assert got["Body"].read() == b"".join(short) and got["ETag"] == multipart_etag(short)
+# To itself: only with REPLACE.
+assert error_code(lambda: alice.copy_object(
+    Bucket="copies", Key="tiny-copy", CopySource="copies/tiny-copy")) == "InvalidRequest"
+alice.copy_object(Bucket="copies", Key="tiny-copy", CopySource="copies/tiny-copy",
+                  MetadataDirective="REPLACE", Metadata={"again": "1"})
+assert alice.head_object(Bucket="copies", Key="tiny-copy")["Metadata"] == {"again": "1"}
+assert error_code(lambda: alice.copy_object(
+    Bucket="copies", Key="x", CopySource="photos/absent")) == "NoSuchKey"
+# Tenants apart: no copy out of, or into, another tenant's bucket.
+bob.put_object(Bucket="bobs", Key="bobs-own", Body=b"bob's bytes")
+assert error_code(lambda: alice.copy_object(
+    Bucket="copies", Key="stolen", CopySource="bobs/bobs-own")) == "AccessDenied"
+assert error_code(lambda: bob.copy_object(
+    Bucket="bobs", Key="stolen", CopySource="photos/tiny.txt")) == "AccessDenied"
+assert error_code(lambda: bob.copy_object(
+    Bucket="copies", Key="planted", CopySource="bobs/bobs-own")) == "AccessDenied"
+assert error_code(lambda: alice.head_object(Bucket="copies", Key="planted")) in ("404", "NoSuchKey")
+
+# DeleteObjects, verbose: deleted keys (absent ones too, as S3 does) and per-key errors.
+long_key = "k" * 1100
+result = alice.delete_objects(Bucket="copies", Delete={"Objects": [
+    {"Key": "tiny-copy"}, {"Key": "absent"}, {"Key": long_key}]})
+assert sorted(d["Key"] for d in result["Deleted"]) == ["absent", "tiny-copy"], result
+assert [(e["Key"], e["Code"]) for e in result["Errors"]] == [(long_key, "InvalidArgument")], result
+assert error_code(lambda: alice.get_object(Bucket="copies", Key="tiny-copy")) == "NoSuchKey"
+assert error_code(lambda: bob.delete_objects(
+    Bucket="copies", Delete={"Objects": [{"Key": "large-copy"}]})) == "AccessDenied"
+assert alice.head_object(Bucket="copies", Key="large-copy")["ContentLength"] == len(large)
+# Quiet: only errors are reported.
+result = alice.delete_objects(Bucket="copies", Delete={
+    "Objects": [{"Key": "large-copy"}, {"Key": "big-copy"}], "Quiet": True})
+assert result.get("Deleted", []) == [] and result.get("Errors", []) == [], result
+assert alice.list_objects_v2(Bucket="copies")["KeyCount"] == 0
+alice.delete_bucket(Bucket="copies")
+
+# ListObjects (v1): everything, a delimiter, pages of one key by NextMarker, a marker.
+everything = ["dir/large.bin", "dir/medium.bin", "tiny.txt"]
+listed = alice.list_objects(Bucket="photos")
+assert [o["Key"] for o in listed["Contents"]] == everything and not listed["IsTruncated"]
+assert [o["ETag"] for o in listed["Contents"]] == [md5_etag(objects[k]) for k in everything]
+grouped = alice.list_objects(Bucket="photos", Delimiter="/")
+assert [o["Key"] for o in grouped["Contents"]] == ["tiny.txt"], grouped
+assert [p["Prefix"] for p in grouped["CommonPrefixes"]] == ["dir/"], grouped
+keys, marker = [], ""
+while True:
+    page = alice.list_objects(Bucket="photos", MaxKeys=1, Marker=marker)
+    keys += [o["Key"] for o in page.get("Contents", [])]
+    if not page["IsTruncated"]:
+        break
+    marker = page["NextMarker"]
+assert keys == everything, keys
+after = alice.list_objects(Bucket="photos", Marker="dir/large.bin")
+assert [o["Key"] for o in after["Contents"]] == everything[1:], after
+assert [o["Key"] for o in alice.list_objects(Bucket="photos", Prefix="dir/")["Contents"]] \
+    == everything[:2]
+assert error_code(lambda: bob.list_objects(Bucket="photos")) == "AccessDenied"
+
+# ListObjectVersions: versioning is off, so each object is its "null" version.
+versions = alice.list_object_versions(Bucket="photos")
+assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in versions["Versions"]] \
+    == [(k, "null", True) for k in everything], versions
+assert [v["Size"] for v in versions["Versions"]] == [len(objects[k]) for k in everything]
+assert [v["ETag"] for v in versions["Versions"]] == [md5_etag(objects[k]) for k in everything]
+page = alice.list_object_versions(Bucket="photos", MaxKeys=2)
+assert page["IsTruncated"] and page["NextKeyMarker"] == "dir/medium.bin", page
+rest = alice.list_object_versions(Bucket="photos", KeyMarker=page["NextKeyMarker"])
+assert [v["Key"] for v in rest["Versions"]] == ["tiny.txt"] and not rest["IsTruncated"], rest
+assert error_code(lambda: bob.list_object_versions(Bucket="photos")) == "AccessDenied"
+
+# GetBucketLocation: one region, us-east-1, shown as no constraint.
+assert alice.get_bucket_location(Bucket="photos").get("LocationConstraint") is None
+assert error_code(lambda: bob.get_bucket_location(Bucket="photos")) == "AccessDenied"
+assert error_code(lambda: alice.get_bucket_location(Bucket="no-such-bucket")) == "NoSuchBucket"
+
+bob.delete_object(Bucket="bobs", Key="bobs-own")
 alice.delete_bucket(Bucket="multi")
 bob.delete_bucket(Bucket="bobs")
 
