@@ -231,13 +231,17 @@ pub enum Command {
     },
 }
 
-/// What a conditional put requires of the object it would replace.
+/// What a conditional put requires of the object it would replace. A condition that
+/// needs an object where there is none is refused as not found, one that the object
+/// fails as a conflict (`state::PRECONDITION_FAILED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PutCondition {
-    /// No object has the key.
+    /// No object has the key (`If-None-Match: *`).
     Absent,
-    /// An object has the key and this ETag.
+    /// An object has the key and this ETag (`If-Match: "<etag>"`).
     ETagIs(ETag),
+    /// An object has the key, whatever its ETag (`If-Match: *`).
+    Present,
 }
 
 /// A command as it travels in a log entry: the format version, then the command.

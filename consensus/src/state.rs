@@ -447,9 +447,13 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
             Command::PutObjectIf { tenant, bucket, key, condition, .. } => {
                 self.require_bucket(tenant, bucket)?;
                 let current = self.object(tenant, bucket, key)?;
-                let met = match condition {
-                    PutCondition::Absent => current.is_none(),
-                    PutCondition::ETagIs(etag) => current.is_some_and(|m| m.etag == *etag),
+                let met = match (condition, current) {
+                    (PutCondition::Absent, current) => current.is_none(),
+                    (PutCondition::ETagIs(_) | PutCondition::Present, None) => {
+                        return Err(Rejection::not_found("object").into());
+                    }
+                    (PutCondition::ETagIs(etag), Some(current)) => current.etag == *etag,
+                    (PutCondition::Present, Some(_)) => true,
                 };
                 if !met {
                     return Err(Rejection::conflict(PRECONDITION_FAILED).into());

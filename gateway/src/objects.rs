@@ -30,10 +30,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kiseki_consensus::command::{
-    ChunkId as MetaChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, Sealed,
-    TenantId as MetaTenantId,
+    ChunkId as MetaChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, PutCondition,
+    Sealed, TenantId as MetaTenantId,
 };
-use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, Rejection};
+use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, PRECONDITION_FAILED, Rejection};
 use kiseki_engine::{EngineError, EngineHandle};
 use kiseki_security::keymanager::{KeyManager, KeyManagerError, KeyStoreBackend};
 use kiseki_security::{ChunkId, Dek, Envelope, SealParams, TenantId, TenantKey, TenantSecret};
@@ -128,6 +128,8 @@ pub enum ObjectError {
     EntityTooLarge,
     /// A conditional request's condition does not hold (S3's 412).
     PreconditionFailed,
+    /// A conditional GET or HEAD whose object has not changed (S3's 304).
+    NotModified,
     /// The tenant has the most open multipart uploads allowed.
     TooManyUploads,
     /// The tenant's keys were crypto-shredded: nothing of it opens again.
@@ -160,6 +162,7 @@ impl fmt::Display for ObjectError {
             ObjectError::EntityTooSmall => f.write_str("a part is smaller than the minimum"),
             ObjectError::EntityTooLarge => f.write_str("the object is larger than allowed"),
             ObjectError::PreconditionFailed => f.write_str("precondition failed"),
+            ObjectError::NotModified => f.write_str("not modified"),
             ObjectError::TooManyUploads => f.write_str("too many open uploads"),
             ObjectError::TenantKeysDestroyed => f.write_str("tenant keys destroyed"),
             ObjectError::Unavailable(why) => write!(f, "unavailable: {why}"),
@@ -284,6 +287,22 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         body: &[u8],
         user: &UserMetadata,
     ) -> Result<[u8; 16], ObjectError> {
+        self.put_object_if(tenant, bucket, key, body, user, None).await
+    }
+
+    /// As [`Self::put_object`], applied only if the object at `key` meets `condition`
+    /// (checked where the command is applied, so racing writers cannot both pass):
+    /// PreconditionFailed when it does not, NoSuchKey when it needs an object and there is
+    /// none. The body is stored first and its references given back on a refusal.
+    pub async fn put_object_if(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        body: &[u8],
+        user: &UserMetadata,
+        condition: Option<PutCondition>,
+    ) -> Result<[u8; 16], ObjectError> {
         check_key(key)?;
         let etag: [u8; 16] = Md5::digest(body).into();
         let owner = meta_tenant(tenant);
@@ -313,11 +332,12 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             sealed_user_metadata,
             etag: ETag(etag),
         };
-        let command = Command::PutObject {
-            tenant: owner,
-            bucket: bucket.to_owned(),
-            key: key.to_vec(),
-            manifest,
+        let (name, key) = (bucket.to_owned(), key.to_vec());
+        let command = match condition {
+            None => Command::PutObject { tenant: owner, bucket: name, key, manifest },
+            Some(condition) => {
+                Command::PutObjectIf { tenant: owner, bucket: name, key, manifest, condition }
+            }
         };
         match self.meta.propose(command).await {
             Ok(Applied::Replaced(old)) => {
@@ -328,12 +348,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             Err(error) => {
                 // Nothing names the chunks this put stored: give their references back.
                 self.release_refs(&stored).await;
-                Err(match error {
-                    ConsensusError::Rejected(Rejection::NotFound(_)) => {
-                        self.absent_bucket(bucket).await
-                    }
-                    other => consensus_error(other),
-                })
+                Err(put_refused(error, self.absent_bucket(bucket).await))
             }
         }
     }
@@ -358,30 +373,34 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         key: &[u8],
         range: Option<(u64, u64)>,
     ) -> Result<(ObjectMeta, Vec<u8>), ObjectError> {
-        let resolve = |size: u64| match range {
-            None => Ok((0, size)),
-            Some((start, _)) if start >= size && size > 0 => {
-                Err(ObjectError::InvalidRange { size_bytes: size })
+        let resolve = |meta: &ObjectMeta| {
+            let size = meta.size_bytes;
+            match range {
+                None => Ok((0, size)),
+                Some((start, _)) if start >= size && size > 0 => {
+                    Err(ObjectError::InvalidRange { size_bytes: size })
+                }
+                Some((start, end)) => Ok((start.min(size), end.min(size))),
             }
-            Some((start, end)) => Ok((start.min(size), end.min(size))),
         };
         let (meta, _, bytes) = self.get_object_with(tenant, bucket, key, resolve).await?;
         Ok((meta, bytes))
     }
 
-    /// As [`Self::get_object`], with the range worked out from the object's size by
-    /// `range` (`start..end`; S3's suffix and open ranges need the size), from the same read
-    /// of the manifest. Returns the range read too.
+    /// As [`Self::get_object`], with the range worked out from the object's metadata by
+    /// `range` (`start..end`; S3's suffix and open ranges need the size; a conditional GET
+    /// refuses here on the ETag or time), from the same read of the manifest that serves
+    /// the bytes. Returns the range read too.
     pub async fn get_object_with(
         &self,
         tenant: TenantId,
         bucket: &str,
         key: &[u8],
-        range: impl FnOnce(u64) -> Result<(u64, u64), ObjectError>,
+        range: impl FnOnce(&ObjectMeta) -> Result<(u64, u64), ObjectError>,
     ) -> Result<(ObjectMeta, std::ops::Range<u64>, Vec<u8>), ObjectError> {
         let manifest = self.manifest(tenant, bucket, key).await?;
         let meta = self.object_meta(tenant, bucket, key, &manifest)?;
-        let (start, end) = range(manifest.size_bytes)?;
+        let (start, end) = range(&meta)?;
         let bytes = match &manifest.body {
             ObjectBody::Inline(sealed) => {
                 let body =
@@ -429,18 +448,22 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     /// copy's manifest names the same chunks, each given one more reference in the engine
     /// (a put of the stored envelope, which the engine counts as a reference). An inline
     /// body is opened and sealed again, bound to its new name. The copy keeps the source's
-    /// ETag (its bytes are the same; S3 computes a copy's anew).
+    /// ETag (its bytes are the same; S3 computes a copy's anew). `source_check` sees the
+    /// source's metadata from the read the copy is made from (S3's copy-source
+    /// conditions) and may refuse.
     pub async fn copy_object(
         &self,
         tenant: TenantId,
         source: (&str, &[u8]),
         target: (&str, &[u8]),
         replace: Option<&UserMetadata>,
+        source_check: impl FnOnce(&ObjectMeta) -> Result<(), ObjectError>,
     ) -> Result<ObjectMeta, ObjectError> {
         let ((source_bucket, source_key), (bucket, key)) = (source, target);
         check_key(key)?;
         let manifest = self.manifest(tenant, source_bucket, source_key).await?;
         let source_meta = self.object_meta(tenant, source_bucket, source_key, &manifest)?;
+        source_check(&source_meta)?;
         let owner = meta_tenant(tenant);
         let view = self.meta.local_view().map_err(consensus_error)?;
         if !view.bucket_exists(&owner, bucket).map_err(consensus_error)? {
@@ -834,6 +857,21 @@ pub(crate) fn consensus_error(error: ConsensusError) -> ObjectError {
             ObjectError::Internal(format!("metadata refused: {rejection}"))
         }
         other => ObjectError::Unavailable(format!("metadata: {other}")),
+    }
+}
+
+/// Why a (conditional) put was refused: a failed condition, a key the condition needed, or
+/// the bucket (`absent`, worked out by the caller).
+fn put_refused(error: ConsensusError, absent: ObjectError) -> ObjectError {
+    match error {
+        ConsensusError::Rejected(Rejection::Conflict(why)) if why == PRECONDITION_FAILED => {
+            ObjectError::PreconditionFailed
+        }
+        ConsensusError::Rejected(Rejection::NotFound(what)) if what == "object" => {
+            ObjectError::NoSuchKey
+        }
+        ConsensusError::Rejected(Rejection::NotFound(_)) => absent,
+        other => consensus_error(other),
     }
 }
 

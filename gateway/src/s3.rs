@@ -17,6 +17,14 @@
 //!   NotImplemented.
 //! - Copies never cross tenants: a source or target bucket of another tenant is
 //!   AccessDenied, as is a DeleteObjects or a listing of another tenant's bucket.
+//! - Conditional requests: GET and HEAD take If-Match, If-None-Match (304),
+//!   If-Modified-Since (304) and If-Unmodified-Since (412 PreconditionFailed), checked on
+//!   the manifest read that serves the answer; CopyObject takes the copy-source forms
+//!   (any failure 412), checked on the source read the copy is made from; PutObject takes
+//!   `If-None-Match: *` and `If-Match` (an ETag or `*`; NoSuchKey without an object),
+//!   checked in the metadata state machine where the put is applied (`PutObjectIf`), so
+//!   two racing conditional writers cannot both pass. Not conditional yet:
+//!   CompleteMultipartUpload's If-Match/If-None-Match and DeleteObject's.
 //! - An upload is seen only by its tenant: another tenant naming its bucket gets
 //!   AccessDenied, naming its upload id through a bucket of its own NoSuchUpload.
 //! - A tenant sees only its own buckets: another tenant's bucket is AccessDenied (as S3
@@ -29,16 +37,18 @@
 //! [`serve_https`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
 //! each request) and serves each over HTTP/1.1 with TCP_NODELAY.
 //!
-//! What it does not do yet: UploadPartCopy, conditional requests, versioning, flexible
-//! checksums beyond what `s3s` checks itself, streaming bodies, presigned-URL expiry limits
-//! of our own. They are issue 8's remaining points.
+//! What it does not do yet: UploadPartCopy, versioning, ListMultipartUploads with a
+//! delimiter, flexible checksums beyond what `s3s` checks itself, streaming bodies,
+//! presigned-URL expiry limits of our own. They are issue 8's remaining points.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kiseki_consensus::command::{Command, Sealed, TenantId as MetaTenantId};
+use kiseki_consensus::command::{
+    Command, ETag as MetaETag, PutCondition, Sealed, TenantId as MetaTenantId,
+};
 use kiseki_consensus::{ConsensusError, MetadataGroup};
 use kiseki_security::TenantId;
 use kiseki_security::keymanager::{KeyManager, KeyStoreBackend};
@@ -49,13 +59,14 @@ use s3s::dto::{
     CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
-    ETag as S3ETag, Error as S3DeleteError, GetBucketLocationInput, GetBucketLocationOutput,
-    GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
-    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput,
-    ListMultipartUploadsOutput, ListObjectVersionsInput, ListObjectVersionsOutput,
-    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
-    ListPartsOutput, MultipartUpload, Object, ObjectVersion, Part, PutObjectInput, PutObjectOutput,
-    StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
+    ETag as S3ETag, ETagCondition, Error as S3DeleteError, GetBucketLocationInput,
+    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
+    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectVersionsInput,
+    ListObjectVersionsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
+    ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload, Object, ObjectVersion,
+    Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput,
+    UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use zeroize::Zeroizing;
@@ -372,9 +383,10 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             content_type: input.content_type.map(|t| t.to_string()),
             entries: input.metadata.unwrap_or_default().into_iter().collect(),
         };
+        let condition = put_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let etag = self
             .objects
-            .put_object(tenant, &input.bucket, input.key.as_bytes(), &body, &user)
+            .put_object_if(tenant, &input.bucket, input.key.as_bytes(), &body, &user, condition)
             .await
             .map_err(object_error)?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag_of(etag)), ..Default::default() }))
@@ -387,15 +399,26 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         let tenant = self.tenant(&req).await?;
         let input = &req.input;
         let key = input.key.as_bytes();
-        // The range is resolved against the size in the same manifest read that serves it.
+        let conditions = ReadConditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        // The conditions and the range are checked against the same manifest read that
+        // serves the bytes, so they hold for the bytes sent.
         let (meta, read, bytes) = self
             .objects
-            .get_object_with(tenant, &input.bucket, key, |size| match &input.range {
-                None => Ok((0, size)),
-                Some(range) => range
-                    .check(size)
-                    .map(|checked| (checked.start, checked.end))
-                    .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+            .get_object_with(tenant, &input.bucket, key, |meta| {
+                conditions.check(meta)?;
+                let size = meta.size_bytes;
+                match &input.range {
+                    None => Ok((0, size)),
+                    Some(range) => range
+                        .check(size)
+                        .map(|checked| (checked.start, checked.end))
+                        .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+                }
             })
             .await
             .map_err(object_error)?;
@@ -426,6 +449,13 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             .head_object(tenant, &input.bucket, input.key.as_bytes())
             .await
             .map_err(object_error)?;
+        let conditions = ReadConditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        conditions.check(&meta).map_err(object_error)?;
         let mut output = HeadObjectOutput {
             content_length: Some(meta.size_bytes as i64),
             accept_ranges: Some("bytes".to_owned()),
@@ -603,6 +633,18 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
                 "copying an object to itself without changing its metadata is not allowed"
             ));
         }
+        let conditions = ReadConditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        // Checked on the source read the copy is made from. A failed copy-source condition
+        // is 412 whichever it is (S3 answers no 304 to a copy).
+        let source_check = |meta: &ObjectMeta| match conditions.check(meta) {
+            Err(ObjectError::NotModified) => Err(ObjectError::PreconditionFailed),
+            other => other,
+        };
         let copied = self
             .objects
             .copy_object(
@@ -610,6 +652,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
                 (&source_bucket, source_key.as_bytes()),
                 (&input.bucket, input.key.as_bytes()),
                 replace.as_ref(),
+                source_check,
             )
             .await
             .map_err(object_error)?;
@@ -854,6 +897,77 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
     }
 }
 
+/// The conditional headers of a GET or HEAD (or a copy's source), evaluated as RFC 9110
+/// orders them: If-Match, else If-Unmodified-Since (412 when they fail); then If-None-Match,
+/// else If-Modified-Since (304 when the object is unchanged). Times compare in whole
+/// seconds, the resolution of HTTP dates.
+struct ReadConditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+impl ReadConditions<'_> {
+    fn check(&self, meta: &ObjectMeta) -> Result<(), ObjectError> {
+        let etag = etag_of_parts(meta.etag, meta.parts);
+        let modified_s = (meta.modified_unix_ms / 1000) as i64;
+        let matches = |condition: &ETagCondition| match condition {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(tag) => tag.value() == etag.value(),
+        };
+        match (self.if_match, self.if_unmodified_since) {
+            (Some(condition), _) if !matches(condition) => {
+                return Err(ObjectError::PreconditionFailed);
+            }
+            (None, Some(since)) if modified_s > unix_seconds(since) => {
+                return Err(ObjectError::PreconditionFailed);
+            }
+            _ => {}
+        }
+        match (self.if_none_match, self.if_modified_since) {
+            (Some(condition), _) if matches(condition) => Err(ObjectError::NotModified),
+            (None, Some(since)) if modified_s <= unix_seconds(since) => {
+                Err(ObjectError::NotModified)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn unix_seconds(timestamp: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(timestamp.clone()).unix_timestamp()
+}
+
+/// The condition of a conditional PUT: `If-None-Match: *` (the key must be free) or
+/// `If-Match` (the object must exist, with that ETag unless `*`). Checked where the put is
+/// applied in the metadata, atomically with the write.
+fn put_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<Option<PutCondition>> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => {
+            Err(s3_error!(NotImplemented, "If-Match and If-None-Match together on a PUT"))
+        }
+        (None, Some(ETagCondition::Any)) => Ok(Some(PutCondition::Absent)),
+        (None, Some(ETagCondition::ETag(_))) => {
+            Err(s3_error!(NotImplemented, "If-None-Match on a PUT takes only *"))
+        }
+        (Some(ETagCondition::Any), None) => Ok(Some(PutCondition::Present)),
+        (Some(ETagCondition::ETag(tag)), None) => {
+            // A multipart ETag's `-N` is not kept apart from its digest; the digest decides.
+            let digest = tag.value().split_once('-').map_or(tag.value(), |(digest, _)| digest);
+            match crate::multipart::parse_etag(digest) {
+                Some(etag) => Ok(Some(PutCondition::ETagIs(MetaETag(etag)))),
+                // Not an ETag we could have given: no object has it.
+                None => Err(s3_error!(PreconditionFailed)),
+            }
+        }
+    }
+}
+
 /// One page of a bucket listing; see [`KisekiS3::list_keys`].
 #[derive(Debug, Default)]
 struct Listing {
@@ -954,6 +1068,7 @@ fn object_error(error: ObjectError) -> S3Error {
         ObjectError::EntityTooSmall => s3_error!(EntityTooSmall),
         ObjectError::EntityTooLarge => s3_error!(EntityTooLarge),
         ObjectError::PreconditionFailed => s3_error!(PreconditionFailed),
+        ObjectError::NotModified => s3_error!(NotModified),
         ObjectError::TooManyUploads => {
             s3_error!(SlowDown, "too many open multipart uploads; abort some")
         }

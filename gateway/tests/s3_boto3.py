@@ -4,6 +4,7 @@ Run by tests/s3_clients.rs with the endpoint, CA bundle and two tenants' keys in
 environment. Every response is checked; the first failure raises and exits non-zero.
 """
 
+import datetime
 import hashlib
 import os
 import shutil
@@ -414,6 +415,83 @@ assert error_code(lambda: alice.get_bucket_location(Bucket="no-such-bucket")) ==
 bob.delete_object(Bucket="bobs", Key="bobs-own")
 alice.delete_bucket(Bucket="multi")
 bob.delete_bucket(Bucket="bobs")
+
+# ---- Conditional requests ----
+tiny_etag, other_etag = md5_etag(tiny), '"%s"' % ("0" * 32)
+modified = alice.head_object(Bucket="photos", Key="tiny.txt")["LastModified"]
+earlier = modified - datetime.timedelta(seconds=10)
+later = modified + datetime.timedelta(seconds=10)
+
+
+def get_tiny(client=alice, **conditions):
+    return client.get_object(Bucket="photos", Key="tiny.txt", **conditions)
+
+
+def head_tiny(**conditions):
+    return alice.head_object(Bucket="photos", Key="tiny.txt", **conditions)
+
+
+for passing in [{"IfMatch": tiny_etag}, {"IfMatch": "*"}, {"IfNoneMatch": other_etag},
+                {"IfModifiedSince": earlier}, {"IfUnmodifiedSince": later},
+                {"IfUnmodifiedSince": modified},
+                # If-Match decides over If-Unmodified-Since, If-None-Match over
+                # If-Modified-Since.
+                {"IfMatch": tiny_etag, "IfUnmodifiedSince": earlier},
+                {"IfNoneMatch": other_etag, "IfModifiedSince": later}]:
+    got = get_tiny(**passing)
+    assert got["Body"].read() == tiny and got["ETag"] == tiny_etag, passing
+    assert head_tiny(**passing)["ContentLength"] == len(tiny), passing
+for failing in [{"IfMatch": other_etag}, {"IfUnmodifiedSince": earlier}]:
+    assert error_code(lambda: get_tiny(**failing)) == "PreconditionFailed", failing
+    assert error_code(lambda: head_tiny(**failing)) == "412", failing
+for unchanged in [{"IfNoneMatch": tiny_etag}, {"IfNoneMatch": "*"},
+                  {"IfModifiedSince": modified}, {"IfModifiedSince": later}]:
+    assert error_code(lambda: get_tiny(**unchanged)) == "304", unchanged
+    assert error_code(lambda: head_tiny(**unchanged)) == "304", unchanged
+# A ranged GET is conditional too.
+got = alice.get_object(Bucket="photos", Key="dir/large.bin", Range="bytes=0-9",
+                       IfMatch=md5_etag(large))
+assert got["Body"].read() == large[:10]
+assert error_code(lambda: alice.get_object(
+    Bucket="photos", Key="dir/large.bin", Range="bytes=0-9", IfMatch=tiny_etag)) \
+    == "PreconditionFailed"
+
+# Conditional PUTs, checked where the put is applied.
+alice.put_object(Bucket="photos", Key="cond.txt", Body=b"first", IfNoneMatch="*")
+assert error_code(lambda: alice.put_object(
+    Bucket="photos", Key="cond.txt", Body=b"second", IfNoneMatch="*")) == "PreconditionFailed"
+assert alice.get_object(Bucket="photos", Key="cond.txt")["Body"].read() == b"first"
+alice.put_object(Bucket="photos", Key="cond.txt", Body=b"second", IfMatch=md5_etag(b"first"))
+assert error_code(lambda: alice.put_object(
+    Bucket="photos", Key="cond.txt", Body=b"third", IfMatch=md5_etag(b"first"))) \
+    == "PreconditionFailed"
+assert alice.get_object(Bucket="photos", Key="cond.txt")["Body"].read() == b"second"
+alice.put_object(Bucket="photos", Key="cond.txt", Body=large, IfMatch="*")
+assert alice.get_object(Bucket="photos", Key="cond.txt")["Body"].read() == large
+assert error_code(lambda: alice.put_object(
+    Bucket="photos", Key="absent.txt", Body=b"x", IfMatch=tiny_etag)) == "NoSuchKey"
+assert error_code(lambda: alice.head_object(Bucket="photos", Key="absent.txt")) == "404"
+
+# Copy-source conditions: any failure is 412.
+for failing in [{"CopySourceIfMatch": other_etag}, {"CopySourceIfNoneMatch": tiny_etag},
+                {"CopySourceIfModifiedSince": later},
+                {"CopySourceIfUnmodifiedSince": earlier}]:
+    assert error_code(lambda: alice.copy_object(
+        Bucket="photos", Key="cond-copy", CopySource="photos/tiny.txt", **failing)) \
+        == "PreconditionFailed", failing
+copied = alice.copy_object(Bucket="photos", Key="cond-copy", CopySource="photos/tiny.txt",
+                           CopySourceIfMatch=tiny_etag, CopySourceIfModifiedSince=earlier)
+assert copied["CopyObjectResult"]["ETag"] == tiny_etag
+
+# Tenants apart: conditions say nothing about another tenant's objects.
+assert error_code(lambda: get_tiny(bob, IfNoneMatch=tiny_etag)) == "AccessDenied"
+assert error_code(lambda: get_tiny(bob, IfMatch=other_etag)) == "AccessDenied"
+assert error_code(lambda: bob.put_object(
+    Bucket="photos", Key="cond.txt", Body=b"bob", IfMatch="*")) == "AccessDenied"
+assert error_code(lambda: bob.delete_object(Bucket="photos", Key="tiny.txt")) == "AccessDenied"
+assert alice.get_object(Bucket="photos", Key="tiny.txt")["Body"].read() == tiny
+for key in ["cond.txt", "cond-copy"]:
+    alice.delete_object(Bucket="photos", Key=key)
 
 # Deletes.
 assert error_code(lambda: alice.delete_bucket(Bucket="photos")) == "BucketNotEmpty"

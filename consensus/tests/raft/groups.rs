@@ -363,6 +363,10 @@ async fn a_conditional_put_checks_its_condition_where_it_is_applied() {
         manifest: Manifest { etag: ETag([etag; 16]), ..manifest.clone() },
         condition,
     };
+    for needs_object in [PutCondition::Present, PutCondition::ETagIs(ETag([1; 16]))] {
+        let refused = cluster.propose(put_if(needs_object, 1)).await;
+        assert_eq!(rejection(refused), Rejection::NotFound("object".into()), "no object yet");
+    }
     assert_eq!(cluster.propose(put_if(PutCondition::Absent, 1)).await.expect("put"), Applied::Done);
     let refused = cluster.propose(put_if(PutCondition::Absent, 2)).await;
     assert_eq!(
@@ -373,6 +377,10 @@ async fn a_conditional_put_checks_its_condition_where_it_is_applied() {
     let refused = cluster.propose(put_if(PutCondition::ETagIs(ETag([9; 16])), 2)).await;
     assert!(matches!(rejection(refused), Rejection::Conflict(_)), "another ETag");
     let replaced = cluster.propose(put_if(PutCondition::ETagIs(ETag([1; 16])), 2)).await;
+    assert!(matches!(replaced, Ok(Applied::Replaced(_))), "{replaced:?}");
+    let replaced = cluster.propose(put_if(PutCondition::Present, 3)).await;
+    assert!(matches!(replaced, Ok(Applied::Replaced(_))), "{replaced:?}");
+    let replaced = cluster.propose(put_if(PutCondition::ETagIs(ETag([3; 16])), 2)).await;
     assert!(matches!(replaced, Ok(Applied::Replaced(_))), "{replaced:?}");
     let view = cluster.group(1).read().await.expect("read");
     let manifest = view.object(&owner, "cond", b"k").expect("read").expect("object");
