@@ -12,6 +12,9 @@
 //! The ETag of a completed object is S3's: the MD5 of the parts' binary MD5s, followed by
 //! `-<part count>` (the count is sealed with the object's metadata at completion).
 //!
+//! UploadPartCopy reads the source range and stores it as a part like an uploaded body
+//! (a part's chunks are cut from its own bytes, so source chunks are not shared).
+//!
 //! Upload ids are 16 random bytes shown as 32 hex digits; an id is looked up under the
 //! caller's tenant only, so another tenant's upload is NoSuchUpload (and its bucket
 //! AccessDenied before that).
@@ -23,10 +26,10 @@ use kiseki_security::TenantId;
 use kiseki_security::keymanager::KeyStoreBackend;
 use md5::{Digest, Md5};
 
-use crate::constants::{S3_PART_MIN_BYTES, S3_PARTS_MAX};
+use crate::constants::{S3_PART_MAX_BYTES, S3_PART_MIN_BYTES, S3_PARTS_MAX};
 use crate::objects::{
-    ObjectError, ObjectStore, SealedMeta, UserMetadata, absent_bucket, check_key, consensus_error,
-    context, meta_tenant, now_unix_ms,
+    ObjectError, ObjectMeta, ObjectStore, SealedMeta, UserMetadata, absent_bucket, check_key,
+    consensus_error, context, meta_tenant, now_unix_ms,
 };
 
 /// An open upload as ListMultipartUploads shows it.
@@ -106,6 +109,47 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             let view = self.meta.read().await.map_err(consensus_error)?;
             self.upload(&view, tenant, bucket, key, upload_id)?.0
         };
+        self.put_part(tenant, upload, number, body).await
+    }
+
+    /// UploadPartCopy: part `number` of the upload made of the bytes `range` picks from
+    /// the caller's object `source` (bucket, key); `range` sees the source's metadata from
+    /// the read that serves the bytes (for the copy-source conditions, and for the limit
+    /// on a part's size). The bytes are read and stored again as a new part's chunks.
+    pub async fn upload_part_copy(
+        &self,
+        tenant: TenantId,
+        target: (&str, &[u8], &str),
+        number: i32,
+        source: (&str, &[u8]),
+        range: impl FnOnce(&ObjectMeta) -> Result<(u64, u64), ObjectError>,
+    ) -> Result<[u8; 16], ObjectError> {
+        let (bucket, key, upload_id) = target;
+        let number = part_number(number).ok_or(ObjectError::InvalidPartNumber)?;
+        let upload = {
+            let view = self.meta.read().await.map_err(consensus_error)?;
+            self.upload(&view, tenant, bucket, key, upload_id)?.0
+        };
+        let bounded = |meta: &ObjectMeta| {
+            let (start, end) = range(meta)?;
+            if end - start > S3_PART_MAX_BYTES as u64 {
+                return Err(ObjectError::EntityTooLarge);
+            }
+            Ok((start, end))
+        };
+        let (_, _, body) = self.get_object_with(tenant, source.0, source.1, bounded).await?;
+        self.put_part(tenant, upload, number, &body).await
+    }
+
+    /// Stores `body` as part `number` of `upload` and names it there, releasing the part
+    /// it replaces; returns its ETag (MD5).
+    async fn put_part(
+        &self,
+        tenant: TenantId,
+        upload: UploadId,
+        number: u16,
+        body: &[u8],
+    ) -> Result<[u8; 16], ObjectError> {
         let etag: [u8; 16] = Md5::digest(body).into();
         let chunks = self.store_chunks(tenant, body).await?;
         let part = Part { chunks: chunks.clone(), size_bytes: body.len() as u64, etag: ETag(etag) };

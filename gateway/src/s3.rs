@@ -9,7 +9,8 @@
 //!   continuation, max-keys, start-after); multipart uploads ([`crate::multipart`]):
 //!   CreateMultipartUpload, UploadPart, CompleteMultipartUpload (S3's `<md5 of md5s>-N`
 //!   ETag), AbortMultipartUpload, ListParts, ListMultipartUploads (prefix and markers; no
-//!   delimiter); CopyObject within a tenant (COPY or REPLACE metadata; the copy names the
+//!   delimiter), UploadPartCopy (a range or the whole of an object of the same tenant, with
+//!   the copy-source conditions; the bytes are read and stored as the part); CopyObject within a tenant (COPY or REPLACE metadata; the copy names the
 //!   same chunks, one more reference each), DeleteObjects (quiet or verbose, per-key
 //!   errors), ListObjects v1 (marker, prefix, delimiter, max-keys), ListObjectVersions
 //!   (versioning is off: every object is its "null" version), GetBucketLocation (one
@@ -37,7 +38,7 @@
 //! [`serve_https`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
 //! each request) and serves each over HTTP/1.1 with TCP_NODELAY.
 //!
-//! What it does not do yet: UploadPartCopy, versioning, ListMultipartUploads with a
+//! What it does not do yet: versioning, ListMultipartUploads with a
 //! delimiter, flexible checksums beyond what `s3s` checks itself, streaming bodies,
 //! presigned-URL expiry limits of our own. They are issue 8's remaining points.
 
@@ -56,7 +57,7 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
-    CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CopyObjectResult, CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput,
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
     ETag as S3ETag, ETagCondition, Error as S3DeleteError, GetBucketLocationInput,
@@ -65,8 +66,8 @@ use s3s::dto::{
     ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectVersionsInput,
     ListObjectVersionsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
     ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload, Object, ObjectVersion,
-    Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput,
-    UploadPartOutput,
+    Part, PutObjectInput, PutObjectOutput, Range, StreamingBlob, Timestamp, UploadPartCopyInput,
+    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use zeroize::Zeroizing;
@@ -610,15 +611,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let tenant = self.tenant(&req).await?;
         let input = req.input;
-        let (source_bucket, source_key) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, version_id } => {
-                if version_id.as_deref().is_some_and(|v| v != NULL_VERSION) {
-                    return Err(s3_error!(NoSuchVersion, "versioning is off: only \"null\""));
-                }
-                (bucket.to_string(), key.to_string())
-            }
-            _ => return Err(s3_error!(NotImplemented, "copies from access points")),
-        };
+        let (source_bucket, source_key) = copy_source(&input.copy_source)?;
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some("COPY") => None,
             Some("REPLACE") => Some(UserMetadata {
@@ -639,12 +632,8 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             if_modified_since: input.copy_source_if_modified_since.as_ref(),
             if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
         };
-        // Checked on the source read the copy is made from. A failed copy-source condition
-        // is 412 whichever it is (S3 answers no 304 to a copy).
-        let source_check = |meta: &ObjectMeta| match conditions.check(meta) {
-            Err(ObjectError::NotModified) => Err(ObjectError::PreconditionFailed),
-            other => other,
-        };
+        // Checked on the source read the copy is made from.
+        let source_check = |meta: &ObjectMeta| conditions.check_copy_source(meta);
         let copied = self
             .objects
             .copy_object(
@@ -799,6 +788,59 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         }))
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let (source_bucket, source_key) = copy_source(&input.copy_source)?;
+        let range =
+            match &input.copy_source_range {
+                None => None,
+                Some(text) => Some(Range::parse(text).map_err(|_| {
+                    s3_error!(InvalidArgument, "copy source range: bytes=first-last")
+                })?),
+            };
+        let conditions = ReadConditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        // The conditions and the range are checked on the source read that gives the bytes.
+        let pick = |meta: &ObjectMeta| {
+            conditions.check_copy_source(meta)?;
+            let size = meta.size_bytes;
+            match &range {
+                None => Ok((0, size)),
+                Some(range) => range
+                    .check(size)
+                    .map(|checked| (checked.start, checked.end))
+                    .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+            }
+        };
+        let etag = self
+            .objects
+            .upload_part_copy(
+                tenant,
+                (&input.bucket, input.key.as_bytes(), &input.upload_id),
+                input.part_number,
+                (&source_bucket, source_key.as_bytes()),
+                pick,
+            )
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag_of(etag)),
+                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
     async fn abort_multipart_upload(
         &self,
         req: S3Request<AbortMultipartUploadInput>,
@@ -932,6 +974,30 @@ impl ReadConditions<'_> {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl ReadConditions<'_> {
+    /// As [`Self::check`] for a copy's source: any failure is 412 (S3 answers no 304 to a
+    /// copy).
+    fn check_copy_source(&self, meta: &ObjectMeta) -> Result<(), ObjectError> {
+        match self.check(meta) {
+            Err(ObjectError::NotModified) => Err(ObjectError::PreconditionFailed),
+            other => other,
+        }
+    }
+}
+
+/// The bucket and key a copy reads; only the null version exists.
+fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+    match source {
+        CopySource::Bucket { bucket, key, version_id } => {
+            if version_id.as_deref().is_some_and(|v| v != NULL_VERSION) {
+                return Err(s3_error!(NoSuchVersion, "versioning is off: only \"null\""));
+            }
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(s3_error!(NotImplemented, "copies from access points")),
     }
 }
 

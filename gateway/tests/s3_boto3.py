@@ -282,6 +282,44 @@ assert error_code(lambda: alice.upload_part(
     == "NoSuchUpload"
 assert alice.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
 
+# UploadPartCopy: a range of one object and the whole of another become parts.
+source = body(6 * MIB + 5, 50)
+alice.put_object(Bucket="multi", Key="source.bin", Body=source)
+upload_id = alice.create_multipart_upload(Bucket="multi", Key="copied.bin")["UploadId"]
+
+
+def part_copy(client, number, copy_source, **extra):
+    return client.upload_part_copy(Bucket="multi", Key="copied.bin", UploadId=upload_id,
+                                   PartNumber=number, CopySource=copy_source, **extra)
+
+
+first = source[CHUNK - 1:CHUNK - 1 + 5 * MIB]
+got = part_copy(alice, 1, "multi/source.bin",
+                CopySourceRange="bytes=%d-%d" % (CHUNK - 1, CHUNK - 2 + 5 * MIB))
+assert got["CopyPartResult"]["ETag"] == md5_etag(first), got
+got = part_copy(alice, 2, "photos/dir/large.bin", CopySourceIfMatch=md5_etag(large))
+assert got["CopyPartResult"]["ETag"] == md5_etag(large), got
+assert error_code(lambda: part_copy(
+    alice, 3, "multi/source.bin", CopySourceRange="bytes=%d-%d" % (len(source), len(source) + 9))) \
+    == "InvalidRange"
+assert error_code(lambda: part_copy(
+    alice, 3, "photos/dir/large.bin", CopySourceIfNoneMatch=md5_etag(large))) \
+    == "PreconditionFailed"
+assert error_code(lambda: part_copy(alice, 3, "multi/absent.bin")) == "NoSuchKey"
+assert error_code(lambda: part_copy(alice, 3, "bobs/anything")) == "AccessDenied"
+bob_upload = bob.create_multipart_upload(Bucket="bobs", Key="stolen.bin")["UploadId"]
+assert error_code(lambda: bob.upload_part_copy(
+    Bucket="bobs", Key="stolen.bin", UploadId=bob_upload, PartNumber=1,
+    CopySource="multi/source.bin")) == "AccessDenied"
+assert error_code(lambda: part_copy(bob, 1, "bobs/anything")) == "AccessDenied"
+bob.abort_multipart_upload(Bucket="bobs", Key="stolen.bin", UploadId=bob_upload)
+done = complete(alice, "copied.bin", upload_id, [(1, md5_etag(first)), (2, md5_etag(large))])
+assert done["ETag"] == multipart_etag([first, large]), done
+got = alice.get_object(Bucket="multi", Key="copied.bin")
+assert got["Body"].read() == first + large and got["ETag"] == multipart_etag([first, large])
+for key in ["source.bin", "copied.bin"]:
+    alice.delete_object(Bucket="multi", Key=key)
+
 # aws-cli: `aws s3 cp` of a file over its 8 MiB multipart threshold, both ways.
 if shutil.which("aws"):
     with tempfile.TemporaryDirectory() as scratch:
@@ -322,7 +360,8 @@ assert copied["CopyObjectResult"]["ETag"] == md5_etag(large), copied
 got = alice.get_object(Bucket="copies", Key="large-copy")
 assert got["Body"].read() == large and got["ETag"] == md5_etag(large)
 assert got["ContentType"] == "application/x-test" and got["Metadata"] == {"origin": "boto3"}
-got = alice.get_object(Bucket="copies", Key="large-copy", Range="bytes=%d-%d" % (CHUNK - 3, CHUNK + 3))
+got = alice.get_object(
+    Bucket="copies", Key="large-copy", Range="bytes=%d-%d" % (CHUNK - 3, CHUNK + 3))
 assert got["Body"].read() == large[CHUNK - 3:CHUNK + 4]
 # REPLACE on an inline object: new content type and metadata, same bytes.
 copied = alice.copy_object(
