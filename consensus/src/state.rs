@@ -214,6 +214,15 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         read_record(&self.parts, &part_key(tenant, upload, number))
     }
 
+    /// How many chunks the parts of an upload name together (kept in part row 0).
+    pub(crate) fn upload_chunks(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<u64, StateError> {
+        Ok(read_record::<u64, _>(&self.parts, &part_key(tenant, upload, 0))?.unwrap_or(0))
+    }
+
     pub(crate) fn credential(
         &self,
         access_key_id: &str,
@@ -473,7 +482,22 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                     return Err(Rejection::not_found("object").into());
                 }
             }
-            Command::PutPart { tenant, upload, .. } | Command::AbortUpload { tenant, upload } => {
+            Command::PutPart { tenant, upload, number, part } => {
+                self.require_upload(tenant, upload)?;
+                // An upload holds at most one manifest's worth of chunks, so that whatever
+                // it completes into fits a manifest and what an abort releases is bounded.
+                let replaced = self.part(tenant, upload, *number)?.map_or(0, |p| p.chunks.len());
+                let total = self.upload_chunks(tenant, upload)?.saturating_sub(replaced as u64)
+                    + part.chunks.len() as u64;
+                if total > MANIFEST_CHUNKS_MAX as u64 {
+                    return Err(Rejection::TooLarge {
+                        size_bytes: usize::try_from(total).unwrap_or(usize::MAX),
+                        max_bytes: MANIFEST_CHUNKS_MAX,
+                    }
+                    .into());
+                }
+            }
+            Command::AbortUpload { tenant, upload } => {
                 self.require_upload(tenant, upload)?;
             }
             Command::CompleteUpload { tenant, upload, parts, .. }
@@ -636,9 +660,16 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             }
             Command::PutPart { tenant, upload, number, part } => {
                 let row = part_key(tenant, upload, *number);
-                let old = self.parts.insert(row.as_slice(), encode(part).as_slice())?;
+                let old = match self.parts.insert(row.as_slice(), encode(part).as_slice())? {
+                    Some(old) => Some(decode::<Part>(old.value())?),
+                    None => None,
+                };
+                let replaced = old.as_ref().map_or(0, |old| old.chunks.len() as u64);
+                let total = self.upload_chunks(tenant, upload)?.saturating_sub(replaced)
+                    + part.chunks.len() as u64;
+                let total_row = part_key(tenant, upload, 0);
+                self.parts.insert(total_row.as_slice(), encode(&total).as_slice())?;
                 if let Some(old) = old {
-                    let old: Part = decode(old.value())?;
                     return Ok(Applied::Released(old.chunks));
                 }
             }
@@ -800,6 +831,9 @@ fn upload_key(tenant: &TenantId, upload: &UploadId) -> Vec<u8> {
     key
 }
 
+/// tenant (16) | upload (16) | part number (2, big-endian). Number 0, which S3 never uses,
+/// holds the upload's chunk count; listings start at 1, and dropping the upload removes it
+/// with the parts.
 fn part_key(tenant: &TenantId, upload: &UploadId, number: u16) -> Vec<u8> {
     let mut key = upload_key(tenant, upload);
     key.extend_from_slice(&number.to_be_bytes());

@@ -81,7 +81,9 @@ pub const S3_PART_MIN_BYTES: u64 = 5 << 20;
 pub const S3_PART_MAX_BYTES: usize = 256 << 20;
 
 /// Most parts of one upload: S3's 10,000 (part numbers 1 to 10,000), the metadata's own
-/// bound.
+/// bound. The parts of one upload also name at most one manifest's worth of chunks
+/// together (`kiseki_consensus::constants::MANIFEST_CHUNKS_MAX`, 16 GiB of 1 MiB chunks),
+/// so that any completion fits a manifest: a part beyond that is EntityTooLarge.
 pub const S3_PARTS_MAX: u16 = 10_000;
 const _: () = assert!(S3_PARTS_MAX == kiseki_consensus::constants::MULTIPART_PARTS_MAX);
 

@@ -166,6 +166,10 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 Err(match error {
                     // Aborted or completed while the part was being stored.
                     ConsensusError::Rejected(Rejection::NotFound(_)) => ObjectError::NoSuchUpload,
+                    // The upload's parts would name more chunks than one object may.
+                    ConsensusError::Rejected(Rejection::TooLarge { .. }) => {
+                        ObjectError::EntityTooLarge
+                    }
                     other => consensus_error(other),
                 })
             }

@@ -338,8 +338,24 @@ async fn a_multipart_upload_completes_into_one_manifest() {
             Command::PutPart { tenant: owner, upload: third, number: u16::from(n), part: part(n) };
         cluster.propose(put).await.expect("part");
     }
+    // An upload holds at most one manifest's worth of chunks; replacing a part counts its
+    // chunks once.
+    let many = |count: usize| Part {
+        chunks: vec![ChunkRef { id: ChunkId([77; 32]), size_bytes: 1 }; count],
+        size_bytes: count as u64,
+        etag: ETag([77; 16]),
+    };
+    let over = Command::PutPart { tenant: owner, upload: third, number: 6, part: many(16_381) };
+    assert!(matches!(rejection(cluster.propose(over).await), Rejection::TooLarge { .. }));
+    let fits = Command::PutPart { tenant: owner, upload: third, number: 4, part: many(16_382) };
+    assert_eq!(cluster.propose(fits).await.expect("part"), Applied::Released(part(4).chunks));
+    let listed = cluster.group(1).read().await.expect("read");
+    let numbers: Vec<u16> =
+        listed.parts(&owner, &third, 0, 10).expect("parts").iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, vec![4, 5], "the count row is not a part");
+    drop(listed);
     let abort = Command::AbortUpload { tenant: owner, upload: third };
-    let mut dropped = part(4).chunks;
+    let mut dropped = many(16_382).chunks;
     dropped.extend(part(5).chunks);
     assert_eq!(cluster.propose(abort).await.expect("abort"), Applied::Released(dropped));
     let gone = Command::PutPart { tenant: owner, upload: third, number: 1, part: part(1) };
