@@ -373,6 +373,19 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(uploads)
     }
 
+    /// How many uploads the tenant has open, counted up to [`UPLOADS_OPEN_PER_TENANT_MAX`]
+    /// (rows counted, not decoded: every new upload asks).
+    fn open_uploads(&self, tenant: &TenantId) -> Result<usize, StateError> {
+        let mut count = 0;
+        for row in self.uploads.range(tenant.0.as_slice()..)? {
+            if !row?.0.value().starts_with(&tenant.0) || count == UPLOADS_OPEN_PER_TENANT_MAX {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// Up to `limit` parts of an upload numbered above `after`, in number order.
     pub(crate) fn parts(
         &self,
@@ -473,7 +486,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 if self.upload(tenant, upload)?.is_some() {
                     return Err(Rejection::already_exists("upload").into());
                 }
-                if self.uploads(tenant)?.len() >= UPLOADS_OPEN_PER_TENANT_MAX {
+                if self.open_uploads(tenant)? >= UPLOADS_OPEN_PER_TENANT_MAX {
                     return Err(Rejection::conflict(TOO_MANY_UPLOADS).into());
                 }
             }

@@ -195,6 +195,9 @@ assert error_code(lambda: alice.upload_part(
 
 # Tenants apart: Bob sees neither Alice's bucket's uploads nor her upload through his own.
 bob.create_bucket(Bucket="bobs")
+assert error_code(lambda: bob.create_multipart_upload(Bucket="multi", Key="x")) == "AccessDenied"
+assert error_code(lambda: alice.create_multipart_upload(Bucket="no-such-bucket", Key="x")) \
+    == "NoSuchBucket"
 assert error_code(lambda: bob.list_multipart_uploads(Bucket="multi")) == "AccessDenied"
 assert error_code(lambda: bob.list_parts(
     Bucket="multi", Key="big.bin", UploadId=upload_id)) == "AccessDenied"
