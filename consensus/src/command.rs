@@ -207,6 +207,41 @@ pub enum Command {
         sequence: u64,
         sealed_record: Sealed,
     },
+    // Added for S3 multipart uploads and conditional puts (issue 8), appended after the
+    // earlier variants under the same rule: format version 1, earlier encodings unchanged.
+    /// As `CompleteUpload`, with the object's user metadata given at completion (sealed
+    /// again by the gateway, which then knows the part count that S3's ETag names) in
+    /// place of the upload's.
+    CompleteUploadAs {
+        tenant: TenantId,
+        upload: UploadId,
+        parts: Vec<(u16, ETag)>,
+        etag: ETag,
+        sealed_user_metadata: Sealed,
+    },
+    /// As `PutObject`, applied only if the object's current state meets `condition`
+    /// (S3's conditional writes: `If-None-Match: *`, `If-Match`), checked in the same
+    /// apply step as the write, so two racing writers cannot both pass.
+    PutObjectIf {
+        tenant: TenantId,
+        bucket: String,
+        key: Vec<u8>,
+        manifest: Manifest,
+        condition: PutCondition,
+    },
+}
+
+/// What a conditional put requires of the object it would replace. A condition that
+/// needs an object where there is none is refused as not found, one that the object
+/// fails as a conflict (`state::PRECONDITION_FAILED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutCondition {
+    /// No object has the key (`If-None-Match: *`).
+    Absent,
+    /// An object has the key and this ETag (`If-Match: "<etag>"`).
+    ETagIs(ETag),
+    /// An object has the key, whatever its ETag (`If-Match: *`).
+    Present,
 }
 
 /// A command as it travels in a log entry: the format version, then the command.
@@ -237,7 +272,9 @@ impl Command {
             | Command::CreateUpload { tenant, .. }
             | Command::PutPart { tenant, .. }
             | Command::CompleteUpload { tenant, .. }
-            | Command::AbortUpload { tenant, .. } => ShardKey::Tenant(*tenant),
+            | Command::CompleteUploadAs { tenant, .. }
+            | Command::AbortUpload { tenant, .. }
+            | Command::PutObjectIf { tenant, .. } => ShardKey::Tenant(*tenant),
             // Credentials are looked up by access key id alone, chunk refcounts by chunk id
             // alone: both live in the system shard, where every node can find them.
             Command::PutCredential { .. }
@@ -264,6 +301,11 @@ impl Command {
                 tenant,
                 manifest: Manifest { body: ObjectBody::Inline(data), .. },
                 ..
+            }
+            | Command::PutObjectIf {
+                tenant,
+                manifest: Manifest { body: ObjectBody::Inline(data), .. },
+                ..
             } => Some((*tenant, data.0.len() as u64)),
             _ => None,
         }
@@ -281,7 +323,8 @@ impl Command {
                 check_tenant(tenant)?;
                 check_bucket_name(bucket)
             }
-            Command::PutObject { tenant, bucket, key, manifest } => {
+            Command::PutObject { tenant, bucket, key, manifest }
+            | Command::PutObjectIf { tenant, bucket, key, manifest, .. } => {
                 check_tenant(tenant)?;
                 check_bucket_name(bucket)?;
                 check_object_key(key)?;
@@ -306,6 +349,11 @@ impl Command {
             Command::CompleteUpload { tenant, parts, .. } => {
                 check_tenant(tenant)?;
                 check_completed_parts(parts)
+            }
+            Command::CompleteUploadAs { tenant, parts, sealed_user_metadata, .. } => {
+                check_tenant(tenant)?;
+                check_completed_parts(parts)?;
+                check_sealed(sealed_user_metadata, "user metadata")
             }
             Command::AbortUpload { tenant, .. } => check_tenant(tenant),
             Command::PutCredential { access_key_id, tenant, workload, sealed_secret } => {
@@ -648,6 +696,48 @@ mod tests {
         ] {
             assert!(bad.check_shape().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn s3_commands_are_appended_and_checked() {
+        let index = |command: &Command| postcard::to_allocvec(command).unwrap()[0];
+        let etag = ETag([0; 16]);
+        let complete = Command::CompleteUploadAs {
+            tenant: tenant(),
+            upload: UploadId([1; 16]),
+            parts: vec![(1, etag)],
+            etag,
+            sealed_user_metadata: Sealed(vec![1]),
+        };
+        let Command::PutObject { tenant, bucket, key, manifest } =
+            put(manifest(ObjectBody::Chunks(vec![chunk(1, 10)]), 10))
+        else {
+            unreachable!()
+        };
+        let put_if =
+            Command::PutObjectIf { tenant, bucket, key, manifest, condition: PutCondition::Absent };
+        assert_eq!((index(&complete), index(&put_if)), (18, 19));
+        assert_eq!(complete.check_shape(), Ok(()));
+        assert_eq!(put_if.check_shape(), Ok(()));
+        assert_eq!(put_if.shard_key(), ShardKey::Tenant(tenant));
+        let unordered = Command::CompleteUploadAs {
+            tenant,
+            upload: UploadId([1; 16]),
+            parts: vec![(2, etag), (1, etag)],
+            etag,
+            sealed_user_metadata: Sealed(vec![1]),
+        };
+        assert!(unordered.check_shape().is_err());
+        let Command::PutObjectIf { manifest, .. } = &put_if else { unreachable!() };
+        let short = Manifest { size_bytes: 11, ..manifest.clone() };
+        let bad = Command::PutObjectIf {
+            tenant,
+            bucket: "photos".into(),
+            key: b"a".to_vec(),
+            manifest: short,
+            condition: PutCondition::ETagIs(etag),
+        };
+        assert!(bad.check_shape().is_err(), "a conditional put's manifest is checked too");
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub const WORKLOAD_NAME_MAX_BYTES: usize = 255;
 /// Most parts of a multipart upload: S3's limit (part numbers 1 to 10,000).
 pub const MULTIPART_PARTS_MAX: u16 = 10_000;
 
+/// Most multipart uploads one tenant may have open at once: 10,000. Listing a bucket's
+/// uploads and the check that a bucket has none scan the tenant's open uploads, so their
+/// number is bounded; S3 clients abort or complete uploads within minutes, and a tenant
+/// that leaves 10,000 behind is refused new ones (a conflict) until it aborts some.
+pub const UPLOADS_OPEN_PER_TENANT_MAX: usize = 10_000;
+
 /// Most chunk refcount deltas in one command: one largest manifest's worth.
 pub const REFCOUNT_DELTAS_MAX: usize = MANIFEST_CHUNKS_MAX;
 

@@ -58,8 +58,8 @@ pub use group::{GroupConfig, MetadataGroup};
 pub use node::MetadataNode;
 pub use shards::ShardMap;
 pub use state::{
-    AUDIT_SEQUENCE_NOT_NEXT, AuditRecord, CredentialRecord, KEY_EPOCH_NOT_NEXT,
-    TENANT_KEYS_DESTROYED, TenantRecord, UploadRecord,
+    AUDIT_SEQUENCE_NOT_NEXT, AuditRecord, CredentialRecord, KEY_EPOCH_NOT_NEXT, PART_ETAG_DIFFERS,
+    PRECONDITION_FAILED, TENANT_KEYS_DESTROYED, TOO_MANY_UPLOADS, TenantRecord, UploadRecord,
 };
 pub use store::GroupStore;
 pub use types::{Applied, Batch, BatchOutcome, NodeId, Raft, ShardId, TypeConfig};

@@ -17,9 +17,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    AuditScope, ChunkId, Command, DedupMode, KeyScope, Manifest, ObjectBody, Part, RefDelta,
-    Sealed, TenantId, UploadId,
+    AuditScope, ChunkId, ChunkRef, Command, DedupMode, ETag, KeyScope, Manifest, ObjectBody, Part,
+    PutCondition, RefDelta, Sealed, TenantId, UploadId,
 };
+use crate::constants::{MANIFEST_CHUNKS_MAX, UPLOADS_OPEN_PER_TENANT_MAX};
 use crate::error::Rejection;
 use crate::types::Applied;
 
@@ -62,6 +63,13 @@ pub const TENANT_KEYS_DESTROYED: &str = "tenant keys destroyed";
 pub const AUDIT_SEQUENCE_NOT_NEXT: &str = "audit sequence is not the next one";
 /// The refusal of an epoch that is not one past the current one (retry after re-reading).
 pub const KEY_EPOCH_NOT_NEXT: &str = "key epoch is not the next one";
+
+/// The refusal of a conditional put whose condition the object does not meet (S3's 412).
+pub const PRECONDITION_FAILED: &str = "precondition failed";
+/// The refusal of a completion naming a part whose ETag is not the stored one.
+pub const PART_ETAG_DIFFERS: &str = "part ETag differs";
+/// The refusal of a new upload when the tenant has the most open uploads allowed.
+pub const TOO_MANY_UPLOADS: &str = "too many open uploads";
 
 /// Version byte in front of every record value.
 const RECORD_FORMAT_VERSION: u8 = 1;
@@ -206,6 +214,15 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         read_record(&self.parts, &part_key(tenant, upload, number))
     }
 
+    /// How many chunks the parts of an upload name together (kept in part row 0).
+    pub(crate) fn upload_chunks(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<u64, StateError> {
+        Ok(read_record::<u64, _>(&self.parts, &part_key(tenant, upload, 0))?.unwrap_or(0))
+    }
+
     pub(crate) fn credential(
         &self,
         access_key_id: &str,
@@ -336,6 +353,66 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         Ok(objects)
     }
 
+    /// The tenant's open uploads in upload-id order (at most
+    /// [`UPLOADS_OPEN_PER_TENANT_MAX`], which `CreateUpload` keeps to).
+    pub(crate) fn uploads(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(UploadId, UploadRecord)>, StateError> {
+        let mut uploads = Vec::new();
+        for row in self.uploads.range(tenant.0.as_slice()..)? {
+            let (key, value) = row?;
+            let Some(id) = key.value().strip_prefix(tenant.0.as_slice()) else { break };
+            let id: [u8; 16] =
+                id.try_into().map_err(|_| StateError::Store("upload row key".into()))?;
+            uploads.push((UploadId(id), decode(value.value())?));
+            if uploads.len() == UPLOADS_OPEN_PER_TENANT_MAX {
+                break;
+            }
+        }
+        Ok(uploads)
+    }
+
+    /// How many uploads the tenant has open, counted up to [`UPLOADS_OPEN_PER_TENANT_MAX`]
+    /// (rows counted, not decoded: every new upload asks).
+    fn open_uploads(&self, tenant: &TenantId) -> Result<usize, StateError> {
+        let mut count = 0;
+        for row in self.uploads.range(tenant.0.as_slice()..)? {
+            if !row?.0.value().starts_with(&tenant.0) || count == UPLOADS_OPEN_PER_TENANT_MAX {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Up to `limit` parts of an upload numbered above `after`, in number order.
+    pub(crate) fn parts(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+        after: u16,
+        limit: usize,
+    ) -> Result<Vec<(u16, Part)>, StateError> {
+        let prefix = upload_key(tenant, upload);
+        let mut parts = Vec::new();
+        if limit == 0 || after == u16::MAX {
+            return Ok(parts);
+        }
+        let start = part_key(tenant, upload, after + 1);
+        for row in self.parts.range(start.as_slice()..)? {
+            let (key, value) = row?;
+            let Some(number) = key.value().strip_prefix(prefix.as_slice()) else { break };
+            let number: [u8; 2] =
+                number.try_into().map_err(|_| StateError::Store("part row key".into()))?;
+            parts.push((u16::from_be_bytes(number), decode(value.value())?));
+            if parts.len() == limit {
+                break;
+            }
+        }
+        Ok(parts)
+    }
+
     fn has_rows_with_prefix(table: &T, prefix: &[u8]) -> Result<bool, StateError> {
         match table.range(prefix..)?.next() {
             None => Ok(false),
@@ -388,13 +465,29 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                     return Err(Rejection::conflict("bucket has open uploads").into());
                 }
             }
-            Command::PutObject { tenant, bucket, .. }
-            | Command::CreateUpload { tenant, bucket, .. } => {
+            Command::PutObject { tenant, bucket, .. } => self.require_bucket(tenant, bucket)?,
+            Command::PutObjectIf { tenant, bucket, key, condition, .. } => {
                 self.require_bucket(tenant, bucket)?;
-                if let Command::CreateUpload { upload, .. } = command
-                    && self.upload(tenant, upload)?.is_some()
-                {
+                let current = self.object(tenant, bucket, key)?;
+                let met = match (condition, current) {
+                    (PutCondition::Absent, current) => current.is_none(),
+                    (PutCondition::ETagIs(_) | PutCondition::Present, None) => {
+                        return Err(Rejection::not_found("object").into());
+                    }
+                    (PutCondition::ETagIs(etag), Some(current)) => current.etag == *etag,
+                    (PutCondition::Present, Some(_)) => true,
+                };
+                if !met {
+                    return Err(Rejection::conflict(PRECONDITION_FAILED).into());
+                }
+            }
+            Command::CreateUpload { tenant, bucket, upload, .. } => {
+                self.require_bucket(tenant, bucket)?;
+                if self.upload(tenant, upload)?.is_some() {
                     return Err(Rejection::already_exists("upload").into());
+                }
+                if self.open_uploads(tenant)? >= UPLOADS_OPEN_PER_TENANT_MAX {
+                    return Err(Rejection::conflict(TOO_MANY_UPLOADS).into());
                 }
             }
             Command::DeleteObject { tenant, bucket, key } => {
@@ -402,20 +495,45 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                     return Err(Rejection::not_found("object").into());
                 }
             }
-            Command::PutPart { tenant, upload, .. } | Command::AbortUpload { tenant, upload } => {
+            Command::PutPart { tenant, upload, number, part } => {
+                self.require_upload(tenant, upload)?;
+                // An upload holds at most one manifest's worth of chunks, so that whatever
+                // it completes into fits a manifest and what an abort releases is bounded.
+                let replaced = self.part(tenant, upload, *number)?.map_or(0, |p| p.chunks.len());
+                let total = self.upload_chunks(tenant, upload)?.saturating_sub(replaced as u64)
+                    + part.chunks.len() as u64;
+                if total > MANIFEST_CHUNKS_MAX as u64 {
+                    return Err(Rejection::TooLarge {
+                        size_bytes: usize::try_from(total).unwrap_or(usize::MAX),
+                        max_bytes: MANIFEST_CHUNKS_MAX,
+                    }
+                    .into());
+                }
+            }
+            Command::AbortUpload { tenant, upload } => {
                 self.require_upload(tenant, upload)?;
             }
-            Command::CompleteUpload { tenant, upload, parts, .. } => {
+            Command::CompleteUpload { tenant, upload, parts, .. }
+            | Command::CompleteUploadAs { tenant, upload, parts, .. } => {
                 let record = self.require_upload(tenant, upload)?;
                 self.require_bucket(tenant, &record.bucket)?;
+                let mut chunks = 0usize;
                 for (number, etag) in parts {
                     match self.part(tenant, upload, *number)? {
                         None => return Err(Rejection::not_found("part").into()),
                         Some(part) if part.etag != *etag => {
-                            return Err(Rejection::conflict("part ETag differs").into());
+                            return Err(Rejection::conflict(PART_ETAG_DIFFERS).into());
                         }
-                        Some(_) => {}
+                        Some(part) => chunks += part.chunks.len(),
                     }
+                }
+                // The object's manifest is bounded like any other.
+                if chunks > MANIFEST_CHUNKS_MAX {
+                    return Err(Rejection::TooLarge {
+                        size_bytes: chunks,
+                        max_bytes: MANIFEST_CHUNKS_MAX,
+                    }
+                    .into());
                 }
             }
             Command::PutCredential { access_key_id, .. } => {
@@ -530,7 +648,8 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             Command::DeleteBucket { tenant, bucket } => {
                 self.buckets.remove(bucket_key(tenant, bucket).as_slice())?;
             }
-            Command::PutObject { tenant, bucket, key, manifest } => {
+            Command::PutObject { tenant, bucket, key, manifest }
+            | Command::PutObjectIf { tenant, bucket, key, manifest, .. } => {
                 let row = object_key(tenant, bucket, key);
                 let old = self.objects.insert(row.as_slice(), encode(manifest).as_slice())?;
                 if let Some(old) = old {
@@ -554,13 +673,28 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             }
             Command::PutPart { tenant, upload, number, part } => {
                 let row = part_key(tenant, upload, *number);
-                self.parts.insert(row.as_slice(), encode(part).as_slice())?;
+                let old = match self.parts.insert(row.as_slice(), encode(part).as_slice())? {
+                    Some(old) => Some(decode::<Part>(old.value())?),
+                    None => None,
+                };
+                let replaced = old.as_ref().map_or(0, |old| old.chunks.len() as u64);
+                let total = self.upload_chunks(tenant, upload)?.saturating_sub(replaced)
+                    + part.chunks.len() as u64;
+                let total_row = part_key(tenant, upload, 0);
+                self.parts.insert(total_row.as_slice(), encode(&total).as_slice())?;
+                if let Some(old) = old {
+                    return Ok(Applied::Released(old.chunks));
+                }
             }
             Command::CompleteUpload { tenant, upload, parts, etag } => {
-                self.complete_upload(tenant, upload, parts, *etag)?;
+                return self.complete_upload(tenant, upload, parts, *etag, None);
+            }
+            Command::CompleteUploadAs { tenant, upload, parts, etag, sealed_user_metadata } => {
+                let sealed = Some(sealed_user_metadata.clone());
+                return self.complete_upload(tenant, upload, parts, *etag, sealed);
             }
             Command::AbortUpload { tenant, upload } => {
-                self.drop_upload(tenant, upload)?;
+                return Ok(Applied::Released(self.drop_upload(tenant, upload)?));
             }
             Command::PutCredential { access_key_id, tenant, workload, sealed_secret } => {
                 let record = CredentialRecord {
@@ -613,14 +747,17 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
         Ok(Applied::Done)
     }
 
-    /// Joins the named parts into the object's manifest and drops the upload.
+    /// Joins the named parts into the object's manifest (with `sealed_user_metadata`, or
+    /// the upload's when `None`) and drops the upload. Returns the chunks nothing names any
+    /// more: the parts left out and the object replaced.
     fn complete_upload(
         &mut self,
         tenant: &TenantId,
         upload: &UploadId,
-        parts: &[(u16, crate::command::ETag)],
-        etag: crate::command::ETag,
-    ) -> Result<(), StateError> {
+        parts: &[(u16, ETag)],
+        etag: ETag,
+        sealed_user_metadata: Option<Sealed>,
+    ) -> Result<Applied, StateError> {
         let record = self
             .upload(tenant, upload)?
             .ok_or_else(|| StateError::Store("upload vanished between check and write".into()))?;
@@ -636,21 +773,45 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
         let manifest = Manifest {
             size_bytes,
             body: ObjectBody::Chunks(chunks),
-            sealed_user_metadata: record.sealed_user_metadata,
+            sealed_user_metadata: sealed_user_metadata.unwrap_or(record.sealed_user_metadata),
             etag,
         };
         let row = object_key(tenant, &record.bucket, &record.key);
-        self.objects.insert(row.as_slice(), encode(&manifest).as_slice())?;
-        self.drop_upload(tenant, upload)
+        let replaced = match self.objects.insert(row.as_slice(), encode(&manifest).as_slice())? {
+            Some(old) => Some(decode::<Manifest>(old.value())?),
+            None => None,
+        };
+        let mut released = match replaced.map(|old| old.body) {
+            Some(ObjectBody::Chunks(chunks)) => chunks,
+            Some(ObjectBody::Inline(_)) | None => Vec::new(),
+        };
+        // The chunks of the named parts moved into the manifest; the others are released.
+        let named: std::collections::BTreeSet<u16> = parts.iter().map(|(n, _)| *n).collect();
+        for (number, part) in self.parts(tenant, upload, 0, usize::MAX)? {
+            if !named.contains(&number) {
+                released.extend_from_slice(&part.chunks);
+            }
+        }
+        self.drop_upload(tenant, upload)?;
+        Ok(Applied::Released(released))
     }
 
-    fn drop_upload(&mut self, tenant: &TenantId, upload: &UploadId) -> Result<(), StateError> {
+    /// Removes an upload and its parts; returns the chunks its parts named.
+    fn drop_upload(
+        &mut self,
+        tenant: &TenantId,
+        upload: &UploadId,
+    ) -> Result<Vec<ChunkRef>, StateError> {
+        let mut chunks = Vec::new();
+        for (_, part) in self.parts(tenant, upload, 0, usize::MAX)? {
+            chunks.extend_from_slice(&part.chunks);
+        }
         let prefix = upload_key(tenant, upload);
         self.uploads.remove(prefix.as_slice())?;
         let mut end = prefix.clone();
         end.extend_from_slice(&u16::MAX.to_be_bytes());
         self.parts.retain_in(prefix.as_slice()..=end.as_slice(), |_, _| false)?;
-        Ok(())
+        Ok(chunks)
     }
 }
 
@@ -683,6 +844,9 @@ fn upload_key(tenant: &TenantId, upload: &UploadId) -> Vec<u8> {
     key
 }
 
+/// tenant (16) | upload (16) | part number (2, big-endian). Number 0, which S3 never uses,
+/// holds the upload's chunk count; listings start at 1, and dropping the upload removes it
+/// with the parts.
 fn part_key(tenant: &TenantId, upload: &UploadId, number: u16) -> Vec<u8> {
     let mut key = upload_key(tenant, upload);
     key.extend_from_slice(&number.to_be_bytes());

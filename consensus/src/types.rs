@@ -50,6 +50,10 @@ pub enum Applied {
     /// A put replaced, or a delete removed, this manifest: the caller releases the chunks
     /// it named (exactly once, since only the command that unlinked it gets it back).
     Replaced(Box<crate::command::Manifest>),
+    /// The command unlinked these chunks (a replaced part, an aborted upload's parts, a
+    /// completed upload's unused parts and the object it replaced): the caller releases
+    /// each once, as for `Replaced`.
+    Released(Vec<crate::command::ChunkRef>),
 }
 
 /// One outcome per command of a batch, in the batch's order.

@@ -93,6 +93,25 @@ impl StateView {
         self.tables.part(tenant, upload, number).map_err(storage)
     }
 
+    /// The tenant's open uploads, in upload-id order.
+    pub fn uploads(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(UploadId, UploadRecord)>, ConsensusError> {
+        self.tables.uploads(tenant).map_err(storage)
+    }
+
+    /// Up to `limit` parts of an upload numbered above `after`, in number order.
+    pub fn parts(
+        &self,
+        tenant: &TenantId,
+        upload: &UploadId,
+        after: u16,
+        limit: usize,
+    ) -> Result<Vec<(u16, Part)>, ConsensusError> {
+        self.tables.parts(tenant, upload, after, limit).map_err(storage)
+    }
+
     pub fn credential(
         &self,
         access_key_id: &str,

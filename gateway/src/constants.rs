@@ -69,3 +69,26 @@ pub const DEV_TENANT_ORG: &str = "dev";
 pub const DEV_S3_ADDR: &str = "127.0.0.1:9000";
 pub const DEV_GRPC_ADDR: &str = "127.0.0.1:9100";
 pub const DEV_METRICS_ADDR: &str = "127.0.0.1:9090";
+
+// ---- S3 multipart uploads (s3.rs, multipart.rs) ----
+
+/// Smallest part of a multipart upload other than the last: 5 MiB, S3's rule
+/// (EntityTooSmall below it), which clients size their parts by.
+pub const S3_PART_MIN_BYTES: u64 = 5 << 20;
+
+/// Largest part one UploadPart may carry here: 256 MiB, the single-PUT bound, since a part
+/// is read whole into memory like a PUT body (S3 allows 5 GiB; clients default to 8 MiB).
+pub const S3_PART_MAX_BYTES: usize = 256 << 20;
+
+/// Most parts of one upload: S3's 10,000 (part numbers 1 to 10,000), the metadata's own
+/// bound. The parts of one upload also name at most one manifest's worth of chunks
+/// together (`kiseki_consensus::constants::MANIFEST_CHUNKS_MAX`, 16 GiB of 1 MiB chunks),
+/// so that any completion fits a manifest: a part beyond that is EntityTooLarge.
+pub const S3_PARTS_MAX: u16 = 10_000;
+const _: () = assert!(S3_PARTS_MAX == kiseki_consensus::constants::MULTIPART_PARTS_MAX);
+
+/// Most parts one ListParts answer carries, whatever `max-parts` asks: S3's 1,000.
+pub const S3_LIST_PARTS_MAX: usize = 1000;
+
+/// Most uploads one ListMultipartUploads answer carries: S3's 1,000.
+pub const S3_LIST_UPLOADS_MAX: usize = 1000;

@@ -15,7 +15,8 @@
 //! key manager's hash-chained log.
 //!
 //! [`observe`] is what an operator watches: Prometheus metrics and the health probes.
-//! [`objects`] is the object layer under the S3 front end, [`s3`].
+//! [`objects`] is the object layer under the S3 front end, [`s3`]; [`multipart`] adds
+//! multipart uploads to it.
 //!
 //! [`keys_grpc`] serves the key manager (`kiseki_security::keymanager::KeyService`) as the
 //! gRPC service `kiseki.keys.v1.KeyService` through the same rustls configuration, so the
@@ -30,6 +31,7 @@ pub mod constants;
 pub mod dev;
 pub mod jwks_https;
 pub mod keys_grpc;
+pub mod multipart;
 pub mod objects;
 pub mod observe;
 pub mod s3;

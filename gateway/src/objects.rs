@@ -11,7 +11,10 @@
 //! manifest from a linearizable view, then only the chunks a range covers.
 //!
 //! Overwrites and deletes release the chunks of the manifest the committed command
-//! unlinked (`Applied::Replaced`), so each reference is released once whoever races.
+//! unlinked (`Applied::Replaced`), so each reference is released once whoever races. A
+//! copy within a tenant names the source's chunks again and takes one more reference on
+//! each (the engine counts a second put of a stored envelope as one); multipart uploads
+//! are in [`crate::multipart`].
 //!
 //! What it does not do yet: replicate chunks to other nodes (one node's engine), stream
 //! (a body is in memory, bounded by the caller), or collect chunks a crash left between
@@ -27,10 +30,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kiseki_consensus::command::{
-    ChunkId as MetaChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, Sealed,
-    TenantId as MetaTenantId,
+    ChunkId as MetaChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, PutCondition,
+    Sealed, TenantId as MetaTenantId,
 };
-use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, Rejection};
+use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, PRECONDITION_FAILED, Rejection};
 use kiseki_engine::{EngineError, EngineHandle};
 use kiseki_security::keymanager::{KeyManager, KeyManagerError, KeyStoreBackend};
 use kiseki_security::{ChunkId, Dek, Envelope, SealParams, TenantId, TenantKey, TenantSecret};
@@ -64,6 +67,9 @@ pub struct UserMetadata {
 pub struct ObjectMeta {
     pub size_bytes: u64,
     pub etag: [u8; 16],
+    /// The part count of an object made by a multipart upload (S3's ETag then reads
+    /// `"<md5 of the parts' md5s>-<parts>"`); `None` for a single put.
+    pub parts: Option<u16>,
     /// When the put that made it was accepted (milliseconds since the Unix epoch).
     pub modified_unix_ms: u64,
     pub user: UserMetadata,
@@ -75,15 +81,20 @@ pub struct Listed {
     pub key: Vec<u8>,
     pub size_bytes: u64,
     pub etag: [u8; 16],
+    /// As [`ObjectMeta::parts`].
+    pub parts: Option<u16>,
     pub modified_unix_ms: u64,
 }
 
 /// What is sealed under the tenant's KEK beside an object: the user's metadata and the
 /// time of the put (kept out of the plaintext manifest).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SealedMeta {
-    user: UserMetadata,
-    modified_unix_ms: u64,
+pub(crate) struct SealedMeta {
+    pub(crate) user: UserMetadata,
+    pub(crate) modified_unix_ms: u64,
+    /// Set when a multipart upload completes; absent in single puts (and older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) parts: Option<u16>,
 }
 
 /// Why an object operation failed; each maps to one S3 error.
@@ -103,6 +114,24 @@ pub enum ObjectError {
     InvalidRange {
         size_bytes: u64,
     },
+    /// No such multipart upload (or not for this bucket and key, or not the caller's).
+    NoSuchUpload,
+    /// A part number outside 1 to 10,000.
+    InvalidPartNumber,
+    /// A completion names a part that was not uploaded, or with another ETag.
+    InvalidPart,
+    /// A completion lists its parts out of ascending order.
+    InvalidPartOrder,
+    /// A part other than the last is smaller than S3's minimum.
+    EntityTooSmall,
+    /// The object would be larger than this node keeps in one manifest.
+    EntityTooLarge,
+    /// A conditional request's condition does not hold (S3's 412).
+    PreconditionFailed,
+    /// A conditional GET or HEAD whose object has not changed (S3's 304).
+    NotModified,
+    /// The tenant has the most open multipart uploads allowed.
+    TooManyUploads,
     /// The tenant's keys were crypto-shredded: nothing of it opens again.
     TenantKeysDestroyed,
     /// The node cannot take it now (a full queue, a device over its critical level).
@@ -126,6 +155,15 @@ impl fmt::Display for ObjectError {
             ObjectError::InvalidRange { size_bytes } => {
                 write!(f, "the range is not satisfiable for an object of {size_bytes} bytes")
             }
+            ObjectError::NoSuchUpload => f.write_str("no such upload"),
+            ObjectError::InvalidPartNumber => f.write_str("part numbers are 1 to 10,000"),
+            ObjectError::InvalidPart => f.write_str("a part is missing or has another ETag"),
+            ObjectError::InvalidPartOrder => f.write_str("parts are not in ascending order"),
+            ObjectError::EntityTooSmall => f.write_str("a part is smaller than the minimum"),
+            ObjectError::EntityTooLarge => f.write_str("the object is larger than allowed"),
+            ObjectError::PreconditionFailed => f.write_str("precondition failed"),
+            ObjectError::NotModified => f.write_str("not modified"),
+            ObjectError::TooManyUploads => f.write_str("too many open uploads"),
             ObjectError::TenantKeysDestroyed => f.write_str("tenant keys destroyed"),
             ObjectError::Unavailable(why) => write!(f, "unavailable: {why}"),
             ObjectError::Integrity(why) => write!(f, "integrity: {why}"),
@@ -141,7 +179,7 @@ pub const OBJECT_KEY_MAX_BYTES: usize = 1024;
 
 /// The object layer of one node; see the module's notes.
 pub struct ObjectStore<S> {
-    meta: Arc<MetadataGroup>,
+    pub(crate) meta: Arc<MetadataGroup>,
     engine: EngineHandle,
     keys: Arc<Mutex<KeyManager<S>>>,
     config: ObjectConfig,
@@ -228,6 +266,22 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         body: &[u8],
         user: &UserMetadata,
     ) -> Result<[u8; 16], ObjectError> {
+        self.put_object_if(tenant, bucket, key, body, user, None).await
+    }
+
+    /// As [`Self::put_object`], applied only if the object at `key` meets `condition`
+    /// (checked where the command is applied, so racing writers cannot both pass):
+    /// PreconditionFailed when it does not, NoSuchKey when it needs an object and there is
+    /// none. The body is stored first and its references given back on a refusal.
+    pub async fn put_object_if(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        body: &[u8],
+        user: &UserMetadata,
+        condition: Option<PutCondition>,
+    ) -> Result<[u8; 16], ObjectError> {
         check_key(key)?;
         let etag: [u8; 16] = Md5::digest(body).into();
         let owner = meta_tenant(tenant);
@@ -238,10 +292,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             return Err(absent_bucket(&view, bucket));
         }
         drop(view);
-        let modified_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
-        let sealed_meta = SealedMeta { user: user.clone(), modified_unix_ms };
+        let sealed_meta =
+            SealedMeta { user: user.clone(), modified_unix_ms: now_unix_ms(), parts: None };
         let user_json =
             serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
         let sealed_user_metadata =
@@ -259,11 +311,12 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             sealed_user_metadata,
             etag: ETag(etag),
         };
-        let command = Command::PutObject {
-            tenant: owner,
-            bucket: bucket.to_owned(),
-            key: key.to_vec(),
-            manifest,
+        let (name, key) = (bucket.to_owned(), key.to_vec());
+        let command = match condition {
+            None => Command::PutObject { tenant: owner, bucket: name, key, manifest },
+            Some(condition) => {
+                Command::PutObjectIf { tenant: owner, bucket: name, key, manifest, condition }
+            }
         };
         match self.meta.propose(command).await {
             Ok(Applied::Replaced(old)) => {
@@ -274,12 +327,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             Err(error) => {
                 // Nothing names the chunks this put stored: give their references back.
                 self.release_refs(&stored).await;
-                Err(match error {
-                    ConsensusError::Rejected(Rejection::NotFound(_)) => {
-                        self.absent_bucket(bucket).await
-                    }
-                    other => consensus_error(other),
-                })
+                Err(put_refused(error, self.absent_bucket(bucket).await))
             }
         }
     }
@@ -304,30 +352,34 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         key: &[u8],
         range: Option<(u64, u64)>,
     ) -> Result<(ObjectMeta, Vec<u8>), ObjectError> {
-        let resolve = |size: u64| match range {
-            None => Ok((0, size)),
-            Some((start, _)) if start >= size && size > 0 => {
-                Err(ObjectError::InvalidRange { size_bytes: size })
+        let resolve = |meta: &ObjectMeta| {
+            let size = meta.size_bytes;
+            match range {
+                None => Ok((0, size)),
+                Some((start, _)) if start >= size && size > 0 => {
+                    Err(ObjectError::InvalidRange { size_bytes: size })
+                }
+                Some((start, end)) => Ok((start.min(size), end.min(size))),
             }
-            Some((start, end)) => Ok((start.min(size), end.min(size))),
         };
         let (meta, _, bytes) = self.get_object_with(tenant, bucket, key, resolve).await?;
         Ok((meta, bytes))
     }
 
-    /// As [`Self::get_object`], with the range worked out from the object's size by
-    /// `range` (`start..end`; S3's suffix and open ranges need the size), from the same read
-    /// of the manifest. Returns the range read too.
+    /// As [`Self::get_object`], with the range worked out from the object's metadata by
+    /// `range` (`start..end`; S3's suffix and open ranges need the size; a conditional GET
+    /// refuses here on the ETag or time), from the same read of the manifest that serves
+    /// the bytes. Returns the range read too.
     pub async fn get_object_with(
         &self,
         tenant: TenantId,
         bucket: &str,
         key: &[u8],
-        range: impl FnOnce(u64) -> Result<(u64, u64), ObjectError>,
+        range: impl FnOnce(&ObjectMeta) -> Result<(u64, u64), ObjectError>,
     ) -> Result<(ObjectMeta, std::ops::Range<u64>, Vec<u8>), ObjectError> {
         let manifest = self.manifest(tenant, bucket, key).await?;
         let meta = self.object_meta(tenant, bucket, key, &manifest)?;
-        let (start, end) = range(manifest.size_bytes)?;
+        let (start, end) = range(&meta)?;
         let bytes = match &manifest.body {
             ObjectBody::Inline(sealed) => {
                 let body =
@@ -345,6 +397,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         bucket: &str,
         key: &[u8],
     ) -> Result<(), ObjectError> {
+        check_key(key)?;
         let command = Command::DeleteObject {
             tenant: meta_tenant(tenant),
             bucket: bucket.to_owned(),
@@ -356,9 +409,122 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 Ok(())
             }
             Ok(_) => Ok(()),
-            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => Err(ObjectError::NoSuchKey),
+            // No such object under this tenant: say whether the bucket is not its own.
+            Err(ConsensusError::Rejected(Rejection::NotFound(_))) => {
+                let view = self.meta.read().await.map_err(consensus_error)?;
+                if view.bucket_exists(&meta_tenant(tenant), bucket).map_err(consensus_error)? {
+                    Err(ObjectError::NoSuchKey)
+                } else {
+                    Err(absent_bucket(&view, bucket))
+                }
+            }
             Err(error) => Err(consensus_error(error)),
         }
+    }
+
+    /// Copies `source` (bucket, key) to `target` within the tenant, with the source's user
+    /// metadata or `replace`; returns the copy's metadata. A chunked body is not read: the
+    /// copy's manifest names the same chunks, each given one more reference in the engine
+    /// (a put of the stored envelope, which the engine counts as a reference). An inline
+    /// body is opened and sealed again, bound to its new name. The copy keeps the source's
+    /// ETag (its bytes are the same; S3 computes a copy's anew). `source_check` sees the
+    /// source's metadata from the read the copy is made from (S3's copy-source
+    /// conditions) and may refuse.
+    pub async fn copy_object(
+        &self,
+        tenant: TenantId,
+        source: (&str, &[u8]),
+        target: (&str, &[u8]),
+        replace: Option<&UserMetadata>,
+        source_check: impl FnOnce(&ObjectMeta) -> Result<(), ObjectError>,
+    ) -> Result<ObjectMeta, ObjectError> {
+        let ((source_bucket, source_key), (bucket, key)) = (source, target);
+        check_key(key)?;
+        let manifest = self.manifest(tenant, source_bucket, source_key).await?;
+        let source_meta = self.object_meta(tenant, source_bucket, source_key, &manifest)?;
+        source_check(&source_meta)?;
+        let owner = meta_tenant(tenant);
+        let view = self.meta.local_view().map_err(consensus_error)?;
+        if !view.bucket_exists(&owner, bucket).map_err(consensus_error)? {
+            return Err(absent_bucket(&view, bucket));
+        }
+        drop(view);
+        let sealed_meta = SealedMeta {
+            user: replace.cloned().unwrap_or(source_meta.user),
+            modified_unix_ms: now_unix_ms(),
+            parts: source_meta.parts,
+        };
+        let user_json =
+            serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
+        let sealed_user_metadata =
+            Sealed(self.seal_for_tenant(tenant, &context(b"meta", bucket, key), &user_json)?);
+        let (body, referenced) = match &manifest.body {
+            ObjectBody::Inline(sealed) => {
+                let plain = self.open_for_tenant(
+                    tenant,
+                    &context(b"body", source_bucket, source_key),
+                    &sealed.0,
+                )?;
+                let sealed =
+                    self.seal_for_tenant(tenant, &context(b"body", bucket, key), &plain)?;
+                (ObjectBody::Inline(Sealed(sealed)), Vec::new())
+            }
+            ObjectBody::Chunks(chunks) => {
+                self.add_refs(chunks).await?;
+                (ObjectBody::Chunks(chunks.clone()), chunks.clone())
+            }
+        };
+        let copy = Manifest {
+            size_bytes: manifest.size_bytes,
+            body,
+            sealed_user_metadata,
+            etag: manifest.etag,
+        };
+        let command = Command::PutObject {
+            tenant: owner,
+            bucket: bucket.to_owned(),
+            key: key.to_vec(),
+            manifest: copy,
+        };
+        let result = ObjectMeta {
+            size_bytes: manifest.size_bytes,
+            etag: manifest.etag.0,
+            parts: sealed_meta.parts,
+            modified_unix_ms: sealed_meta.modified_unix_ms,
+            user: sealed_meta.user,
+        };
+        match self.meta.propose(command).await {
+            Ok(Applied::Replaced(old)) => {
+                self.release_chunks(&old).await;
+                Ok(result)
+            }
+            Ok(_) => Ok(result),
+            Err(error) => {
+                self.release_refs(&referenced).await;
+                Err(match error {
+                    ConsensusError::Rejected(Rejection::NotFound(_)) => {
+                        self.absent_bucket(bucket).await
+                    }
+                    other => consensus_error(other),
+                })
+            }
+        }
+    }
+
+    /// Adds one engine reference to each chunk (all or none: a failure gives back those
+    /// already added).
+    async fn add_refs(&self, chunks: &[ChunkRef]) -> Result<(), ObjectError> {
+        for (done, chunk) in chunks.iter().enumerate() {
+            let added = match self.engine.get(chunk.id.0).await {
+                Ok(envelope) => self.engine.put(envelope).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = added {
+                self.release_refs(&chunks[..done]).await;
+                return Err(engine_error(error));
+            }
+        }
+        Ok(())
     }
 
     /// Up to `limit` objects whose keys start with `prefix` and sort after `after`.
@@ -384,6 +550,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 key,
                 size_bytes: manifest.size_bytes,
                 etag: manifest.etag.0,
+                parts: meta.parts,
                 modified_unix_ms: meta.modified_unix_ms,
             });
         }
@@ -392,7 +559,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
 
     // ---- chunks ----
 
-    async fn store_chunks(
+    pub(crate) async fn store_chunks(
         &self,
         tenant: TenantId,
         body: &[u8],
@@ -464,7 +631,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         Ok(bytes)
     }
 
-    async fn release_chunks(&self, manifest: &Manifest) {
+    pub(crate) async fn release_chunks(&self, manifest: &Manifest) {
         if let ObjectBody::Chunks(chunks) = &manifest.body {
             self.release_refs(chunks).await;
         }
@@ -472,7 +639,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
 
     /// Gives back one reference per chunk. A failure leaves a reference behind (space, not
     /// data, is lost), so it is logged, not returned.
-    async fn release_refs(&self, chunks: &[ChunkRef]) {
+    pub(crate) async fn release_refs(&self, chunks: &[ChunkRef]) {
         for chunk in chunks {
             if let Err(error) = self.engine.release(chunk.id.0).await {
                 tracing::warn!(%error, "releasing a chunk reference failed; its space stays in use");
@@ -531,7 +698,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         }
     }
 
-    fn object_meta(
+    pub(crate) fn object_meta(
         &self,
         tenant: TenantId,
         bucket: &str,
@@ -548,12 +715,13 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         Ok(ObjectMeta {
             size_bytes: manifest.size_bytes,
             etag: manifest.etag.0,
+            parts: sealed.parts,
             modified_unix_ms: sealed.modified_unix_ms,
             user: sealed.user,
         })
     }
 
-    fn seal_for_tenant(
+    pub(crate) fn seal_for_tenant(
         &self,
         tenant: TenantId,
         context: &[u8],
@@ -562,7 +730,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         self.key_manager().seal_for_tenant(tenant, context, plaintext).map_err(key_error)
     }
 
-    fn open_for_tenant(
+    pub(crate) fn open_for_tenant(
         &self,
         tenant: TenantId,
         context: &[u8],
@@ -608,6 +776,13 @@ pub async fn ensure_tenant<S: KeyStoreBackend + Send + 'static>(
     }
 }
 
+/// Now, in milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// The key manager behind its lock, for every front end of this crate.
 pub(crate) fn lock<S>(keys: &Mutex<KeyManager<S>>) -> MutexGuard<'_, KeyManager<S>> {
     // A panic while holding the lock leaves no half-made key (each call is one store
@@ -617,7 +792,7 @@ pub(crate) fn lock<S>(keys: &Mutex<KeyManager<S>>) -> MutexGuard<'_, KeyManager<
 
 /// What a sealed blob of an object is bound to: its kind, bucket and key, with lengths so
 /// that no two (bucket, key) pairs give the same bytes.
-fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
+pub(crate) fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
     let mut context = Vec::with_capacity(kind.len() + bucket.len() + key.len() + 4);
     context.extend_from_slice(kind);
     context.push(bucket.len() as u8);
@@ -627,7 +802,7 @@ fn context(kind: &[u8], bucket: &str, key: &[u8]) -> Vec<u8> {
     context
 }
 
-fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectError {
+pub(crate) fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectError {
     match view.bucket_owner(bucket) {
         Ok(Some(_)) => ObjectError::AccessDenied,
         Ok(None) => ObjectError::NoSuchBucket,
@@ -635,7 +810,7 @@ fn absent_bucket(view: &kiseki_consensus::StateView, bucket: &str) -> ObjectErro
     }
 }
 
-fn meta_tenant(tenant: TenantId) -> MetaTenantId {
+pub(crate) fn meta_tenant(tenant: TenantId) -> MetaTenantId {
     MetaTenantId(*tenant.as_bytes())
 }
 
@@ -666,7 +841,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), ObjectError> {
     Ok(())
 }
 
-fn check_key(key: &[u8]) -> Result<(), ObjectError> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), ObjectError> {
     if key.is_empty() || key.len() > OBJECT_KEY_MAX_BYTES {
         return Err(ObjectError::InvalidKey("1 to 1024 bytes"));
     }
@@ -676,7 +851,7 @@ fn check_key(key: &[u8]) -> Result<(), ObjectError> {
     Ok(())
 }
 
-fn key_error(error: KeyManagerError) -> ObjectError {
+pub(crate) fn key_error(error: KeyManagerError) -> ObjectError {
     match error {
         KeyManagerError::TenantKeysDestroyed { .. } => ObjectError::TenantKeysDestroyed,
         KeyManagerError::NoKey { .. } => ObjectError::NoSuchTenant,
@@ -687,12 +862,27 @@ fn key_error(error: KeyManagerError) -> ObjectError {
     }
 }
 
-fn consensus_error(error: ConsensusError) -> ObjectError {
+pub(crate) fn consensus_error(error: ConsensusError) -> ObjectError {
     match error {
         ConsensusError::Rejected(rejection) => {
             ObjectError::Internal(format!("metadata refused: {rejection}"))
         }
         other => ObjectError::Unavailable(format!("metadata: {other}")),
+    }
+}
+
+/// Why a (conditional) put was refused: a failed condition, a key the condition needed, or
+/// the bucket (`absent`, worked out by the caller).
+fn put_refused(error: ConsensusError, absent: ObjectError) -> ObjectError {
+    match error {
+        ConsensusError::Rejected(Rejection::Conflict(why)) if why == PRECONDITION_FAILED => {
+            ObjectError::PreconditionFailed
+        }
+        ConsensusError::Rejected(Rejection::NotFound(what)) if what == "object" => {
+            ObjectError::NoSuchKey
+        }
+        ConsensusError::Rejected(Rejection::NotFound(_)) => absent,
+        other => consensus_error(other),
     }
 }
 

@@ -6,39 +6,74 @@
 //!   stop working with its data). `s3s` compares signatures in constant time.
 //! - Operations served: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject,
 //!   GetObject (with ranges), HeadObject, DeleteObject, ListObjectsV2 (prefix, delimiter,
-//!   continuation, max-keys, start-after). Everything else answers NotImplemented.
+//!   continuation, max-keys, start-after); multipart uploads ([`crate::multipart`]):
+//!   CreateMultipartUpload, UploadPart, CompleteMultipartUpload (S3's `<md5 of md5s>-N`
+//!   ETag), AbortMultipartUpload, ListParts, ListMultipartUploads (prefix and markers; no
+//!   delimiter), UploadPartCopy (a range or the whole of an object of the same tenant, with
+//!   the copy-source conditions; the bytes are read and stored as the part); CopyObject within a tenant (COPY or REPLACE metadata; the copy names the
+//!   same chunks, one more reference each), DeleteObjects (quiet or verbose, per-key
+//!   errors), ListObjects v1 (marker, prefix, delimiter, max-keys), ListObjectVersions
+//!   (versioning is off: every object is its "null" version), GetBucketLocation (one
+//!   region, shown as us-east-1's empty constraint). Everything else answers
+//!   NotImplemented.
+//! - Copies never cross tenants: a source or target bucket of another tenant is
+//!   AccessDenied, as is a DeleteObjects or a listing of another tenant's bucket.
+//! - Conditional requests: GET and HEAD take If-Match, If-None-Match (304),
+//!   If-Modified-Since (304) and If-Unmodified-Since (412 PreconditionFailed), checked on
+//!   the manifest read that serves the answer; CopyObject takes the copy-source forms
+//!   (any failure 412), checked on the source read the copy is made from; PutObject takes
+//!   `If-None-Match: *` and `If-Match` (an ETag or `*`; NoSuchKey without an object),
+//!   checked in the metadata state machine where the put is applied (`PutObjectIf`), so
+//!   two racing conditional writers cannot both pass. Not conditional yet:
+//!   CompleteMultipartUpload's If-Match/If-None-Match and DeleteObject's.
+//! - An upload is seen only by its tenant: another tenant naming its bucket gets
+//!   AccessDenied, naming its upload id through a bucket of its own NoSuchUpload.
 //! - A tenant sees only its own buckets: another tenant's bucket is AccessDenied (as S3
 //!   answers for another account's bucket), and a name taken by anyone is
 //!   BucketAlreadyExists, which does not say by whom.
-//! - Bodies are read whole, up to [`S3_OBJECT_MAX_BYTES`] (EntityTooLarge beyond).
+//! - Bodies are read whole, up to [`S3_OBJECT_MAX_BYTES`] (EntityTooLarge beyond), parts
+//!   up to [`S3_PART_MAX_BYTES`]; parts other than the last are at least
+//!   [`crate::constants::S3_PART_MIN_BYTES`] (EntityTooSmall).
 //!
 //! [`serve_https`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
 //! each request) and serves each over HTTP/1.1 with TCP_NODELAY.
 //!
-//! What it does not do yet: multipart uploads, copies, conditional requests, versions,
-//! flexible checksums beyond what `s3s` checks itself, streaming bodies, presigned-URL
-//! expiry limits of our own. They are issue 8's remaining points.
+//! What it does not do yet: versioning, ListMultipartUploads with a
+//! delimiter, flexible checksums beyond what `s3s` checks itself, streaming bodies,
+//! presigned-URL expiry limits of our own. They are issue 8's remaining points.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kiseki_consensus::command::{Command, Sealed, TenantId as MetaTenantId};
+use kiseki_consensus::command::{
+    Command, ETag as MetaETag, PutCondition, Sealed, TenantId as MetaTenantId,
+};
 use kiseki_consensus::{ConsensusError, MetadataGroup};
 use kiseki_security::TenantId;
 use kiseki_security::keymanager::{KeyManager, KeyStoreBackend};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
-    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, ETag as S3ETag, GetObjectInput,
-    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListBucketsInput, ListBucketsOutput, ListObjectsV2Input, ListObjectsV2Output, Object,
-    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
+    CopyObjectResult, CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
+    DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
+    ETag as S3ETag, ETagCondition, Error as S3DeleteError, GetBucketLocationInput,
+    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
+    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectVersionsInput,
+    ListObjectVersionsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
+    ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload, Object, ObjectVersion,
+    Part, PutObjectInput, PutObjectOutput, Range, StreamingBlob, Timestamp, UploadPartCopyInput,
+    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use zeroize::Zeroizing;
 
+use crate::constants::{S3_LIST_PARTS_MAX, S3_LIST_UPLOADS_MAX, S3_PART_MAX_BYTES, S3_PARTS_MAX};
+use crate::multipart::hex;
 use crate::objects::{ObjectError, ObjectMeta, ObjectStore, UserMetadata};
 
 /// The largest object body a single PUT may carry here (it is held in memory).
@@ -215,6 +250,57 @@ impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
         KisekiS3 { objects, credentials }
     }
 
+    /// Up to `max_keys` entries of a bucket's listing: objects whose keys start with
+    /// `prefix` and sort after `after`, those with `delimiter` after the prefix rolled up
+    /// into one common prefix each (S3's listing for ListObjects, V2 and versions).
+    async fn list_keys(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        mut after: Option<Vec<u8>>,
+        max_keys: usize,
+    ) -> S3Result<Listing> {
+        let mut listing = Listing::default();
+        'pages: loop {
+            let page = self
+                .objects
+                .list_objects(tenant, bucket, prefix.as_bytes(), after.as_deref(), LIST_KEYS_MAX)
+                .await
+                .map_err(object_error)?;
+            let full_page = page.len() == LIST_KEYS_MAX;
+            for listed in page {
+                let key = utf8_key(&listed.key)?;
+                let grouped = delimiter.and_then(|d| {
+                    key[prefix.len()..]
+                        .find(d)
+                        .map(|at| key[..prefix.len() + at + d.len()].to_owned())
+                });
+                if let Some(common) = &grouped
+                    && listing.prefixes.last() == Some(common)
+                {
+                    after = Some(listed.key);
+                    continue;
+                }
+                if listing.objects.len() + listing.prefixes.len() == max_keys {
+                    listing.truncated = true;
+                    break 'pages;
+                }
+                after = Some(listed.key.clone());
+                match grouped {
+                    Some(common) => listing.prefixes.push(common),
+                    None => listing.objects.push(listed),
+                }
+            }
+            if !full_page {
+                break;
+            }
+        }
+        listing.after = after;
+        Ok(listing)
+    }
+
     /// The tenant of a signed request; anonymous requests are refused.
     async fn tenant<T>(&self, request: &S3Request<T>) -> S3Result<TenantId> {
         let Some(credentials) = &request.credentials else {
@@ -298,9 +384,10 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             content_type: input.content_type.map(|t| t.to_string()),
             entries: input.metadata.unwrap_or_default().into_iter().collect(),
         };
+        let condition = put_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let etag = self
             .objects
-            .put_object(tenant, &input.bucket, input.key.as_bytes(), &body, &user)
+            .put_object_if(tenant, &input.bucket, input.key.as_bytes(), &body, &user, condition)
             .await
             .map_err(object_error)?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag_of(etag)), ..Default::default() }))
@@ -313,15 +400,26 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         let tenant = self.tenant(&req).await?;
         let input = &req.input;
         let key = input.key.as_bytes();
-        // The range is resolved against the size in the same manifest read that serves it.
+        let conditions = ReadConditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        // The conditions and the range are checked against the same manifest read that
+        // serves the bytes, so they hold for the bytes sent.
         let (meta, read, bytes) = self
             .objects
-            .get_object_with(tenant, &input.bucket, key, |size| match &input.range {
-                None => Ok((0, size)),
-                Some(range) => range
-                    .check(size)
-                    .map(|checked| (checked.start, checked.end))
-                    .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+            .get_object_with(tenant, &input.bucket, key, |meta| {
+                conditions.check(meta)?;
+                let size = meta.size_bytes;
+                match &input.range {
+                    None => Ok((0, size)),
+                    Some(range) => range
+                        .check(size)
+                        .map(|checked| (checked.start, checked.end))
+                        .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+                }
             })
             .await
             .map_err(object_error)?;
@@ -352,6 +450,13 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             .head_object(tenant, &input.bucket, input.key.as_bytes())
             .await
             .map_err(object_error)?;
+        let conditions = ReadConditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        conditions.check(&meta).map_err(object_error)?;
         let mut output = HeadObjectOutput {
             content_length: Some(meta.size_bytes as i64),
             accept_ranges: Some("bytes".to_owned()),
@@ -385,86 +490,596 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
-        let max_keys = input
-            .max_keys
-            .map_or(LIST_KEYS_MAX, |m| usize::try_from(m).unwrap_or(0).min(LIST_KEYS_MAX));
-        let mut after: Option<Vec<u8>> =
+        let max_keys = clamp_limit(input.max_keys, LIST_KEYS_MAX);
+        let after: Option<Vec<u8>> =
             match &input.continuation_token {
                 Some(token) => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
                     s3_error!(InvalidArgument, "the continuation token is not ours")
                 })?),
                 None => input.start_after.clone().map(String::into_bytes),
             };
-        let mut contents = Vec::new();
-        let mut prefixes: Vec<String> = Vec::new();
-        let mut truncated = false;
-        'pages: loop {
-            let page = self
-                .objects
-                .list_objects(
-                    tenant,
-                    &input.bucket,
-                    prefix.as_bytes(),
-                    after.as_deref(),
-                    LIST_KEYS_MAX,
-                )
-                .await
-                .map_err(object_error)?;
-            let full_page = page.len() == LIST_KEYS_MAX;
-            for listed in page {
-                let key = String::from_utf8(listed.key.clone())
-                    .map_err(|_| s3_error!(InternalError, "a stored key is not UTF-8"))?;
-                let grouped = delimiter.as_ref().and_then(|d| {
-                    key[prefix.len()..]
-                        .find(d.as_str())
-                        .map(|at| key[..prefix.len() + at + d.len()].to_owned())
-                });
-                if let Some(common) = &grouped
-                    && prefixes.last() == Some(common)
-                {
-                    after = Some(listed.key);
-                    continue;
-                }
-                if contents.len() + prefixes.len() == max_keys {
-                    truncated = true;
-                    break 'pages;
-                }
-                match grouped {
-                    Some(common) => prefixes.push(common),
-                    None => contents.push(Object {
-                        key: Some(key),
-                        size: Some(listed.size_bytes as i64),
-                        e_tag: Some(etag_of(listed.etag)),
-                        last_modified: Some(timestamp(listed.modified_unix_ms)),
-                        ..Object::default()
-                    }),
-                }
-                after = Some(listed.key);
-            }
-            if !full_page {
-                break;
-            }
-        }
-        let count = contents.len() + prefixes.len();
-        let next_continuation_token =
-            if truncated { after.as_ref().map(|key| URL_SAFE_NO_PAD.encode(key)) } else { None };
+        let listing = self
+            .list_keys(tenant, &input.bucket, &prefix, delimiter.as_deref(), after, max_keys)
+            .await?;
+        let count = listing.objects.len() + listing.prefixes.len();
+        let next_continuation_token = listing.next_after().map(|key| URL_SAFE_NO_PAD.encode(key));
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: Some(prefix),
             delimiter,
             max_keys: Some(max_keys as i32),
             key_count: Some(count as i32),
-            is_truncated: Some(truncated),
+            is_truncated: Some(listing.truncated),
             continuation_token: input.continuation_token,
             next_continuation_token,
             start_after: input.start_after,
-            contents: Some(contents),
-            common_prefixes: Some(
-                prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect(),
-            ),
+            contents: Some(listing.objects()?),
+            common_prefixes: Some(listing.common_prefixes()),
             ..Default::default()
         }))
     }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = clamp_limit(input.max_keys, LIST_KEYS_MAX);
+        let after = input.marker.clone().filter(|m| !m.is_empty()).map(String::into_bytes);
+        let listing = self
+            .list_keys(tenant, &input.bucket, &prefix, delimiter.as_deref(), after, max_keys)
+            .await?;
+        let next_marker = listing.next_after().map(utf8_key).transpose()?;
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter,
+            marker: Some(input.marker.unwrap_or_default()),
+            max_keys: Some(max_keys as i32),
+            is_truncated: Some(listing.truncated),
+            next_marker,
+            contents: Some(listing.objects()?),
+            common_prefixes: Some(listing.common_prefixes()),
+            ..Default::default()
+        }))
+    }
+
+    /// Versioning is never enabled here: each object is its one version, "null", the latest.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let max_keys = clamp_limit(input.max_keys, LIST_KEYS_MAX);
+        let after = input.key_marker.clone().filter(|m| !m.is_empty()).map(String::into_bytes);
+        let listing = self
+            .list_keys(tenant, &input.bucket, &prefix, delimiter.as_deref(), after, max_keys)
+            .await?;
+        let next_key_marker = listing.next_after().map(utf8_key).transpose()?;
+        let next_version_id_marker = next_key_marker.as_ref().map(|_| NULL_VERSION.to_owned());
+        let mut versions = Vec::with_capacity(listing.objects.len());
+        for listed in &listing.objects {
+            versions.push(ObjectVersion {
+                key: Some(utf8_key(&listed.key)?),
+                version_id: Some(NULL_VERSION.to_owned()),
+                is_latest: Some(true),
+                size: Some(listed.size_bytes as i64),
+                e_tag: Some(etag_of_parts(listed.etag, listed.parts)),
+                last_modified: Some(timestamp(listed.modified_unix_ms)),
+                ..ObjectVersion::default()
+            });
+        }
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter,
+            key_marker: input.key_marker,
+            version_id_marker: input.version_id_marker,
+            max_keys: Some(max_keys as i32),
+            is_truncated: Some(listing.truncated),
+            next_key_marker,
+            next_version_id_marker,
+            versions: Some(versions),
+            common_prefixes: Some(listing.common_prefixes()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let bucket = &req.input.bucket;
+        match self.objects.bucket_exists(tenant, bucket).await {
+            // One region; S3 shows us-east-1 as an empty constraint.
+            Ok(true) => Ok(S3Response::new(GetBucketLocationOutput::default())),
+            Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let (source_bucket, source_key) = copy_source(&input.copy_source)?;
+        let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
+            None | Some("COPY") => None,
+            Some("REPLACE") => Some(UserMetadata {
+                content_type: input.content_type.map(|t| t.to_string()),
+                entries: input.metadata.unwrap_or_default().into_iter().collect(),
+            }),
+            Some(_) => return Err(s3_error!(InvalidArgument, "unknown metadata directive")),
+        };
+        if source_bucket == input.bucket && source_key == input.key && replace.is_none() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object to itself without changing its metadata is not allowed"
+            ));
+        }
+        let conditions = ReadConditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        // Checked on the source read the copy is made from.
+        let source_check = |meta: &ObjectMeta| conditions.check_copy_source(meta);
+        let copied = self
+            .objects
+            .copy_object(
+                tenant,
+                (&source_bucket, source_key.as_bytes()),
+                (&input.bucket, input.key.as_bytes()),
+                replace.as_ref(),
+                source_check,
+            )
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag_of_parts(copied.etag, copied.parts)),
+                last_modified: Some(timestamp(copied.modified_unix_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let identifiers = input.delete.objects;
+        if identifiers.is_empty() || identifiers.len() > LIST_KEYS_MAX {
+            return Err(s3_error!(MalformedXML, "1 to 1000 keys in one DeleteObjects"));
+        }
+        // The bucket is checked once: another tenant's bucket fails the whole request.
+        match self.objects.bucket_exists(tenant, &input.bucket).await {
+            Ok(true) => {}
+            Ok(false) => return Err(object_error(self.objects.absent_bucket(&input.bucket).await)),
+            Err(error) => return Err(object_error(error)),
+        }
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
+        for identifier in identifiers {
+            let key = identifier.key;
+            let outcome = match identifier.version_id.as_deref() {
+                Some(version) if version != NULL_VERSION => Err(s3_error!(NoSuchVersion)),
+                _ => {
+                    match self.objects.delete_object(tenant, &input.bucket, key.as_bytes()).await {
+                        Ok(()) | Err(ObjectError::NoSuchKey) => Ok(()),
+                        Err(error) => Err(object_error(error)),
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) if quiet => {}
+                Ok(()) => deleted.push(DeletedObject {
+                    key: Some(key),
+                    version_id: identifier.version_id,
+                    ..Default::default()
+                }),
+                Err(error) => errors.push(S3DeleteError {
+                    code: Some(error.code().as_str().to_owned()),
+                    message: error.message().map(str::to_owned),
+                    key: Some(key),
+                    version_id: identifier.version_id,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let user = UserMetadata {
+            content_type: input.content_type.map(|t| t.to_string()),
+            entries: input.metadata.unwrap_or_default().into_iter().collect(),
+        };
+        let upload_id = self
+            .objects
+            .create_upload(tenant, &input.bucket, input.key.as_bytes(), &user)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let body = match input.body {
+            None => hyper::body::Bytes::new(),
+            Some(blob) => s3s::Body::from(blob)
+                .store_all_limited(S3_PART_MAX_BYTES)
+                .await
+                .map_err(|_| s3_error!(EntityTooLarge, "at most 256 MiB in one part here"))?,
+        };
+        let etag = self
+            .objects
+            .upload_part(
+                tenant,
+                &input.bucket,
+                input.key.as_bytes(),
+                &input.upload_id,
+                input.part_number,
+                &body,
+            )
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(UploadPartOutput { e_tag: Some(etag_of(etag)), ..Default::default() }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let listed = input.multipart_upload.and_then(|upload| upload.parts).unwrap_or_default();
+        if listed.is_empty() {
+            return Err(s3_error!(MalformedXML, "a completion lists at least one part"));
+        }
+        let mut parts = Vec::with_capacity(listed.len().min(usize::from(S3_PARTS_MAX)));
+        for part in listed {
+            let (Some(number), Some(etag)) = (part.part_number, part.e_tag) else {
+                return Err(s3_error!(InvalidPart, "each part needs its number and ETag"));
+            };
+            parts.push((number, etag.value().to_owned()));
+        }
+        let completed = self
+            .objects
+            .complete_upload(tenant, &input.bucket, input.key.as_bytes(), &input.upload_id, &parts)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag_of_parts(completed.etag, Some(completed.parts))),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let (source_bucket, source_key) = copy_source(&input.copy_source)?;
+        let range =
+            match &input.copy_source_range {
+                None => None,
+                Some(text) => Some(Range::parse(text).map_err(|_| {
+                    s3_error!(InvalidArgument, "copy source range: bytes=first-last")
+                })?),
+            };
+        let conditions = ReadConditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        // The conditions and the range are checked on the source read that gives the bytes.
+        let pick = |meta: &ObjectMeta| {
+            conditions.check_copy_source(meta)?;
+            let size = meta.size_bytes;
+            match &range {
+                None => Ok((0, size)),
+                Some(range) => range
+                    .check(size)
+                    .map(|checked| (checked.start, checked.end))
+                    .map_err(|_| ObjectError::InvalidRange { size_bytes: size }),
+            }
+        };
+        let etag = self
+            .objects
+            .upload_part_copy(
+                tenant,
+                (&input.bucket, input.key.as_bytes(), &input.upload_id),
+                input.part_number,
+                (&source_bucket, source_key.as_bytes()),
+                pick,
+            )
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag_of(etag)),
+                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = &req.input;
+        self.objects
+            .abort_upload(tenant, &input.bucket, input.key.as_bytes(), &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        let limit = clamp_limit(input.max_parts, S3_LIST_PARTS_MAX);
+        let after = input.part_number_marker.map_or(0, |m| u16::try_from(m).unwrap_or(u16::MAX));
+        let (parts, truncated) = self
+            .objects
+            .list_parts(tenant, &input.bucket, input.key.as_bytes(), &input.upload_id, after, limit)
+            .await
+            .map_err(object_error)?;
+        let next = parts.last().map(|part| i32::from(part.number));
+        let parts = parts
+            .into_iter()
+            .map(|part| Part {
+                part_number: Some(i32::from(part.number)),
+                size: Some(part.size_bytes as i64),
+                e_tag: Some(etag_of(part.etag)),
+                ..Part::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(limit as i32),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: if truncated { next } else { None },
+            is_truncated: Some(truncated),
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let input = req.input;
+        if input.delimiter.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(s3_error!(NotImplemented, "ListMultipartUploads with a delimiter"));
+        }
+        let limit = clamp_limit(input.max_uploads, S3_LIST_UPLOADS_MAX);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let marker = input
+            .key_marker
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|key| (key.as_bytes(), input.upload_id_marker.as_deref()));
+        let (uploads, truncated) = self
+            .objects
+            .list_uploads(tenant, &input.bucket, prefix.as_bytes(), marker, limit)
+            .await
+            .map_err(object_error)?;
+        let mut listed = Vec::with_capacity(uploads.len());
+        for upload in &uploads {
+            listed.push(MultipartUpload {
+                key: Some(utf8_key(&upload.key)?),
+                upload_id: Some(upload.upload_id.clone()),
+                initiated: Some(timestamp(upload.initiated_unix_ms)),
+                ..MultipartUpload::default()
+            });
+        }
+        let (next_key_marker, next_upload_id_marker) = match uploads.last() {
+            Some(last) if truncated => (Some(utf8_key(&last.key)?), Some(last.upload_id.clone())),
+            _ => (None, None),
+        };
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: Some(prefix),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker,
+            next_upload_id_marker,
+            max_uploads: Some(limit as i32),
+            is_truncated: Some(truncated),
+            uploads: Some(listed),
+            ..Default::default()
+        }))
+    }
+}
+
+/// The conditional headers of a GET or HEAD (or a copy's source), evaluated as RFC 9110
+/// orders them: If-Match, else If-Unmodified-Since (412 when they fail); then If-None-Match,
+/// else If-Modified-Since (304 when the object is unchanged). Times compare in whole
+/// seconds, the resolution of HTTP dates.
+struct ReadConditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+impl ReadConditions<'_> {
+    fn check(&self, meta: &ObjectMeta) -> Result<(), ObjectError> {
+        let etag = etag_of_parts(meta.etag, meta.parts);
+        let modified_s = (meta.modified_unix_ms / 1000) as i64;
+        let matches = |condition: &ETagCondition| match condition {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(tag) => tag.value() == etag.value(),
+        };
+        match (self.if_match, self.if_unmodified_since) {
+            (Some(condition), _) if !matches(condition) => {
+                return Err(ObjectError::PreconditionFailed);
+            }
+            (None, Some(since)) if modified_s > unix_seconds(since) => {
+                return Err(ObjectError::PreconditionFailed);
+            }
+            _ => {}
+        }
+        match (self.if_none_match, self.if_modified_since) {
+            (Some(condition), _) if matches(condition) => Err(ObjectError::NotModified),
+            (None, Some(since)) if modified_s <= unix_seconds(since) => {
+                Err(ObjectError::NotModified)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ReadConditions<'_> {
+    /// As [`Self::check`] for a copy's source: any failure is 412 (S3 answers no 304 to a
+    /// copy).
+    fn check_copy_source(&self, meta: &ObjectMeta) -> Result<(), ObjectError> {
+        match self.check(meta) {
+            Err(ObjectError::NotModified) => Err(ObjectError::PreconditionFailed),
+            other => other,
+        }
+    }
+}
+
+/// The bucket and key a copy reads; only the null version exists.
+fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+    match source {
+        CopySource::Bucket { bucket, key, version_id } => {
+            if version_id.as_deref().is_some_and(|v| v != NULL_VERSION) {
+                return Err(s3_error!(NoSuchVersion, "versioning is off: only \"null\""));
+            }
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(s3_error!(NotImplemented, "copies from access points")),
+    }
+}
+
+fn unix_seconds(timestamp: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(timestamp.clone()).unix_timestamp()
+}
+
+/// The condition of a conditional PUT: `If-None-Match: *` (the key must be free) or
+/// `If-Match` (the object must exist, with that ETag unless `*`). Checked where the put is
+/// applied in the metadata, atomically with the write.
+fn put_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<Option<PutCondition>> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => {
+            Err(s3_error!(NotImplemented, "If-Match and If-None-Match together on a PUT"))
+        }
+        (None, Some(ETagCondition::Any)) => Ok(Some(PutCondition::Absent)),
+        (None, Some(ETagCondition::ETag(_))) => {
+            Err(s3_error!(NotImplemented, "If-None-Match on a PUT takes only *"))
+        }
+        (Some(ETagCondition::Any), None) => Ok(Some(PutCondition::Present)),
+        (Some(ETagCondition::ETag(tag)), None) => {
+            // A multipart ETag's `-N` is not kept apart from its digest; the digest decides.
+            let digest = tag.value().split_once('-').map_or(tag.value(), |(digest, _)| digest);
+            match crate::multipart::parse_etag(digest) {
+                Some(etag) => Ok(Some(PutCondition::ETagIs(MetaETag(etag)))),
+                // Not an ETag we could have given: no object has it.
+                None => Err(s3_error!(PreconditionFailed)),
+            }
+        }
+    }
+}
+
+/// One page of a bucket listing; see [`KisekiS3::list_keys`].
+#[derive(Debug, Default)]
+struct Listing {
+    objects: Vec<crate::objects::Listed>,
+    prefixes: Vec<String>,
+    truncated: bool,
+    /// The last key the page consumed (objects and keys rolled into prefixes).
+    after: Option<Vec<u8>>,
+}
+
+impl Listing {
+    /// Where the next page starts (after this key), when the listing was truncated.
+    fn next_after(&self) -> Option<&[u8]> {
+        if self.truncated { self.after.as_deref() } else { None }
+    }
+
+    fn objects(&self) -> S3Result<Vec<Object>> {
+        let mut objects = Vec::with_capacity(self.objects.len());
+        for listed in &self.objects {
+            objects.push(Object {
+                key: Some(utf8_key(&listed.key)?),
+                size: Some(listed.size_bytes as i64),
+                e_tag: Some(etag_of_parts(listed.etag, listed.parts)),
+                last_modified: Some(timestamp(listed.modified_unix_ms)),
+                ..Object::default()
+            });
+        }
+        Ok(objects)
+    }
+
+    fn common_prefixes(&self) -> Vec<CommonPrefix> {
+        self.prefixes.iter().map(|p| CommonPrefix { prefix: Some(p.clone()) }).collect()
+    }
+}
+
+/// The version id of every object while versioning is off (S3's "null" version).
+const NULL_VERSION: &str = "null";
+
+/// A listing's page size: what the client asked for, at most `max` (S3's limits).
+fn clamp_limit(asked: Option<i32>, max: usize) -> usize {
+    asked.map_or(max, |m| usize::try_from(m).unwrap_or(0).min(max))
+}
+
+fn utf8_key(key: &[u8]) -> S3Result<String> {
+    String::from_utf8(key.to_vec())
+        .map_err(|_| s3_error!(InternalError, "a stored key is not UTF-8"))
 }
 
 fn fill_head(
@@ -473,7 +1088,7 @@ fn fill_head(
     last_modified: &mut Option<Timestamp>,
     metadata: &mut Option<s3s::dto::Metadata>,
 ) {
-    *etag = Some(etag_of(meta.etag));
+    *etag = Some(etag_of_parts(meta.etag, meta.parts));
     *last_modified = Some(timestamp(meta.modified_unix_ms));
     if !meta.user.entries.is_empty() {
         *metadata = Some(meta.user.entries.clone().into_iter().collect());
@@ -481,12 +1096,15 @@ fn fill_head(
 }
 
 fn etag_of(md5: [u8; 16]) -> S3ETag {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hex = md5
-        .iter()
-        .flat_map(|byte| [HEX[usize::from(byte >> 4)] as char, HEX[usize::from(byte & 15)] as char])
-        .collect();
-    S3ETag::Strong(hex)
+    etag_of_parts(md5, None)
+}
+
+/// S3's ETag: the MD5 in hex, followed by `-<parts>` for a multipart object.
+fn etag_of_parts(md5: [u8; 16], parts: Option<u16>) -> S3ETag {
+    match parts {
+        None => S3ETag::Strong(hex(&md5)),
+        Some(parts) => S3ETag::Strong(format!("{}-{parts}", hex(&md5))),
+    }
 }
 
 fn timestamp(unix_ms: u64) -> Timestamp {
@@ -507,6 +1125,19 @@ fn object_error(error: ObjectError) -> S3Error {
         }
         ObjectError::InvalidKey(why) => S3Error::with_message(S3ErrorCode::InvalidArgument, why),
         ObjectError::InvalidRange { .. } => s3_error!(InvalidRange),
+        ObjectError::NoSuchUpload => s3_error!(NoSuchUpload),
+        ObjectError::InvalidPartNumber => {
+            s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000")
+        }
+        ObjectError::InvalidPart => s3_error!(InvalidPart),
+        ObjectError::InvalidPartOrder => s3_error!(InvalidPartOrder),
+        ObjectError::EntityTooSmall => s3_error!(EntityTooSmall),
+        ObjectError::EntityTooLarge => s3_error!(EntityTooLarge),
+        ObjectError::PreconditionFailed => s3_error!(PreconditionFailed),
+        ObjectError::NotModified => s3_error!(NotModified),
+        ObjectError::TooManyUploads => {
+            s3_error!(SlowDown, "too many open multipart uploads; abort some")
+        }
         ObjectError::TenantKeysDestroyed => {
             S3Error::with_message(S3ErrorCode::AccessDenied, "tenant keys destroyed")
         }

@@ -1,7 +1,9 @@
 //! The S3 front end against a real client: an S3 server over TLS on 127.0.0.1 (a one-node
 //! metadata group on redb, an engine on a memory device, a key manager), two tenants with
 //! credentials made the way `s3-credentials create` makes them, and boto3 (s3_boto3.py)
-//! driving every served operation and the negatives. boto3 comes from scripts/test.sh.
+//! driving every served operation and the negatives (and aws-cli's multipart `s3 cp` when
+//! `aws` is on the PATH). boto3 comes from scripts/test.sh. At the end every chunk
+//! reference must have been given back.
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -33,7 +35,7 @@ fn open_memory_shard() -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError
         buffer_size_bytes: 128 << 10,
         ..DeviceOptions::default()
     };
-    let mut device = MemoryDevice::new(64 << 20, &options).unwrap();
+    let mut device = MemoryDevice::new(192 << 20, &options).unwrap();
     let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
     Shard::format(&mut device, &format)?;
     Shard::open(device, &OpenOptions::default())
@@ -125,6 +127,13 @@ async fn boto3_exercises_every_served_operation_and_the_negatives() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "boto3 failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
+    println!("{stdout}");
+
+    // The script deleted everything it made: every chunk reference a put, a part, a
+    // replaced part, an aborted upload or a completion took was given back.
+    let stats = engine.handle().stats().await.unwrap();
+    let chunks: u64 = stats.iter().map(|shard| shard.chunks).sum();
+    assert_eq!(chunks, 0, "chunks still referenced after every object and upload is gone");
 
     server.shutdown().await;
     engine.shutdown().unwrap();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiseki_consensus::command::{
-    ChunkId, ChunkRef, Command, ETag, KeyScope, Manifest, ObjectBody, Part, RefDelta, Sealed,
-    UploadId,
+    ChunkId, ChunkRef, Command, ETag, KeyScope, Manifest, ObjectBody, Part, PutCondition, RefDelta,
+    Sealed, UploadId,
 };
 use kiseki_consensus::guard::{Budget, GuardLimits};
 use kiseki_consensus::sim::SimNetwork;
@@ -264,8 +264,17 @@ async fn a_multipart_upload_completes_into_one_manifest() {
     };
     for n in [1u8, 2, 3] {
         let put = Command::PutPart { tenant: owner, upload, number: u16::from(n), part: part(n) };
-        cluster.propose(put).await.expect("part");
+        assert_eq!(cluster.propose(put).await.expect("part"), Applied::Done);
     }
+    // Replacing a part hands back the chunks of the one it replaced.
+    let put = Command::PutPart { tenant: owner, upload, number: 3, part: part(3) };
+    assert_eq!(cluster.propose(put).await.expect("part"), Applied::Released(part(3).chunks));
+    let view = cluster.group(1).read().await.expect("read");
+    let listed: Vec<u16> =
+        view.parts(&owner, &upload, 1, 10).expect("parts").iter().map(|(n, _)| *n).collect();
+    assert_eq!(listed, vec![2, 3], "parts above 1, in order");
+    assert_eq!(view.uploads(&owner).expect("uploads").len(), 1);
+    drop(view);
     let busy = cluster.propose(Command::DeleteBucket { tenant: owner, bucket: "big".into() }).await;
     assert!(matches!(rejection(busy), Rejection::Conflict(_)), "an open upload keeps the bucket");
     let wrong_etag = Command::CompleteUpload {
@@ -281,7 +290,8 @@ async fn a_multipart_upload_completes_into_one_manifest() {
         parts: vec![(1, ETag([1; 16])), (3, ETag([3; 16]))],
         etag: ETag([0xee; 16]),
     };
-    cluster.propose(complete).await.expect("complete");
+    let released = cluster.propose(complete).await.expect("complete");
+    assert_eq!(released, Applied::Released(part(2).chunks), "the part left out is released");
     let view = cluster.group(1).read().await.expect("read");
     let manifest = view.object(&owner, "big", b"movie").expect("read").expect("object");
     assert_eq!(manifest.size_bytes, 30, "parts 1 and 3 only");
@@ -291,6 +301,107 @@ async fn a_multipart_upload_completes_into_one_manifest() {
     assert_eq!(manifest.sealed_user_metadata, Sealed(vec![9]));
     assert!(view.upload(&owner, &upload).expect("read").is_none(), "the upload is gone");
     assert!(view.part(&owner, &upload, 2).expect("read").is_none(), "unused parts are dropped");
+    drop(view);
+
+    // A second upload to the same key: completing it releases the object it replaces, with
+    // the metadata given at completion; aborting a third releases every part.
+    let second = UploadId([9; 16]);
+    let create = |upload| Command::CreateUpload {
+        tenant: owner,
+        bucket: "big".into(),
+        key: b"movie".to_vec(),
+        upload,
+        sealed_user_metadata: Sealed(vec![9]),
+    };
+    cluster.propose(create(second)).await.expect("create upload");
+    let put = Command::PutPart { tenant: owner, upload: second, number: 1, part: part(7) };
+    cluster.propose(put).await.expect("part");
+    let complete = Command::CompleteUploadAs {
+        tenant: owner,
+        upload: second,
+        parts: vec![(1, ETag([7; 16]))],
+        etag: ETag([0xdd; 16]),
+        sealed_user_metadata: Sealed(vec![42]),
+    };
+    let mut replaced = part(1).chunks;
+    replaced.extend(part(3).chunks);
+    assert_eq!(cluster.propose(complete).await.expect("complete"), Applied::Released(replaced));
+    let view = cluster.group(1).read().await.expect("read");
+    let manifest = view.object(&owner, "big", b"movie").expect("read").expect("object");
+    assert_eq!(manifest.sealed_user_metadata, Sealed(vec![42]));
+    assert_eq!(manifest.etag, ETag([0xdd; 16]));
+    drop(view);
+    let third = UploadId([10; 16]);
+    cluster.propose(create(third)).await.expect("create upload");
+    for n in [4u8, 5] {
+        let put =
+            Command::PutPart { tenant: owner, upload: third, number: u16::from(n), part: part(n) };
+        cluster.propose(put).await.expect("part");
+    }
+    // An upload holds at most one manifest's worth of chunks; replacing a part counts its
+    // chunks once.
+    let many = |count: usize| Part {
+        chunks: vec![ChunkRef { id: ChunkId([77; 32]), size_bytes: 1 }; count],
+        size_bytes: count as u64,
+        etag: ETag([77; 16]),
+    };
+    let over = Command::PutPart { tenant: owner, upload: third, number: 6, part: many(16_381) };
+    assert!(matches!(rejection(cluster.propose(over).await), Rejection::TooLarge { .. }));
+    let fits = Command::PutPart { tenant: owner, upload: third, number: 4, part: many(16_382) };
+    assert_eq!(cluster.propose(fits).await.expect("part"), Applied::Released(part(4).chunks));
+    let listed = cluster.group(1).read().await.expect("read");
+    let numbers: Vec<u16> =
+        listed.parts(&owner, &third, 0, 10).expect("parts").iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, vec![4, 5], "the count row is not a part");
+    drop(listed);
+    let abort = Command::AbortUpload { tenant: owner, upload: third };
+    let mut dropped = many(16_382).chunks;
+    dropped.extend(part(5).chunks);
+    assert_eq!(cluster.propose(abort).await.expect("abort"), Applied::Released(dropped));
+    let gone = Command::PutPart { tenant: owner, upload: third, number: 1, part: part(1) };
+    assert!(matches!(rejection(cluster.propose(gone).await), Rejection::NotFound(_)));
+    cluster.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conditional_put_checks_its_condition_where_it_is_applied() {
+    let cluster = SimCluster::start(3, 1, ShardId(0), one_shard()).await;
+    cluster.initialize().await;
+    cluster.wait_for_leader(Duration::from_secs(5)).await.expect("leader");
+    let owner = tenant(6);
+    cluster.propose(create_tenant(owner)).await.expect("tenant");
+    cluster.propose(create_bucket(owner, "cond")).await.expect("bucket");
+    let Command::PutObject { manifest, .. } = put_object(owner, "cond", 1) else { unreachable!() };
+    let put_if = |condition, etag: u8| Command::PutObjectIf {
+        tenant: owner,
+        bucket: "cond".into(),
+        key: b"k".to_vec(),
+        manifest: Manifest { etag: ETag([etag; 16]), ..manifest.clone() },
+        condition,
+    };
+    for needs_object in [PutCondition::Present, PutCondition::ETagIs(ETag([1; 16]))] {
+        let refused = cluster.propose(put_if(needs_object, 1)).await;
+        assert_eq!(rejection(refused), Rejection::NotFound("object".into()), "no object yet");
+    }
+    assert_eq!(cluster.propose(put_if(PutCondition::Absent, 1)).await.expect("put"), Applied::Done);
+    let refused = cluster.propose(put_if(PutCondition::Absent, 2)).await;
+    assert_eq!(
+        rejection(refused),
+        Rejection::Conflict(kiseki_consensus::PRECONDITION_FAILED.into()),
+        "the key exists"
+    );
+    let refused = cluster.propose(put_if(PutCondition::ETagIs(ETag([9; 16])), 2)).await;
+    assert!(matches!(rejection(refused), Rejection::Conflict(_)), "another ETag");
+    let replaced = cluster.propose(put_if(PutCondition::ETagIs(ETag([1; 16])), 2)).await;
+    assert!(matches!(replaced, Ok(Applied::Replaced(_))), "{replaced:?}");
+    let replaced = cluster.propose(put_if(PutCondition::Present, 3)).await;
+    assert!(matches!(replaced, Ok(Applied::Replaced(_))), "{replaced:?}");
+    let replaced = cluster.propose(put_if(PutCondition::ETagIs(ETag([3; 16])), 2)).await;
+    assert!(matches!(replaced, Ok(Applied::Replaced(_))), "{replaced:?}");
+    let view = cluster.group(1).read().await.expect("read");
+    let manifest = view.object(&owner, "cond", b"k").expect("read").expect("object");
+    assert_eq!(manifest.etag, ETag([2; 16]));
+    drop(view);
     cluster.stop().await;
 }
 
