@@ -229,6 +229,12 @@ pub enum Command {
         manifest: Manifest,
         condition: PutCondition,
     },
+    // Added for the key service's policies (issue 7), under the same rule.
+    /// Replaces the key service's KES policies and identity bindings (sealed under the
+    /// root key by the key manager: the state holds them opaque).
+    PutKeyPolicies {
+        sealed_policies: Sealed,
+    },
 }
 
 /// What a conditional put requires of the object it would replace. A condition that
@@ -290,7 +296,8 @@ impl Command {
             Command::AdvanceKeyEpoch { scope: KeyScope::System, .. }
             | Command::RetireKeyEpoch { scope: KeyScope::System, .. }
             | Command::AppendAudit { scope: AuditScope::System, .. }
-            | Command::AppendAuditAt { scope: AuditScope::System, .. } => ShardKey::System,
+            | Command::AppendAuditAt { scope: AuditScope::System, .. }
+            | Command::PutKeyPolicies { .. } => ShardKey::System,
         }
     }
 
@@ -401,6 +408,12 @@ impl Command {
                 Ok(())
             }
             Command::DestroyTenantKeys { tenant } => check_tenant(tenant),
+            Command::PutKeyPolicies { sealed_policies } => {
+                if sealed_policies.0.is_empty() {
+                    return Err(Rejection::invalid("empty key policies"));
+                }
+                check_sealed(sealed_policies, "key policies")
+            }
         }
     }
 }
@@ -696,6 +709,19 @@ mod tests {
         ] {
             assert!(bad.check_shape().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn key_policies_are_appended_after_the_s3_commands_and_checked() {
+        let put = Command::PutKeyPolicies { sealed_policies: Sealed(vec![7; 64]) };
+        assert_eq!(postcard::to_allocvec(&put).unwrap()[0], 20, "appended: variant 20");
+        assert_eq!(put.shard_key(), ShardKey::System);
+        assert_eq!(put.check_shape(), Ok(()));
+        let empty = Command::PutKeyPolicies { sealed_policies: Sealed(Vec::new()) };
+        assert!(matches!(empty.check_shape(), Err(Rejection::Invalid(_))));
+        let huge =
+            Command::PutKeyPolicies { sealed_policies: Sealed(vec![0; SEALED_BLOB_MAX_BYTES + 1]) };
+        assert!(matches!(huge.check_shape(), Err(Rejection::TooLarge { .. })));
     }
 
     #[test]

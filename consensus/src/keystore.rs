@@ -3,7 +3,7 @@
 //! metadata.
 //!
 //! Writes are proposals (`AdvanceKeyEpoch`, `RetireKeyEpoch`, `DestroyTenantKeys`,
-//! `AppendAuditAt`), checked for shape and against the leader's state before they are
+//! `AppendAuditAt`, `PutKeyPolicies`), checked for shape and against the leader's state before they are
 //! proposed and again when applied; a refused one changes nothing. Reads are this node's
 //! applied state (`local_view`): on a follower they may lag the leader by the entries not
 //! yet applied, which the key manager's cache TTL already allows for.
@@ -115,6 +115,15 @@ impl KeyStoreBackend for ConsensusKeyStore {
             ),
         };
         Ok(Some(StoredAudit { sequence, tenant, bytes: record.sealed_record.0 }))
+    }
+
+    fn put_policies(&mut self, sealed: Vec<u8>) -> Result<(), StoreError> {
+        self.propose(Command::PutKeyPolicies { sealed_policies: Sealed(sealed) })
+    }
+
+    fn policies(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let sealed = self.view()?.key_policies().map_err(store_error)?;
+        Ok(sealed.map(|sealed| sealed.0))
     }
 }
 

@@ -56,6 +56,7 @@ pub(crate) const SNAPSHOT_TABLES: [Def; 10] = [
 pub(crate) const META_APPLIED: &[u8] = b"applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
 const META_AUDIT_NEXT: &[u8] = b"audit_next";
+const META_KEY_POLICIES: &[u8] = b"key_policies";
 
 /// The refusal of a key for a shredded tenant (the key manager matches on it).
 pub const TENANT_KEYS_DESTROYED: &str = "tenant keys destroyed";
@@ -279,6 +280,11 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
 
     pub(crate) fn audit_record(&self, sequence: u64) -> Result<Option<AuditRecord>, StateError> {
         read_record(&self.audit, &sequence.to_be_bytes())
+    }
+
+    /// The key service's policies as the key manager sealed them, once any were stored.
+    pub(crate) fn key_policies(&self) -> Result<Option<Sealed>, StateError> {
+        Ok(self.meta.get(META_KEY_POLICIES)?.map(|row| Sealed(row.value().to_vec())))
     }
 
     /// The sequence number the next audit record gets (the first is 1).
@@ -582,6 +588,7 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                     return Err(Rejection::conflict(AUDIT_SEQUENCE_NOT_NEXT).into());
                 }
             }
+            Command::PutKeyPolicies { .. } => {}
         }
         Ok(())
     }
@@ -742,6 +749,9 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
                 let next = sequence + 1;
                 self.meta.insert(META_AUDIT_NEXT, encode(&next).as_slice())?;
                 return Ok(Applied::AuditSequence(sequence));
+            }
+            Command::PutKeyPolicies { sealed_policies } => {
+                self.meta.insert(META_KEY_POLICIES, sealed_policies.0.as_slice())?;
             }
         }
         Ok(Applied::Done)

@@ -142,6 +142,11 @@ impl StateView {
         self.tables.keys_destroyed(tenant).map_err(storage)
     }
 
+    /// The key service's policies as last stored (sealed), if any.
+    pub fn key_policies(&self) -> Result<Option<Sealed>, ConsensusError> {
+        self.tables.key_policies().map_err(storage)
+    }
+
     /// The sequence number the next audit record gets (1 for an empty log).
     pub fn audit_next(&self) -> Result<u64, ConsensusError> {
         self.tables.audit_next().map_err(storage)

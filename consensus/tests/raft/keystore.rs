@@ -13,7 +13,8 @@ use kiseki_consensus::{
 use kiseki_security::TenantId;
 use kiseki_security::keymanager::{
     AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyManagerConfig, KeyManagerError,
-    LocalRootKey, MemoryLocking, NoRetentionHolds, SystemClock, create_root_key_file,
+    KeyStoreBackend as _, LocalRootKey, MemoryLocking, NoRetentionHolds, SystemClock,
+    create_root_key_file,
 };
 use tokio::runtime::Handle;
 
@@ -23,6 +24,9 @@ use crate::groups::{file_group, one_shard};
 const SECRET: &[u8] = b"TOP-SECRET-manifest-of-tenant-one";
 /// A tenant's own KEK, imported: its bytes must never reach the data dir.
 const IMPORTED_KEK: [u8; 32] = *b"IMPORTED-KEK-bytes-0123456789abc";
+
+/// Stand-in bytes for sealed key-service policies (the store holds them opaque).
+const POLICIES: &[u8] = b"sealed policies";
 
 fn security_tenant(n: u8) -> TenantId {
     TenantId::new([n; 16]).expect("not nil")
@@ -73,6 +77,10 @@ async fn keys_and_audit_live_in_the_state_machine_and_survive_a_restart() {
         keys.import_tenant_kek(two, &IMPORTED_KEK).expect("import");
         let sealed_one = keys.seal_for_tenant(one, b"ctx", SECRET).expect("seal");
         let sealed_two = keys.seal_for_tenant(two, b"ctx", b"two's data").expect("seal");
+        // The key service's policies: nothing until stored, then the last stored bytes.
+        assert_eq!(keys.store().policies().expect("policies"), None);
+        keys.store_mut().put_policies(b"first".to_vec()).expect("policies");
+        keys.store_mut().put_policies(POLICIES.to_vec()).expect("policies");
         let mut log = AuditLog::default();
         for (action, tenant) in
             [("rotate master", None), ("create kek", Some(one)), ("import", Some(two))]
@@ -135,6 +143,7 @@ async fn keys_and_audit_live_in_the_state_machine_and_survive_a_restart() {
         let mut keys = key_manager(&path, &shared);
         assert_eq!(keys.init_cluster().expect("init"), (2, false));
         assert_eq!(keys.master_epochs().expect("epochs"), vec![2]);
+        assert_eq!(keys.store().policies().expect("policies").as_deref(), Some(POLICIES));
         assert!(keys.master_key(2).is_ok());
         assert_eq!(
             &keys.open_for_tenant(two, b"ctx", &sealed_two).expect("open")[..],

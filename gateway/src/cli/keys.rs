@@ -364,23 +364,34 @@ fn keyserver_until(
         _ => TlsPaths::from_env()?,
     };
     let tls = TlsBuilder::new(paths).build()?;
+    // A policy file given at start replaces the stored policies; without one, the stored
+    // policies (the last edits through the service) apply.
     let kes = match &args.kes_policy_file {
-        None => KesPolicies::default(),
+        None => None,
         Some(path) => {
             let bytes = std::fs::read(path)
                 .map_err(|error| CliError::Usage(format!("{}: {error}", path.display())))?;
-            KesPolicies::parse(&bytes).map_err(|error| CliError::Usage(error.to_string()))?
+            Some(KesPolicies::parse(&bytes).map_err(|error| CliError::Usage(error.to_string()))?)
         }
     };
+    let from_file = kes.is_some();
     let role_files = match (&args.policy_file, &args.scope_file) {
         (Some(policy), Some(scope)) => Some(read_role_files(policy, scope)?),
         _ => None,
     };
-    let authorizer = Authorizer::new(role_files.unwrap_or_default(), kes);
+    let authorizer = Authorizer::new(role_files.unwrap_or_default(), kes.unwrap_or_default());
     let holds = retention_holds(&meta_dir(&args.data.data_dir)?)?;
     with_node(&args.data.data_dir, |mut keys, runtime| {
         let (epoch, _) = keys.init_cluster().map_err(key_error)?;
-        let service = KeyService::new(keys, authorizer, AuditLog::default(), Box::new(holds));
+        let mut service = KeyService::new(keys, authorizer, AuditLog::default(), Box::new(holds));
+        let policies = if from_file {
+            service.save_policies().map_err(key_error)?;
+            "from --kes-policy-file, stored"
+        } else if service.restore_policies().map_err(key_error)? {
+            "as stored by the last edits"
+        } else {
+            "none yet"
+        };
         let service = Arc::new(Mutex::new(service));
         runtime.block_on(async {
             let listener = TcpListener::bind(&args.listen).await.map_err(|source| {
@@ -389,7 +400,7 @@ fn keyserver_until(
             let _crl_poller = tls.spawn_crl_poller()?;
             writeln!(
                 out,
-                "key service listening on {} (master key epoch {epoch})",
+                "key service listening on {} (master key epoch {epoch}; KES policies: {policies})",
                 listener.local_addr()?
             )?;
             out.flush()?;

@@ -309,6 +309,33 @@ impl fmt::Display for KesEditError {
 impl std::error::Error for KesEditError {}
 
 impl KesPolicies {
+    /// The policies and bindings in the file form [`KesPolicies::parse`] reads back.
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        let mut file = serde_json::Map::new();
+        for (name, policy) in &self.policies {
+            fn texts(patterns: &[ApiPattern]) -> Vec<&str> {
+                patterns.iter().map(ApiPattern::as_str).collect()
+            }
+            let identities: Vec<&str> = self
+                .bindings
+                .iter()
+                .filter(|(_, bound)| *bound == name)
+                .map(|(identity, _)| identity.as_str())
+                .collect();
+            // The file form has no empty lists: an empty deny or identity list is left out.
+            let mut entry = serde_json::Map::new();
+            entry.insert(FIELD_ALLOW.to_owned(), serde_json::json!(texts(&policy.allow)));
+            if !policy.deny.is_empty() {
+                entry.insert(FIELD_DENY.to_owned(), serde_json::json!(texts(&policy.deny)));
+            }
+            if !identities.is_empty() {
+                entry.insert(FIELD_IDENTITIES.to_owned(), serde_json::json!(identities));
+            }
+            file.insert(name.clone(), serde_json::Value::Object(entry));
+        }
+        serde_json::to_vec(&serde_json::Value::Object(file)).unwrap_or_default()
+    }
+
     /// Creates or replaces the policy `name`; identities bound to it stay bound.
     pub fn put_policy(
         &mut self,
@@ -443,6 +470,26 @@ mod tests {
 
     const ID_A: &str = "3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22";
     const ID_B: &str = "0000000000000000000000000000000000000000000000000000000000000b0b";
+
+    #[test]
+    fn policies_written_out_read_back_the_same() {
+        let mut policies = KesPolicies::default();
+        policies.put_policy("app", &["/v1/key/generate/app-*"], &["/v1/key/delete/*"]).unwrap();
+        policies.put_policy("ops", &["/v1/key/status"], &[]).unwrap();
+        policies.assign(ID_A, "app").unwrap();
+        policies.assign(ID_B, "ops").unwrap();
+        let again = KesPolicies::parse(&policies.to_file_bytes()).unwrap();
+        assert_eq!(again.to_file_bytes(), policies.to_file_bytes());
+        assert_eq!(again.policy_of(ID_A).map(KesPolicy::name), Some("app"));
+        assert_eq!(again.policy_of(ID_B).map(KesPolicy::name), Some("ops"));
+        let app = again.policy("app").unwrap();
+        assert_eq!(app.allow()[0].as_str(), "/v1/key/generate/app-*");
+        assert_eq!(app.deny()[0].as_str(), "/v1/key/delete/*");
+        // A policy nobody is bound to survives too; none at all is an empty file.
+        assert!(again.policy("ops").is_some());
+        let none = KesPolicies::parse(&KesPolicies::default().to_file_bytes()).unwrap();
+        assert_eq!(none.policies().count(), 0);
+    }
 
     fn path(text: &str) -> ApiPath {
         ApiPath::parse(text).unwrap_or_else(|error| panic!("{text}: {error}"))

@@ -30,6 +30,9 @@ use crate::keymanager::audit_log::{AuditEntry, AuditKind, AuditLog, AuditOutcome
 use crate::keymanager::error::KeyManagerError;
 use crate::keymanager::manager::{KeyManager, KeyManagerStatus, RetentionHolds};
 use crate::keymanager::store::{KeyScope, KeyStoreBackend};
+
+/// What the root key's seal of the stored policies is bound to.
+const POLICIES_AAD: &[u8] = b"kiseki key service policies v1";
 use crate::role::OrgId;
 
 /// The key name of the system master key.
@@ -202,6 +205,26 @@ impl<S: KeyStoreBackend> KeyService<S> {
         &self.authorizer
     }
 
+    /// Stores the KES policies and bindings in force (sealed under the root key), so a
+    /// restart, or another key server on the same store, finds them. Policy and identity
+    /// edits through [`Self::call`] do this themselves.
+    pub fn save_policies(&mut self) -> Result<(), KeyManagerError> {
+        let bytes = self.authorizer.kes_policies().to_file_bytes();
+        let sealed = self.keys.root().seal(POLICIES_AAD, &bytes)?;
+        self.keys.store_mut().put_policies(sealed)?;
+        Ok(())
+    }
+
+    /// Replaces the policies in force with the stored ones; false if none were stored.
+    pub fn restore_policies(&mut self) -> Result<bool, KeyManagerError> {
+        let Some(sealed) = self.keys.store().policies()? else { return Ok(false) };
+        let bytes = self.keys.root().open(POLICIES_AAD, &sealed)?;
+        let policies = KesPolicies::parse(&bytes)
+            .map_err(|_| KeyManagerError::CorruptRecord { what: "stored key policies" })?;
+        self.authorizer.replace_kes_policies(policies);
+        Ok(true)
+    }
+
     /// Decides, audits and, if allowed, runs one call.
     pub fn call(
         &mut self,
@@ -367,6 +390,23 @@ impl<S: KeyStoreBackend> KeyService<S> {
     }
 
     fn policy_call(&mut self, request: KeyRequest) -> Result<KeyReply, KeyManagerError> {
+        let edits = matches!(
+            request,
+            KeyRequest::PolicyWrite { .. }
+                | KeyRequest::PolicyDelete { .. }
+                | KeyRequest::IdentityAssign { .. }
+                | KeyRequest::IdentityDelete { .. }
+        );
+        let reply = self.policy_read_or_edit(request)?;
+        if edits {
+            // An edit the store did not take is reported as failed, though it holds in
+            // this process until a restart: the caller must not count on it.
+            self.save_policies()?;
+        }
+        Ok(reply)
+    }
+
+    fn policy_read_or_edit(&mut self, request: KeyRequest) -> Result<KeyReply, KeyManagerError> {
         let refused =
             |why: String| KeyManagerError::Store(crate::keymanager::StoreError::Refused(why));
         let policies: &mut KesPolicies = self.authorizer.kes_policies_mut();

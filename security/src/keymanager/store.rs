@@ -96,6 +96,10 @@ pub trait KeyStoreBackend {
     /// The sequence number the next audit record gets (1 for an empty log).
     fn audit_next(&self) -> Result<u64, StoreError>;
     fn audit_record(&self, sequence: u64) -> Result<Option<StoredAudit>, StoreError>;
+    /// Replaces the key service's policies (sealed under the root key).
+    fn put_policies(&mut self, sealed: Vec<u8>) -> Result<(), StoreError>;
+    /// The policies last stored; `None` before the first.
+    fn policies(&self) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// The key store in this process's memory, keeping every rule of the trait.
@@ -108,6 +112,7 @@ pub struct MemoryKeyStore {
     /// Kept apart from the records, as the consensus state keeps its counter in its own
     /// row: removing the last record does not make it go back.
     audit_appended: u64,
+    policies: Option<Vec<u8>>,
 }
 
 impl MemoryKeyStore {
@@ -205,6 +210,15 @@ impl KeyStoreBackend for MemoryKeyStore {
         let index = usize::try_from(sequence.wrapping_sub(1)).unwrap_or(usize::MAX);
         Ok(self.audit.get(index).map(|record| StoredAudit { sequence, ..record.clone() }))
     }
+
+    fn put_policies(&mut self, sealed: Vec<u8>) -> Result<(), StoreError> {
+        self.policies = Some(sealed);
+        Ok(())
+    }
+
+    fn policies(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.policies.clone())
+    }
 }
 
 /// One store shared by several key managers in a process (the "nodes" of a test, or a
@@ -254,6 +268,14 @@ impl KeyStoreBackend for std::sync::Arc<std::sync::Mutex<MemoryKeyStore>> {
 
     fn audit_record(&self, sequence: u64) -> Result<Option<StoredAudit>, StoreError> {
         lock(self).audit_record(sequence)
+    }
+
+    fn put_policies(&mut self, sealed: Vec<u8>) -> Result<(), StoreError> {
+        lock(self).put_policies(sealed)
+    }
+
+    fn policies(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        lock(self).policies()
     }
 }
 

@@ -145,6 +145,51 @@ fn no_policy_means_denied_and_a_second_binding_replaces_the_first() {
 }
 
 #[test]
+fn policy_edits_are_stored_sealed_and_a_new_service_finds_them() {
+    let store = Arc::new(Mutex::new(MemoryKeyStore::new()));
+    let make = || {
+        let mut keys = manager(Arc::clone(&store), Arc::new(ManualClock::new()));
+        keys.init_cluster().unwrap();
+        let authorizer = Authorizer::new(Default::default(), KesPolicies::default());
+        KeyService::new(keys, authorizer, AuditLog::default(), Box::new(NoRetentionHolds))
+    };
+    let (admin, stranger) = (cluster_admin(), caller("stranger", 0x52, vec![]));
+    let mut first = make();
+    assert!(!first.restore_policies().unwrap(), "nothing stored yet");
+    let write = KeyRequest::PolicyWrite {
+        name: "status-only".into(),
+        allow: vec!["/v1/key/status".into()],
+        deny: vec![],
+    };
+    first.call(&admin, write, 1).unwrap();
+    let assign =
+        KeyRequest::IdentityAssign { identity: identity(0x52), policy: "status-only".into() };
+    first.call(&admin, assign, 2).unwrap();
+    assert!(first.call(&stranger, KeyRequest::Status, 3).is_ok());
+    // Sealed: the store holds no pattern in the clear.
+    let stored = store.lock().unwrap().policies().unwrap().expect("stored");
+    assert!(!stored.windows(14).any(|w| w == b"/v1/key/status"));
+
+    // A restart (a new service on the same store) starts with none, then finds them.
+    let mut second = make();
+    assert!(denied(second.call(&stranger, KeyRequest::Status, 4)));
+    assert!(second.restore_policies().unwrap());
+    assert!(second.call(&stranger, KeyRequest::Status, 5).is_ok());
+    // An edit there (the binding removed) is what the next one finds.
+    second.call(&admin, KeyRequest::IdentityDelete { identity: identity(0x52) }, 6).unwrap();
+    let mut third = make();
+    assert!(third.restore_policies().unwrap());
+    assert!(denied(third.call(&stranger, KeyRequest::Status, 7)));
+    assert!(third.authorizer().kes_policies().policy("status-only").is_some());
+    // Stored policies changed by anyone without the root key are refused, not loaded.
+    let mut forged = stored.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    store.lock().unwrap().put_policies(forged).unwrap();
+    assert!(make().restore_policies().is_err());
+}
+
+#[test]
 fn a_tenant_admin_cannot_touch_another_tenants_keys() {
     let mut service = service(MemoryKeyStore::new(), KesPolicies::default());
     let acme = tenant_admin("acme-corp", 1);

@@ -45,6 +45,7 @@ const PRODUCT_PATHS: &[&str] = &[
     "/v1/key/list",
     "/v1/key/rotate",
     "/v1/key/status",
+    "/v1/key/fetch",
     "/v1/key/generate",
     "/v1/key/decrypt",
     "/v1/policy/list",
@@ -164,6 +165,8 @@ const SERVER: &[(&str, Where)] = &[
     ("/v1/audit/append", Anywhere),
     ("/v1/key/generate", Anywhere),
     ("/v1/key/decrypt", Anywhere),
+    // A master-key epoch into the node's own locked memory; tenant KEKs never leave.
+    ("/v1/key/fetch", Cluster),
 ];
 
 /// The key manager writes key-lifecycle audit records (the system's and tenants').
