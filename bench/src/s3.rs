@@ -242,7 +242,8 @@ fn check_bucket_name(name: &str) -> Result<(), String> {
 }
 
 /// Makes the bucket unless it is there (HeadBucket first: some servers answer a second
-/// CreateBucket of one's own bucket with an error).
+/// CreateBucket of one's own bucket with an error). A HeadBucket refused otherwise than
+/// 404 is followed by a CreateBucket, whose answer says why.
 async fn ensure_bucket(target: &Arc<Target>, bucket: &str) -> Result<(), String> {
     let mut connection = target.connect().await?;
     let path = format!("/{bucket}");
@@ -250,11 +251,17 @@ async fn ensure_bucket(target: &Arc<Target>, bucket: &str) -> Result<(), String>
     if head.status.is_success() {
         return Ok(());
     }
-    if head.status != hyper::StatusCode::NOT_FOUND {
-        return head.check(&Method::HEAD, &path);
-    }
     let create = connection.call(Method::PUT, &path, Bytes::new()).await?;
-    create.check(&Method::PUT, &path)
+    if head.status == hyper::StatusCode::NOT_FOUND {
+        return create.check(&Method::PUT, &path);
+    }
+    // A HEAD answer has no body to name its S3 error code; the CreateBucket answer does
+    // (SignatureDoesNotMatch, AccessDenied, BucketAlreadyExists, ...).
+    let head_error = format!("HEAD {path}: {}", head.status);
+    match create.check(&Method::PUT, &path) {
+        Ok(()) => Err(head_error),
+        Err(create_error) => Err(format!("{head_error}; {create_error}")),
+    }
 }
 
 fn object_path(args: &S3Args, index: u64) -> String {
@@ -615,9 +622,11 @@ mod tests {
 
     #[test]
     fn plans_refuse_what_cannot_work() {
-        let base = ["--access-key=ak", "--secret-key=sk", "--endpoint=http://127.0.0.1:1"];
         let with = |extra: &[&str]| {
-            let mut line = base.to_vec();
+            let mut line = vec!["--access-key=ak", "--secret-key=sk"];
+            if !extra.iter().any(|flag| flag.starts_with("--endpoint")) {
+                line.push("--endpoint=http://127.0.0.1:1");
+            }
             line.extend_from_slice(extra);
             plan(&parse(&line).unwrap())
         };

@@ -22,13 +22,12 @@ fn bench_runs_against_kiseki_server_dev_and_refuses_bad_credentials() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("kiseki-data");
-    let mut node = Node::start(&data_dir);
+    let node = Node::start(&data_dir);
 
     // A mixed run: the key space is PUT first, then GETs and PUTs of 64 KiB (chunked, not
     // inline) objects for about a second. A 503 (the engine's buffers all in use) is
     // retried, as S3 clients do; what still fails counts as an error.
-    let output =
-        bench(&node, &node.secret, &node.ca, &["--rw=mixed", "--bs=64k", "--retries=20"]);
+    let output = bench(&node, &node.secret, &node.ca, &["--rw=mixed", "--bs=64k", "--retries=20"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "kiseki-bench s3 failed: {stderr}");
     assert!(stderr.contains("populated: 8 object(s)"), "{stderr}");
@@ -112,11 +111,10 @@ impl Node {
         let stdout = child.stdout.take().expect("piped");
         let (lines, received) = mpsc::channel();
         std::thread::spawn(move || {
+            // Read to the end, after the start too: the node's stop lines need a reader.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
+                let _ = lines.send(line);
             }
         });
         let mut node = Node {
