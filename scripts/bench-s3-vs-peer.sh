@@ -21,8 +21,8 @@
 # each row (a request that still fails stops the script).
 #
 # Settings (environment): ROUNDS (1), RUNTIME seconds per case (5), RAMP seconds (1),
-# CONCURRENCY (16), RETRIES (20), PEER_VERSION (0.14.1), PEER_PORT (28014), DEVICE_SIZE of Kiseki's
-# device file (2G), KISEKI_BENCH_CACHE (~/.cache/kiseki-bench: where the peer is
+# CONCURRENCY (16), RETRIES (100), PEER_VERSION (0.14.1), PEER_PORT (28014), DEVICE_SIZE of
+# Kiseki's device file (2G), KISEKI_BENCH_CACHE (~/.cache/kiseki-bench: where the peer is
 # installed), CARGO_TARGET_DIR (target).
 # Everything it starts is stopped on exit, and its temporary directory removed.
 
@@ -32,7 +32,7 @@ ROUNDS=${ROUNDS:-1}
 RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
 CONCURRENCY=${CONCURRENCY:-16}
-RETRIES=${RETRIES:-20}
+RETRIES=${RETRIES:-100}
 PEER_VERSION=${PEER_VERSION:-0.14.1}
 PEER_PORT=${PEER_PORT:-28014}
 DEVICE_SIZE=${DEVICE_SIZE:-2G}
@@ -116,7 +116,8 @@ run() { # target, rw, bs, objects, concurrency
     fi
     if ! "$BIN/kiseki-bench" s3 "${flags[@]}" --bucket kiseki-bench --rw "$rw" --bs "$bs" \
         --objects "$objects" --concurrency "$concurrency" --runtime "$RUNTIME" \
-        --ramp_time "$RAMP" --retries "$RETRIES" --output-format json >"$WORK/last.json" 2>>"$WORK/bench.log"; then
+        --ramp_time "$RAMP" --retries "$RETRIES" --output-format json \
+        >"$WORK/last.json" 2>>"$WORK/bench.log"; then
         say "kiseki-bench s3 --rw $rw --bs $bs against $target failed:"
         tail -5 "$WORK/bench.log" >&2
         return 1
