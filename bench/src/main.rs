@@ -2,7 +2,8 @@
 //! it must match: `device` (against fio), `engine` (against the device and crypto ceilings,
 //! which `device` and `crypto` measure), `fabric` (against iperf3 and openssl's AES-GCM rate,
 //! which `scripts/bench-fabric.sh` measures), `raft` (committed metadata operations, against
-//! etcd with the same load: `scripts/bench-raft-vs-etcd.sh`). `s3` comes with its crate.
+//! etcd with the same load: `scripts/bench-raft-vs-etcd.sh`), `s3` (PUT and GET against an
+//! S3 endpoint, and a peer S3 server with the same load: `scripts/bench-s3-vs-peer.sh`).
 
 mod clock;
 mod crypto;
@@ -13,6 +14,7 @@ mod layout;
 mod progress;
 mod raft;
 mod report;
+mod s3;
 mod stats;
 mod units;
 
@@ -50,6 +52,9 @@ enum Command {
     /// Committed metadata operations per second and their latency against a Kiseki
     /// metadata cluster (1 or 3 nodes started here, or running ones) or etcd, same load
     Raft(raft::RaftArgs),
+    /// PUT and GET objects of --bs bytes against an S3 endpoint (SigV4, kept-alive
+    /// connections, TLS trusting --ca only): operations and bytes per second, latency
+    S3(s3::S3Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,13 @@ fn main() -> ExitCode {
         Command::Engine(args) => run_engine(args),
         Command::Fabric(args) => run_fabric(args),
         Command::Raft(args) => match raft::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("kiseki-bench: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::S3(args) => match s3::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("kiseki-bench: {message}");

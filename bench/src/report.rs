@@ -82,7 +82,7 @@ fn job_json(plan: &Plan, job: &JobStats) -> Value {
     })
 }
 
-fn direction_json(direction: &DirectionStats, job: &JobStats) -> Value {
+pub fn direction_json(direction: &DirectionStats, job: &JobStats) -> Value {
     let seconds = job.runtime.as_secs_f64();
     let rate = |value: u64| if seconds > 0.0 { value as f64 / seconds } else { 0.0 };
     let bw_bytes = rate(direction.io_bytes);
@@ -149,6 +149,12 @@ pub fn normal(plan: &Plan, jobs: &[JobStats]) -> String {
     for job in jobs {
         job_normal(&mut out, job);
     }
+    run_status(&mut out, jobs);
+    out
+}
+
+/// fio's closing "Run status group" lines: per direction the jobs' bandwidth and I/O.
+pub fn run_status(out: &mut String, jobs: &[JobStats]) {
     let _ = writeln!(out, "\nRun status group 0 (all jobs):");
     for (label, pick) in [("READ", 0), ("WRITE", 1)] {
         let direction =
@@ -172,7 +178,6 @@ pub fn normal(plan: &Plan, jobs: &[JobStats]) -> String {
             decimal_size(total as f64)
         );
     }
-    out
 }
 
 fn job_normal(out: &mut String, job: &JobStats) {
@@ -196,7 +201,7 @@ fn job_normal(out: &mut String, job: &JobStats) {
     );
 }
 
-fn direction_normal(out: &mut String, label: &str, direction: &DirectionStats, job: &JobStats) {
+pub fn direction_normal(out: &mut String, label: &str, direction: &DirectionStats, job: &JobStats) {
     let runtime_ms = job.runtime.as_millis() as u64;
     let seconds = job.runtime.as_secs_f64().max(f64::MIN_POSITIVE);
     let bw = direction.io_bytes as f64 / seconds;
