@@ -47,11 +47,15 @@ pub struct ObjectConfig {
     pub chunk_size_bytes: usize,
     /// Bodies up to this size are sealed into the manifest instead of a chunk.
     pub inline_max_bytes: usize,
+    /// Chunk puts and gets this node's requests have in the engine at once; more wait
+    /// their turn. Kept under the engine's free I/O buffers, which a busy engine would
+    /// otherwise answer with `Busy` (503 SlowDown to an S3 client).
+    pub engine_ops_max: usize,
 }
 
 impl Default for ObjectConfig {
     fn default() -> ObjectConfig {
-        ObjectConfig { chunk_size_bytes: 1 << 20, inline_max_bytes: 4 << 10 }
+        ObjectConfig { chunk_size_bytes: 1 << 20, inline_max_bytes: 4 << 10, engine_ops_max: 6 }
     }
 }
 
@@ -181,6 +185,8 @@ pub const OBJECT_KEY_MAX_BYTES: usize = 1024;
 pub struct ObjectStore<S> {
     pub(crate) meta: Arc<MetadataGroup>,
     engine: EngineHandle,
+    /// One permit per engine operation in flight; see [`ObjectConfig::engine_ops_max`].
+    engine_slots: tokio::sync::Semaphore,
     keys: Arc<Mutex<KeyManager<S>>>,
     config: ObjectConfig,
 }
@@ -205,7 +211,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         config: ObjectConfig,
     ) -> ObjectStore<S> {
         assert!(config.chunk_size_bytes > 0, "chunks hold at least a byte");
-        ObjectStore { meta, engine, keys, config }
+        let engine_slots = tokio::sync::Semaphore::new(config.engine_ops_max.max(1));
+        ObjectStore { meta, engine, engine_slots, keys, config }
     }
 
     /// Creates a tenant: its record, then its first KEK (and secret, when isolated).
@@ -515,8 +522,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     /// already added).
     async fn add_refs(&self, chunks: &[ChunkRef]) -> Result<(), ObjectError> {
         for (done, chunk) in chunks.iter().enumerate() {
-            let added = match self.engine.get(chunk.id.0).await {
-                Ok(envelope) => self.engine.put(envelope).await,
+            let added = match self.engine_get(chunk.id.0).await {
+                Ok(envelope) => self.engine_put(envelope).await,
                 Err(error) => Err(error),
             };
             if let Err(error) = added {
@@ -584,7 +591,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 id: MetaChunkId(*envelope.chunk_id().as_bytes()),
                 size_bytes: plaintext.len() as u32,
             };
-            if let Err(error) = self.engine.put(envelope).await {
+            if let Err(error) = self.engine_put(envelope).await {
                 self.release_refs(&stored).await;
                 return Err(engine_error(error));
             }
@@ -614,7 +621,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 tenancy = Some(self.tenancy(tenant).await?);
             }
             let id = ChunkId::from_bytes(chunk.id.0);
-            let envelope = self.engine.get(chunk.id.0).await.map_err(engine_error)?;
+            let envelope = self.engine_get(chunk.id.0).await.map_err(engine_error)?;
             let master = self.key_manager().master_key(envelope.key_epoch()).map_err(key_error)?;
             let secret = match tenancy.as_ref().expect("set above") {
                 Tenancy::Shared => None,
@@ -629,6 +636,18 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             bytes.extend_from_slice(&plaintext[from..to]);
         }
         Ok(bytes)
+    }
+
+    /// The engine's put, once one of this node's engine slots is free.
+    async fn engine_put(&self, envelope: Envelope) -> Result<(), EngineError> {
+        let _slot = self.engine_slots.acquire().await.map_err(|_| EngineError::Stopped)?;
+        self.engine.put(envelope).await
+    }
+
+    /// The engine's get, once one of this node's engine slots is free.
+    async fn engine_get(&self, id: [u8; 32]) -> Result<Envelope, EngineError> {
+        let _slot = self.engine_slots.acquire().await.map_err(|_| EngineError::Stopped)?;
+        self.engine.get(id).await
     }
 
     pub(crate) async fn release_chunks(&self, manifest: &Manifest) {

@@ -54,7 +54,11 @@ impl Fixture {
             Arc::clone(&group),
             engine.handle(),
             Arc::clone(&keys),
-            ObjectConfig { chunk_size_bytes: CHUNK, inline_max_bytes: 100 },
+            ObjectConfig {
+                chunk_size_bytes: CHUNK,
+                inline_max_bytes: 100,
+                ..ObjectConfig::default()
+            },
         );
         Fixture { dir, store, keys, engine: Some(engine), group }
     }

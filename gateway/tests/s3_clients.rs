@@ -88,7 +88,7 @@ async fn boto3_exercises_every_served_operation_and_the_negatives() {
         Arc::clone(&group),
         engine.handle(),
         Arc::clone(&keys),
-        ObjectConfig { chunk_size_bytes: CHUNK, inline_max_bytes: 4096 },
+        ObjectConfig { chunk_size_bytes: CHUNK, inline_max_bytes: 4096, ..ObjectConfig::default() },
     ));
     let credentials = Arc::new(S3Credentials::new(Arc::clone(&group), Arc::clone(&keys)));
     let (alice, bob) = (TenantId::new([1; 16]).unwrap(), TenantId::new([2; 16]).unwrap());
