@@ -4,7 +4,11 @@
 //!
 //! - Off the request path: a request hands its record to a bounded queue and goes on; one
 //!   writer task appends them in order (each append is a consensus proposal, and the chain
-//!   makes appends sequential). A full queue drops the record and counts it; the writer then
+//!   makes appends sequential). The writer has a root sealer and a store handle of its own,
+//!   never the key manager's lock: holding that lock across a proposal would block every
+//!   request that seals or opens (they take it on the runtime's threads) while the
+//!   proposal waits for those same threads (seen: a dev node stuck under 16 writers). Its
+//!   appends and the key manager's chain onto one log; a race is retried by the log. A full queue drops the record and counts it; the writer then
 //!   appends one record saying how many were dropped, so a gap is never silent.
 //! - Sampling: one data access in `data_access_every` is recorded (1 = all). Refused
 //!   credentials are never sampled but are rate-limited (a token bucket): a flood of bad
@@ -22,14 +26,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiseki_security::TenantId;
 use kiseki_security::keymanager::{
-    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyStoreBackend,
+    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyStoreBackend, RootSealer,
 };
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{S3ErrorCode, S3Result};
 use tokio::sync::mpsc;
 
-use crate::objects::lock;
 use crate::s3::S3Credentials;
 
 /// Audit records waiting for the writer at most; past this they are dropped and counted.
@@ -73,15 +76,18 @@ struct Dropped {
 }
 
 impl AuditSink {
-    /// Starts the writer on the current tokio runtime; it ends when the sink is dropped,
-    /// after appending what was queued.
+    /// Starts the writer on the current tokio runtime, appending with `root` (the key
+    /// manager's root key, loaded again) to `store` (a handle on the key manager's store);
+    /// it ends when the sink is dropped, after appending what was queued.
     pub fn start<S: KeyStoreBackend + Send + 'static>(
-        keys: Arc<Mutex<KeyManager<S>>>,
+        root: Box<dyn RootSealer>,
+        store: S,
         config: AuditConfig,
     ) -> (Arc<AuditSink>, tokio::task::JoinHandle<()>) {
         let (queue, records) = mpsc::channel(AUDIT_QUEUE_MAX);
         let dropped = Arc::new(Dropped::default());
-        let writer = tokio::spawn(write_records(keys, records, Arc::clone(&dropped)));
+        let writer = Writer { root, store, log: AuditLog::default() };
+        let writer = tokio::spawn(write_records(writer, records, Arc::clone(&dropped)));
         let failures = TokenBucket::new(config.auth_failures_per_s, config.auth_failures_burst);
         let sink = AuditSink {
             queue,
@@ -145,15 +151,22 @@ fn lock_bucket(bucket: &Mutex<TokenBucket>) -> std::sync::MutexGuard<'_, TokenBu
     bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What the writer appends with. Sampling happened in the sink: its log records every
+/// entry it is given.
+struct Writer<S> {
+    root: Box<dyn RootSealer>,
+    store: S,
+    log: AuditLog,
+}
+
 /// Appends queued records one at a time, on a blocking thread (the store waits on
 /// consensus), and after each says how many were dropped since the last time.
 async fn write_records<S: KeyStoreBackend + Send + 'static>(
-    keys: Arc<Mutex<KeyManager<S>>>,
+    writer: Writer<S>,
     mut records: mpsc::Receiver<AuditEntry>,
     dropped: Arc<Dropped>,
 ) {
-    // Sampling happened in the sink: the log records every entry it is given.
-    let log = Arc::new(Mutex::new(AuditLog::default()));
+    let writer = Arc::new(Mutex::new(writer));
     let mut open = true;
     while open {
         // A record, or a look at the counts of the dropped every so often (a flood that
@@ -178,14 +191,14 @@ async fn write_records<S: KeyStoreBackend + Send + 'static>(
         if batch.is_empty() {
             continue;
         }
-        let (keys, log) = (Arc::clone(&keys), Arc::clone(&log));
+        let writer = Arc::clone(&writer);
         let appended = tokio::task::spawn_blocking(move || {
-            let mut keys = lock(&keys);
-            let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            batch.into_iter().try_for_each(|entry| {
-                let (root, store) = keys.audit_parts();
-                log.append(root, store, entry).map(|_| ())
-            })
+            // Only this task takes this lock, one batch at a time.
+            let mut writer = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Writer { root, store, log } = &mut *writer;
+            batch
+                .into_iter()
+                .try_for_each(|entry| log.append(root.as_ref(), store, entry).map(|_| ()))
         })
         .await;
         match appended {
@@ -341,24 +354,16 @@ impl<A: S3Auth> S3Auth for AuditedAuth<A> {
 
 #[cfg(test)]
 mod tests {
-    use kiseki_security::keymanager::{
-        KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, SystemClock,
-    };
+    use kiseki_security::keymanager::{LocalRootKey, MemoryKeyStore, MemoryLocking};
     use zeroize::Zeroizing;
 
     use super::*;
 
-    fn key_manager() -> Arc<Mutex<KeyManager<MemoryKeyStore>>> {
+    type Store = Arc<Mutex<MemoryKeyStore>>;
+
+    fn root() -> Box<dyn RootSealer> {
         let root = Zeroizing::new([7u8; 32]);
-        let root = LocalRootKey::from_bytes("test", &root, MemoryLocking::BestEffort).unwrap();
-        let mut config = KeyManagerConfig::default();
-        config.memory_locking = MemoryLocking::BestEffort;
-        config.non_dumpable = false;
-        let store = MemoryKeyStore::new();
-        let keys = KeyManager::new(Box::new(root), store, config, Arc::new(SystemClock));
-        let mut keys = keys.unwrap();
-        keys.init_cluster().unwrap();
-        Arc::new(Mutex::new(keys))
+        Box::new(LocalRootKey::from_bytes("test", &root, MemoryLocking::BestEffort).unwrap())
     }
 
     /// Drops the sink and waits for the writer to append what was queued.
@@ -368,19 +373,18 @@ mod tests {
     }
 
     fn records_of(
-        keys: &Mutex<KeyManager<MemoryKeyStore>>,
+        store: &Store,
         tenant: TenantId,
     ) -> Vec<kiseki_security::keymanager::ExportedRecord> {
-        let keys = lock(keys);
-        AuditLog::verify(keys.root(), keys.store()).expect("an intact chain");
-        AuditLog::export_tenant(keys.root(), keys.store(), tenant).unwrap()
+        AuditLog::verify(root().as_ref(), store).expect("an intact chain");
+        AuditLog::export_tenant(root().as_ref(), store, tenant).unwrap()
     }
 
     #[tokio::test]
     async fn data_accesses_are_the_tenants_records_sampled_as_configured() {
-        let keys = key_manager();
+        let store = Store::default();
         let config = AuditConfig { data_access_every: 2, ..AuditConfig::default() };
-        let (sink, writer) = AuditSink::start(Arc::clone(&keys), config);
+        let (sink, writer) = AuditSink::start(root(), Arc::clone(&store), config);
         let (alice, bob) = (TenantId::new([1; 16]).unwrap(), TenantId::new([2; 16]).unwrap());
         for _ in 0..3 {
             sink.data_access(alice, "KSKALICE", "GetObject");
@@ -388,27 +392,27 @@ mod tests {
         sink.data_access(bob, "KSKBOB", "PutObject");
         finish(sink, writer).await;
         // Accesses 1 and 3 of the four are recorded (one in two): both alice's.
-        let mine = records_of(&keys, alice);
+        let mine = records_of(&store, alice);
         let accesses: Vec<_> =
             mine.iter().filter(|record| record.entry.kind == AuditKind::DataAccess).collect();
         assert_eq!(accesses.len(), 2, "{mine:?}");
         assert!(accesses.iter().all(|record| record.entry.action == "s3 GetObject"));
         assert!(accesses.iter().all(|record| record.entry.actor.contains("KSKALICE")));
         // Bob's fourth access was sampled out; nothing of alice's is in bob's export.
-        let theirs = records_of(&keys, bob);
+        let theirs = records_of(&store, bob);
         assert!(theirs.iter().all(|record| !record.entry.actor.contains("KSKALICE")));
         assert!(!theirs.iter().any(|record| record.entry.kind == AuditKind::DataAccess));
     }
 
     #[tokio::test]
     async fn unknown_keys_are_recorded_up_to_the_rate_and_the_rest_counted() {
-        let keys = key_manager();
+        let store = Store::default();
         let config = AuditConfig {
             auth_failures_per_s: 1,
             auth_failures_burst: 3,
             ..AuditConfig::default()
         };
-        let (sink, writer) = AuditSink::start(Arc::clone(&keys), config);
+        let (sink, writer) = AuditSink::start(root(), Arc::clone(&store), config);
         for _ in 0..50 {
             sink.unknown_access_key("KSKNOBODY");
         }
@@ -416,9 +420,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         sink.unknown_access_key("KSKNOBODY");
         finish(sink, writer).await;
-        let keys = lock(&keys);
         let (system, tenant_records) =
-            AuditLog::cluster_view(keys.root(), keys.store()).expect("the cluster view");
+            AuditLog::cluster_view(root().as_ref(), &store).expect("the cluster view");
         assert_eq!(tenant_records, 0);
         let failures: Vec<_> =
             system.iter().filter(|record| record.entry.kind == AuditKind::AuthFailure).collect();

@@ -119,6 +119,11 @@ async fn start_rest(
     let root = LocalRootKey::from_file(&root_path, MemoryLocking::BestEffort)
         .map_err(|e| metadata(e.to_string()))?;
     let store = ConsensusKeyStore::new(Arc::clone(group), tokio::runtime::Handle::current());
+    // The audit writer's own root key and store handle: it never takes the key manager's
+    // lock (see `crate::audit`).
+    let audit_root = LocalRootKey::from_file(&root_path, MemoryLocking::BestEffort)
+        .map_err(|e| metadata(e.to_string()))?;
+    let audit_store = store.clone();
     let mut config = KeyManagerConfig::default();
     config.memory_locking = MemoryLocking::BestEffort;
     let keys = KeyManager::new(Box::new(root), store, config, Arc::new(SystemClock))
@@ -142,7 +147,8 @@ async fn start_rest(
         .create_tenant(tenant, DedupMode::CrossTenant)
         .await
         .map_err(|e| metadata(format!("tenant {DEV_TENANT_ORG}: {e}")))?;
-    let (audit, audit_writer) = AuditSink::start(Arc::clone(&keys), AuditConfig::default());
+    let (audit, audit_writer) =
+        AuditSink::start(Box::new(audit_root), audit_store, AuditConfig::default());
     let credentials = Arc::new(S3Credentials::new(Arc::clone(group), keys));
     let key_file = meta.join(ACCESS_KEY_FILE);
     let known = match fs::read_to_string(&key_file) {
