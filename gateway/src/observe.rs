@@ -546,21 +546,10 @@ mod tests {
     #[test]
     fn operation_labels_are_snake_case() {
         use kiseki_proto::{Op, Status};
-        let ops = [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks, Op::RdmaSetup, Op::Raft];
-        for op in ops {
+        for op in Op::ALL {
             assert_eq!(op.name(), snake_case(op));
         }
-        let statuses = [
-            Status::Ok,
-            Status::NotFound,
-            Status::Denied,
-            Status::BadRequest,
-            Status::Busy,
-            Status::Unavailable,
-            Status::Integrity,
-            Status::Internal,
-        ];
-        for status in statuses {
+        for status in Status::ALL {
             assert_eq!(status.name(), snake_case(status));
         }
     }
