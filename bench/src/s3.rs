@@ -158,6 +158,33 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Nothing yet, over `measured` (a worker's own share leaves it zero).
+    fn empty(measured: Duration) -> Outcome {
+        Outcome {
+            read: DirectionStats::new(),
+            write: DirectionStats::new(),
+            read_errors: 0,
+            write_errors: 0,
+            read_retries: 0,
+            write_retries: 0,
+            first_error: None,
+            measured,
+        }
+    }
+
+    /// Adds a worker's share (its first error counts if none came before).
+    fn merge(&mut self, worker: Outcome) {
+        self.read.merge(&worker.read);
+        self.write.merge(&worker.write);
+        self.read_errors += worker.read_errors;
+        self.write_errors += worker.write_errors;
+        self.read_retries += worker.read_retries;
+        self.write_retries += worker.write_retries;
+        if self.first_error.is_none() {
+            self.first_error = worker.first_error;
+        }
+    }
+
     pub fn errors(&self) -> u64 {
         self.read_errors + self.write_errors
     }
@@ -415,17 +442,6 @@ impl XorShift {
     }
 }
 
-/// What one worker measured.
-struct WorkerOutcome {
-    read: DirectionStats,
-    write: DirectionStats,
-    read_errors: u64,
-    write_errors: u64,
-    read_retries: u64,
-    write_retries: u64,
-    first_error: Option<String>,
-}
-
 /// Runs `--concurrency` workers for the ramp and the runtime. Each connects before the
 /// clock starts; a failed first connection fails the run.
 async fn drive(target: &Arc<Target>, args: &S3Args) -> Result<Outcome, String> {
@@ -449,31 +465,14 @@ async fn drive(target: &Arc<Target>, args: &S3Args) -> Result<Outcome, String> {
         };
         workers.spawn(worker_run.run(connection));
     }
-    let mut outcome = Outcome {
-        read: DirectionStats::new(),
-        write: DirectionStats::new(),
-        read_errors: 0,
-        write_errors: 0,
-        read_retries: 0,
-        write_retries: 0,
-        first_error: None,
-        measured: args.runtime,
-    };
+    let mut outcome = Outcome::empty(args.runtime);
     while let Some(joined) = workers.join_next().await {
         let Ok(worker) = joined else {
             outcome.write_errors += 1;
             outcome.first_error.get_or_insert_with(|| "a worker panicked".to_owned());
             continue;
         };
-        outcome.read.merge(&worker.read);
-        outcome.write.merge(&worker.write);
-        outcome.read_errors += worker.read_errors;
-        outcome.write_errors += worker.write_errors;
-        outcome.read_retries += worker.read_retries;
-        outcome.write_retries += worker.write_retries;
-        if outcome.first_error.is_none() {
-            outcome.first_error = worker.first_error;
-        }
+        outcome.merge(worker);
     }
     Ok(outcome)
 }
@@ -489,19 +488,11 @@ struct WorkerRun {
 }
 
 impl WorkerRun {
-    async fn run(self, connection: Connection) -> WorkerOutcome {
+    async fn run(self, connection: Connection) -> Outcome {
         let args = &self.args;
         let mut random = XorShift::new(u64::from(self.worker) + 1);
         let mut connection = Some(connection);
-        let mut outcome = WorkerOutcome {
-            read: DirectionStats::new(),
-            write: DirectionStats::new(),
-            read_errors: 0,
-            write_errors: 0,
-            read_retries: 0,
-            write_retries: 0,
-            first_error: None,
-        };
+        let mut outcome = Outcome::empty(Duration::ZERO);
         let mut sequence = 0u64;
         loop {
             if Instant::now() >= self.end {

@@ -288,7 +288,8 @@ impl TokenBucket {
 }
 
 /// The `s3s` access hook: anonymous requests are refused (as `s3s` does without a hook);
-/// a signed one is recorded as a data access of its key's tenant.
+/// a signed one is recorded as a data access of its key's tenant, and its owner
+/// ([`crate::s3::KeyOwner`]) travels with the request to the operation.
 pub struct AuditAccess<S> {
     credentials: Arc<S3Credentials<S>>,
     sink: Arc<AuditSink>,
@@ -315,6 +316,9 @@ impl<S: KeyStoreBackend + Send + 'static> S3Access for AuditAccess<S> {
         // The operation itself answers for a key that vanished since the signature check.
         if let Ok(Some(owner)) = self.credentials.owner(&credentials.access_key) {
             self.sink.data_access(owner.tenant, &credentials.access_key, cx.s3_op().name());
+            // Handed to the operation with the request, so it does not look the owner up
+            // again.
+            cx.extensions_mut().insert(owner);
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use tonic::{Request, Response, Status};
-use zeroize::{Zeroize as _, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::audit::RateLimited;
 
@@ -203,10 +203,14 @@ pub async fn fetch_master_key(
         .await
         .map_err(FetchError::Refused)?
         .into_inner();
-    let mut bytes = Zeroizing::new(reply.key);
-    let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| FetchError::Malformed)?;
-    bytes.zeroize();
-    into.insert(reply.epoch, reply.current_epoch, Zeroizing::new(key)).map_err(FetchError::Keep)?;
+    // Both buffers are zeroed when they drop; no plain copy of the key is made.
+    let bytes = Zeroizing::new(reply.key);
+    if bytes.len() != KEY_LEN {
+        return Err(FetchError::Malformed);
+    }
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    key.copy_from_slice(&bytes);
+    into.insert(reply.epoch, reply.current_epoch, key).map_err(FetchError::Keep)?;
     Ok(reply.epoch)
 }
 

@@ -325,18 +325,39 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 Command::PutObjectIf { tenant: owner, bucket: name, key, manifest, condition }
             }
         };
-        match self.meta.propose(command).await {
+        self.commit_object(command, bucket, &stored).await?;
+        Ok(etag)
+    }
+
+    /// Proposes `command`, a put of a manifest naming `referenced` (references this put
+    /// took). The object it replaces gives its references back; a refused put gives back
+    /// its own, since nothing names them.
+    async fn commit_object(
+        &self,
+        command: Command,
+        bucket: &str,
+        referenced: &[ChunkRef],
+    ) -> Result<(), ObjectError> {
+        let error = match self.meta.propose(command).await {
             Ok(Applied::Replaced(old)) => {
                 self.release_chunks(&old).await;
-                Ok(etag)
+                return Ok(());
             }
-            Ok(_) => Ok(etag),
-            Err(error) => {
-                // Nothing names the chunks this put stored: give their references back.
-                self.release_refs(&stored).await;
-                Err(put_refused(error, self.absent_bucket(bucket).await))
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        self.release_refs(referenced).await;
+        Err(match error {
+            ConsensusError::Rejected(Rejection::Conflict(why)) if why == PRECONDITION_FAILED => {
+                ObjectError::PreconditionFailed
             }
-        }
+            ConsensusError::Rejected(Rejection::NotFound(what)) if what == "object" => {
+                ObjectError::NoSuchKey
+            }
+            // Only now is the bucket looked up: to say whose it is, if anyone's.
+            ConsensusError::Rejected(Rejection::NotFound(_)) => self.absent_bucket(bucket).await,
+            other => consensus_error(other),
+        })
     }
 
     /// The object's size, ETag and user metadata.
@@ -500,22 +521,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             modified_unix_ms: sealed_meta.modified_unix_ms,
             user: sealed_meta.user,
         };
-        match self.meta.propose(command).await {
-            Ok(Applied::Replaced(old)) => {
-                self.release_chunks(&old).await;
-                Ok(result)
-            }
-            Ok(_) => Ok(result),
-            Err(error) => {
-                self.release_refs(&referenced).await;
-                Err(match error {
-                    ConsensusError::Rejected(Rejection::NotFound(_)) => {
-                        self.absent_bucket(bucket).await
-                    }
-                    other => consensus_error(other),
-                })
-            }
-        }
+        self.commit_object(command, bucket, &referenced).await?;
+        Ok(result)
     }
 
     /// Adds one engine reference to each chunk (all or none: a failure gives back those
@@ -892,19 +899,6 @@ pub(crate) fn consensus_error(error: ConsensusError) -> ObjectError {
 
 /// Why a (conditional) put was refused: a failed condition, a key the condition needed, or
 /// the bucket (`absent`, worked out by the caller).
-fn put_refused(error: ConsensusError, absent: ObjectError) -> ObjectError {
-    match error {
-        ConsensusError::Rejected(Rejection::Conflict(why)) if why == PRECONDITION_FAILED => {
-            ObjectError::PreconditionFailed
-        }
-        ConsensusError::Rejected(Rejection::NotFound(what)) if what == "object" => {
-            ObjectError::NoSuchKey
-        }
-        ConsensusError::Rejected(Rejection::NotFound(_)) => absent,
-        other => consensus_error(other),
-    }
-}
-
 fn engine_error(error: EngineError) -> ObjectError {
     match error {
         EngineError::Integrity { .. } => ObjectError::Integrity(error.to_string()),
