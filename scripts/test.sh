@@ -89,6 +89,11 @@ cargo test "${SPDK_CRATES[@]}" --features spdk
 step "cargo check --workspace --features spdk,rdma"
 cargo check --workspace --features spdk,rdma
 
+# Real S3 clients against a `kiseki-server dev` the script starts: aws-cli (Debian), boto3
+# (pip), rclone (Debian) and curl; it installs the clients it misses.
+step "S3 real-client suite against kiseki-server dev (boto3, aws-cli, rclone, curl)"
+scripts/s3-client-suite.sh
+
 step "engine crash test: a writer killed with SIGKILL, then recovery and verification (20 runs)"
 scripts/crash-test.sh 20
 

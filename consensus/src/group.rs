@@ -171,6 +171,11 @@ impl MetadataGroup {
         &self,
         members: BTreeMap<NodeId, BasicNode>,
     ) -> Result<(), ConsensusError> {
+        // Asked first: openraft logs a refused initialization as an error, and a restart
+        // of an initialized group is no error.
+        if self.raft.is_initialized().await.map_err(fatal)? {
+            return Ok(());
+        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),

@@ -61,13 +61,13 @@ use s3s::dto::{
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
     ETag as S3ETag, ETagCondition, Error as S3DeleteError, GetBucketLocationInput,
-    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
-    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
-    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectVersionsInput,
-    ListObjectVersionsOutput, ListObjectsInput, ListObjectsOutput, ListObjectsV2Input,
-    ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload, Object, ObjectVersion,
-    Part, PutObjectInput, PutObjectOutput, Range, StreamingBlob, Timestamp, UploadPartCopyInput,
-    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
+    GetBucketLocationOutput, GetBucketVersioningInput, GetBucketVersioningOutput, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
+    ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
+    ListObjectVersionsInput, ListObjectVersionsOutput, ListObjectsInput, ListObjectsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload,
+    Object, ObjectVersion, Part, PutObjectInput, PutObjectOutput, Range, StreamingBlob, Timestamp,
+    UploadPartCopyInput, UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use zeroize::Zeroizing;
@@ -604,6 +604,21 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         match self.objects.bucket_exists(tenant, bucket).await {
             // One region; S3 shows us-east-1 as an empty constraint.
             Ok(true) => Ok(S3Response::new(GetBucketLocationOutput::default())),
+            Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let tenant = self.tenant(&req).await?;
+        let bucket = &req.input.bucket;
+        match self.objects.bucket_exists(tenant, bucket).await {
+            // Versioning was never enabled: S3 answers with no status at all (rclone and
+            // other sync tools ask before deleting).
+            Ok(true) => Ok(S3Response::new(GetBucketVersioningOutput::default())),
             Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
             Err(error) => Err(object_error(error)),
         }
