@@ -11,10 +11,13 @@
 //! nothing secret is printed: private keys go only to files of mode 0600.
 
 mod admission;
+pub(crate) use dev::parse_size;
 mod dev;
 mod keys;
 mod metadata;
 mod pki;
+mod run;
+mod status;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -76,6 +79,10 @@ pub struct Cli {
 /// later.
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(about = run::ABOUT, long_about = run::LONG_ABOUT)]
+    Run(run::RunArgs),
+    #[command(about = status::ABOUT)]
+    Status(status::StatusArgs),
     #[command(about = dev::ABOUT)]
     Dev(dev::DevArgs),
     #[command(about = metadata::ABOUT)]
@@ -134,6 +141,8 @@ pub enum CliError {
     Metadata(metadata::MetadataError),
     /// The key manager, its store or the audit log refused or failed.
     Keys(String),
+    /// A node is not there, not ready, or a capability is not built.
+    Unavailable(String),
 }
 
 /// Parses `args` (program name first) and runs the command; what it prints goes to `out`,
@@ -170,6 +179,8 @@ pub fn main(
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Dev(args) => dev::dev(args, out),
+        Command::Run(args) => run::run(args, out),
+        Command::Status(args) => status::status(args, out),
         Command::Metadata(args) => metadata::metadata(args, out),
         Command::Ca(command) => pki::ca(command, out),
         Command::Cert(command) => pki::cert(command, out),
@@ -197,6 +208,7 @@ impl fmt::Display for CliError {
             CliError::Dev(error) => write!(f, "dev: {error}"),
             CliError::Metadata(error) => write!(f, "metadata: {error}"),
             CliError::Keys(error) => f.write_str(error),
+            CliError::Unavailable(reason) => f.write_str(reason),
         }
     }
 }
@@ -212,7 +224,7 @@ impl std::error::Error for CliError {
             CliError::Runtime(error) => Some(error),
             CliError::Dev(error) => Some(error),
             CliError::Metadata(error) => Some(error),
-            CliError::Keys(_) => None,
+            CliError::Keys(_) | CliError::Unavailable(_) => None,
         }
     }
 }

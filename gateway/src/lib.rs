@@ -27,6 +27,7 @@
 pub mod admission;
 pub mod audit;
 pub mod cli;
+pub mod config;
 pub mod constants;
 pub mod dev;
 pub mod jwks_https;

@@ -97,7 +97,7 @@ pub(super) fn dev(args: DevArgs, out: &mut dyn Write) -> Result<(), CliError> {
 
 /// A size in bytes: digits and an optional binary unit (k, M, G, T; "MiB" and "MB" read
 /// the same, as fio reads them).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
