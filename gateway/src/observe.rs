@@ -106,7 +106,19 @@ pub struct Metrics {
     shard_journal_fill: Family<ShardLabels, Gauge>,
     shard_pending_ops: Family<ShardLabels, Gauge>,
     connections: Family<ConnectionLabels, Gauge>,
+    raft: RaftGauges,
     scrapes: Counter,
+}
+
+/// The metadata group as this node sees it, read at each scrape.
+#[derive(Default)]
+struct RaftGauges {
+    term: Gauge,
+    leader_known: Gauge,
+    is_leader: Gauge,
+    last_log_index: Gauge,
+    applied_index: Gauge,
+    voters: Gauge,
 }
 
 impl Default for Metrics {
@@ -174,6 +186,18 @@ impl Metrics {
             gauge(engine, "pending_ops", "Puts and releases not yet durable, by shard");
         let scrapes = Counter::default();
         registry.register("metrics_scrapes", "Scrapes of this endpoint", scrapes.clone());
+        let raft = RaftGauges::default();
+        let metadata = registry.sub_registry_with_prefix("raft");
+        for (name, help, gauge) in [
+            ("term", "The metadata group's current term", &raft.term),
+            ("leader_known", "1 when this node knows the group's leader", &raft.leader_known),
+            ("is_leader", "1 when this node is the group's leader", &raft.is_leader),
+            ("last_log_index", "The last index in this node's log", &raft.last_log_index),
+            ("applied_index", "The last index applied to the state machine", &raft.applied_index),
+            ("voters", "Voters in the group's membership", &raft.voters),
+        ] {
+            metadata.register(name, help, gauge.clone());
+        }
         Metrics {
             registry,
             requests,
@@ -190,6 +214,7 @@ impl Metrics {
             shard_journal_fill,
             shard_pending_ops,
             connections,
+            raft,
             scrapes,
         }
     }
@@ -244,6 +269,19 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(i64::try_from(value).unwrap_or(i64::MAX));
             }
+        }
+        if let Some(group) = &sources.metadata {
+            let metrics = group.raft().metrics().borrow().clone();
+            let gauge = |gauge: &Gauge, value: u64| {
+                gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            };
+            gauge(&self.raft.term, metrics.current_term);
+            gauge(&self.raft.leader_known, u64::from(metrics.current_leader.is_some()));
+            gauge(&self.raft.is_leader, u64::from(metrics.current_leader == Some(metrics.id)));
+            gauge(&self.raft.last_log_index, metrics.last_log_index.unwrap_or(0));
+            gauge(&self.raft.applied_index, metrics.last_applied.map_or(0, |id| id.index));
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            gauge(&self.raft.voters, voters as u64);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

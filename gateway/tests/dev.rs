@@ -586,10 +586,21 @@ fn metrics_and_health_count_what_the_node_serves_and_name_no_tenant() {
         "kiseki_engine_chunks{shard=\"0\"} 1",
         "kiseki_engine_device_state{shard=\"0\"} 0",
         "kiseki_fabric_connection_events{event=\"opened\"}",
+        "kiseki_raft_leader_known 1",
+        "kiseki_raft_is_leader 1",
+        "kiseki_raft_voters 1",
         "# EOF",
     ] {
         assert!(metrics.contains(needle), "{needle:?} not in:\n{metrics}");
     }
+    // The one-member group has elected itself and applied what it logged.
+    let gauge = |name: &str| -> u64 {
+        let line = metrics.lines().find(|line| line.starts_with(&format!("{name} "))).unwrap();
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert!(gauge("kiseki_raft_term") >= 1, "{metrics}");
+    let applied = gauge("kiseki_raft_applied_index");
+    assert!(applied >= 1 && applied <= gauge("kiseki_raft_last_log_index"), "{metrics}");
     // Load, not whose: no tenant, org or certificate name in any label.
     for tenant_word in ["dev", "other", "tenant", "org="] {
         let labelled = metrics.lines().filter(|line| !line.starts_with('#')).any(|line| {
