@@ -16,6 +16,8 @@ mod keys;
 mod metadata;
 mod pki;
 
+pub(crate) use keys::retention_holds;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};

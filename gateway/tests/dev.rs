@@ -114,7 +114,7 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
 /// defaults (9090, 9000) would be taken by the first.
 fn free_admin_port(args: &[&str]) -> Vec<&'static str> {
     let mut extra = Vec::new();
-    for flag in ["--admin-addr", "--s3-addr"] {
+    for flag in ["--admin-addr", "--s3-addr", "--grpc-addr"] {
         if !args.contains(&flag) {
             extra.extend([flag, "127.0.0.1:0"]);
         }
@@ -239,7 +239,9 @@ fn dev_serves_chunks_over_mtls_stops_on_sigterm_and_recovers_them() {
             node_dir.display()
         ),
         "--rw=get".to_owned(),
-        "Not served yet: gRPC (127.0.0.1:9100)".to_owned(),
+        "  gRPC:        127.0.0.1:".to_owned(),
+        format!("grpcurl -cacert {}", data.join("tls/ca/ca.crt").display()),
+        "kiseki.data.v1.DataService/ListBuckets".to_owned(),
         "  S3:          https://127.0.0.1:".to_owned(),
         "  access key:  KSK".to_owned(),
         "aws --endpoint-url https://127.0.0.1:".to_owned(),
@@ -448,6 +450,7 @@ fn help_explains_what_dev_runs_and_each_flag() {
         "--cores",
         "chunk service",
         "gRPC (127.0.0.1:9100)",
+        "--grpc-addr",
         "SigV4",
         "half-made",
         "SIGTERM",
