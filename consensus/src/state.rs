@@ -231,6 +231,55 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
         read_record(&self.credentials, access_key_id.as_bytes())
     }
 
+    /// Up to `limit` tenants whose ids sort after `after`, in id order.
+    pub(crate) fn tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, TenantRecord)>, StateError> {
+        let mut tenants = Vec::new();
+        let start: &[u8] = after.map_or(&[], |after| after.0.as_slice());
+        for row in self.tenants.range(start..)? {
+            if tenants.len() >= limit {
+                break;
+            }
+            let (key, value) = row?;
+            let id: [u8; 16] = key
+                .value()
+                .try_into()
+                .map_err(|_| StateError::Store("tenant row key is not 16 bytes".into()))?;
+            if after.is_some_and(|after| id == after.0) {
+                continue;
+            }
+            tenants.push((TenantId(id), decode(value.value())?));
+        }
+        Ok(tenants)
+    }
+
+    /// Up to `limit` access keys of `tenant` (and their records), in access-key order.
+    /// Credentials are keyed by access key, so this reads every one.
+    pub(crate) fn credentials_of(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<(String, CredentialRecord)>, StateError> {
+        let mut found = Vec::new();
+        for row in self.credentials.iter()? {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, value) = row?;
+            let record: CredentialRecord = decode(value.value())?;
+            if record.tenant != *tenant {
+                continue;
+            }
+            let access_key = String::from_utf8(key.value().to_vec())
+                .map_err(|_| StateError::Store("access key is not UTF-8".into()))?;
+            found.push((access_key, record));
+        }
+        Ok(found)
+    }
+
     pub(crate) fn chunk_refs(&self, chunk: &ChunkId) -> Result<u64, StateError> {
         match self.chunk_refs.get(chunk.0.as_slice())? {
             None => Ok(0),

@@ -119,6 +119,25 @@ impl StateView {
         self.tables.credential(access_key_id).map_err(storage)
     }
 
+    /// Up to `limit` tenants whose ids sort after `after`, in id order.
+    pub fn tenants(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<(TenantId, TenantRecord)>, ConsensusError> {
+        self.tables.tenants(after, limit).map_err(storage)
+    }
+
+    /// Up to `limit` access keys of `tenant`, in access-key order (a scan of every
+    /// credential: they are keyed by access key).
+    pub fn credentials_of(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<(String, CredentialRecord)>, ConsensusError> {
+        self.tables.credentials_of(tenant, limit).map_err(storage)
+    }
+
     pub fn chunk_refs(&self, chunk: &ChunkId) -> Result<u64, ConsensusError> {
         self.tables.chunk_refs(chunk).map_err(storage)
     }

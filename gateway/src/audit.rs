@@ -17,6 +17,11 @@
 //!   tenant, the outcome. No bucket or object name: the log is readable by whoever holds
 //!   the root key, and names are the tenant's data.
 //!
+//! The gRPC front (`crate::grpc`) records through the same sink: every call's
+//! authorization decision ([`AuditSink::decision`]) and every TLS handshake
+//! ([`AuditSink::handshake`]); its records hold API paths whose data-path argument is `*`,
+//! never a bucket or key.
+//!
 //! [`AuditAccess`] is the hook `s3s` calls for every signed request, after the signature
 //! checked out and before the operation runs.
 
@@ -25,8 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiseki_security::TenantId;
+use kiseki_security::authz::{AuditEvent, Caller};
 use kiseki_security::keymanager::{
-    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyStoreBackend, RootSealer,
+    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyStoreBackend, RootSealer, tenant_of_org,
 };
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
@@ -73,6 +79,8 @@ pub struct AuditSink {
 struct Dropped {
     data_access: AtomicU64,
     auth_failure: AtomicU64,
+    /// Admin operations and successful handshakes of the gRPC front.
+    other: AtomicU64,
 }
 
 impl AuditSink {
@@ -140,6 +148,70 @@ impl AuditSink {
         self.enqueue(entry, &self.dropped.auth_failure);
     }
 
+    /// A gRPC call's authorization decision, recorded as `kind`: a data access is sampled
+    /// as S3's are, a refusal (`AuthFailure`) rate-limited as refused credentials are,
+    /// anything else always queued.
+    pub fn decision(&self, kind: AuditKind, event: &AuditEvent) {
+        match kind {
+            AuditKind::DataAccess => {
+                let seen = self.data_accesses.fetch_add(1, Ordering::Relaxed);
+                if !seen.is_multiple_of(self.config.data_access_every.max(1)) {
+                    return;
+                }
+                self.enqueue(AuditEntry::from_event(kind, event), &self.dropped.data_access);
+            }
+            AuditKind::AuthFailure => {
+                if !lock_bucket(&self.failures).take(Instant::now()) {
+                    self.dropped.auth_failure.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.enqueue(AuditEntry::from_event(kind, event), &self.dropped.auth_failure);
+            }
+            _ => self.enqueue(AuditEntry::from_event(kind, event), &self.dropped.other),
+        }
+    }
+
+    /// A TLS handshake on a front end: `Ok(caller)` for a verified peer, `Err(reason)` for
+    /// a refused one (rate-limited; no identity then, `remote` is its address).
+    pub fn handshake(&self, outcome: Result<&Caller, &str>, remote: &str) {
+        let action = format!("tls handshake from {remote}");
+        let entry = match outcome {
+            Ok(caller) => AuditEntry {
+                time_unix_s: now_unix_s(),
+                kind: AuditKind::AuthSuccess,
+                actor: caller.common_name().to_owned(),
+                actor_key: caller.key_identity().to_owned(),
+                role: caller.roles().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                action,
+                target: "cluster".to_owned(),
+                tenant: caller.org().map(|org| tenant_of_org(org).to_string()),
+                outcome: AuditOutcome::Succeeded,
+            },
+            Err(reason) => {
+                if !lock_bucket(&self.failures).take(Instant::now()) {
+                    self.dropped.auth_failure.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                AuditEntry {
+                    time_unix_s: now_unix_s(),
+                    kind: AuditKind::AuthFailure,
+                    actor: "unauthenticated peer".to_owned(),
+                    actor_key: String::new(),
+                    role: String::new(),
+                    action,
+                    target: "cluster".to_owned(),
+                    tenant: None,
+                    outcome: AuditOutcome::Failed { reason: reason.to_owned() },
+                }
+            }
+        };
+        let dropped = match entry.kind {
+            AuditKind::AuthFailure => &self.dropped.auth_failure,
+            _ => &self.dropped.other,
+        };
+        self.enqueue(entry, dropped);
+    }
+
     fn enqueue(&self, entry: AuditEntry, dropped: &AtomicU64) {
         if self.queue.try_send(entry).is_err() {
             dropped.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +255,7 @@ async fn write_records<S: KeyStoreBackend + Send + 'static>(
         for (kind, count) in [
             (AuditKind::DataAccess, dropped.data_access.swap(0, Ordering::Relaxed)),
             (AuditKind::AuthFailure, dropped.auth_failure.swap(0, Ordering::Relaxed)),
+            (AuditKind::AdminOperation, dropped.other.swap(0, Ordering::Relaxed)),
         ] {
             if count > 0 {
                 batch.push(dropped_entry(kind, count));

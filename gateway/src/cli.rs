@@ -19,6 +19,8 @@ mod pki;
 mod run;
 mod status;
 
+pub(crate) use keys::retention_holds;
+
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};

@@ -64,8 +64,7 @@ pub const DEV_MANIFEST_BYTES_MAX: u64 = 64 * 1024;
 /// The tenant org whose workload identity a dev node generates.
 pub const DEV_TENANT_ORG: &str = "dev";
 
-/// Where a dev node will serve S3, gRPC, and metrics and health: printed as not served
-/// yet until the front ends arrive, so that a user knows the ports are planned.
+/// Where a dev node serves S3, gRPC, and metrics and health.
 pub const DEV_S3_ADDR: &str = "127.0.0.1:9000";
 pub const DEV_GRPC_ADDR: &str = "127.0.0.1:9100";
 pub const DEV_METRICS_ADDR: &str = "127.0.0.1:9090";
@@ -92,3 +91,50 @@ pub const S3_LIST_PARTS_MAX: usize = 1000;
 
 /// Most uploads one ListMultipartUploads answer carries: S3's 1,000.
 pub const S3_LIST_UPLOADS_MAX: usize = 1000;
+
+// ---- the gRPC front end (grpc.rs) ----
+
+/// Largest gRPC message either way: 4 MiB, tonic's own default for what it receives (an
+/// over-limit message is OUT_OF_RANGE before the handler sees it). A body piece
+/// ([`GRPC_BODY_PIECE_BYTES`]) and its framing fit with room to spare; listings and
+/// audit batches are bounded well under it.
+pub const GRPC_MESSAGE_MAX_BYTES: usize = 4 << 20;
+
+/// Bytes of an object body per streamed message: 1 MiB, one default chunk, so a get
+/// sends about one message per chunk it read.
+pub const GRPC_BODY_PIECE_BYTES: usize = 1 << 20;
+
+/// Largest object a gRPC put takes or a get serves: the S3 single-PUT bound (256 MiB),
+/// since the object layer holds a body in memory as a whole, as for S3.
+pub const GRPC_OBJECT_MAX_BYTES: usize = crate::s3::S3_OBJECT_MAX_BYTES;
+
+/// Puts and gets holding a body at once: 8. Each holds at most an object
+/// ([`GRPC_OBJECT_MAX_BYTES`]), so the worst case is 2 GiB of bodies; a ninth answers
+/// UNAVAILABLE at once instead of growing memory.
+pub const GRPC_BODY_CALLS_MAX: usize = 8;
+
+/// Concurrent calls (HTTP/2 streams) per connection: 64, plenty for a client's
+/// pipelined metadata calls while bounding what one connection can hold.
+pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 64;
+
+/// Handshakes in flight at once; more connections wait in the listen backlog.
+pub const GRPC_HANDSHAKES_MAX: usize = 64;
+
+/// Finished handshakes waiting for the HTTP/2 server.
+pub const GRPC_ACCEPTED_QUEUE: usize = 64;
+
+/// Longest a TLS handshake may take: 10 s, as for the key service.
+pub const GRPC_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+
+/// Longest a stop waits for connected clients to hang up after calls in flight end.
+pub const GRPC_DRAIN_TIMEOUT_SECS: u64 = 5;
+
+/// Entries one listing answers at most (objects, tenants, credentials): S3's 1,000.
+pub const GRPC_LIST_MAX: usize = 1000;
+
+/// Audit records per streamed export message: 256 records of at most a few KiB each
+/// (every field is cut at 512 bytes) stay under one message.
+pub const GRPC_AUDIT_BATCH_RECORDS: usize = 256;
+
+/// Longest the engine may take to report its shards' counters to storage admin.
+pub const GRPC_ENGINE_STATS_TIMEOUT_SECS: u64 = 5;

@@ -1,8 +1,8 @@
-//! `kiseki-server dev`: one node on embedded defaults, for what exists today: the engine
-//! (one pinned reactor and shard per core on a preallocated device file) and the fabric's
-//! chunk service over TCP with TLS 1.3 and mutual authentication, and Prometheus metrics
-//! with health probes on the admin address ([`crate::observe`]). S3, gRPC, Raft and the key
-//! manager come with later issues; the node says so when it starts.
+//! `kiseki-server dev`: one node on embedded defaults: the engine (one pinned reactor and
+//! shard per core on a preallocated device file), the fabric's chunk service over TCP with
+//! TLS 1.3 and mutual authentication, a one-member metadata group with the key manager,
+//! the S3 and gRPC front ends (`front`), and Prometheus metrics with health probes on the
+//! admin address ([`crate::observe`]).
 //!
 //! A start: bind the fabric and admin addresses (first, so that a port in use is refused before
 //! anything is made), open or make the data dir ([`data_dir`]), build the node's TLS
@@ -44,7 +44,7 @@ use crate::observe::{AdminServer, MeteredHandler, Metrics, Sources};
 
 use crate::constants::{
     DEV_CORES_MAX, DEV_DEVICE_BUFFERS, DEV_DEVICE_QUEUE_DEPTH, DEV_DEVICE_SIZE_DEFAULT_BYTES,
-    DEV_GRPC_ADDR, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+    DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
 };
 use data_dir::{DataDir, Layout, NODE_CLIENT, Plan};
 
@@ -69,6 +69,8 @@ pub struct DevConfig {
     pub admin_addr: SocketAddr,
     /// Where the S3 front end listens (HTTPS).
     pub s3_addr: SocketAddr,
+    /// Where the gRPC front end listens (HTTP/2 over TLS, client certificates required).
+    pub grpc_addr: SocketAddr,
     /// Reactors (and shards); `None`: the data dir's count, or one per core less one.
     pub cores: Option<usize>,
 }
@@ -172,6 +174,7 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
     let admin = bind("--admin-addr", config.admin_addr)?;
     let admin_addr = admin.local_addr().map_err(DevError::Runtime)?;
     let s3_listener = bind("--s3-addr", config.s3_addr)?;
+    let grpc_listener = bind("--grpc-addr", config.grpc_addr)?;
     let started = start(config, fabric_addr, output)?;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,8 +188,15 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
         }
     };
     let meta = started.dir.layout.root().join("meta");
-    let front =
-        runtime.block_on(front::start(&meta, started.engine.handle(), &started.tls, s3_listener));
+    let listeners = front::FrontListeners { s3: s3_listener, grpc: grpc_listener };
+    let device = started.dir.layout.device();
+    let front = runtime.block_on(front::start(
+        &meta,
+        started.engine.handle(),
+        &started.tls,
+        listeners,
+        &device,
+    ));
     let front = match front {
         Ok(front) => front,
         Err(error) => {
@@ -194,7 +204,12 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
             return Err(error);
         }
     };
-    let addrs = Addrs { fabric: fabric_addr, admin: admin_addr, s3: front.s3_addr() };
+    let addrs = Addrs {
+        fabric: fabric_addr,
+        admin: admin_addr,
+        s3: front.s3_addr(),
+        grpc: front.grpc_addr(),
+    };
     if let Err(error) = summary(&started, &addrs, &front, output.out) {
         let _ = runtime.block_on(front.stop());
         let _ = started.engine.shutdown();
@@ -386,6 +401,7 @@ struct Addrs {
     fabric: SocketAddr,
     admin: SocketAddr,
     s3: SocketAddr,
+    grpc: SocketAddr,
 }
 
 fn summary(
@@ -449,7 +465,21 @@ fn summary(
             connect_addr(addrs.s3),
             layout.ca_cert().display()
         ),
-        format!("Not served yet: gRPC ({DEV_GRPC_ADDR}); it comes with a later issue."),
+        format!(
+            "  gRPC:        {} (TLS 1.3, client certificates of this CA; the role comes from \
+             the certificate; health and reflection on)",
+            connect_addr(addrs.grpc)
+        ),
+        "Call gRPC with grpcurl as the tenant's workload (on a dev node also its admin), e.g. \
+         list the services, then the tenant's buckets:"
+            .to_owned(),
+        grpcurl_command(layout, &tenant_client, addrs.grpc, "list"),
+        grpcurl_command(
+            layout,
+            &tenant_client,
+            addrs.grpc,
+            "kiseki.data.v1.DataService/ListBuckets",
+        ),
     ];
     if front.mlock_failures > 0 {
         writeln!(
@@ -464,6 +494,22 @@ fn summary(
         writeln!(out, "{line}").map_err(DevError::Output)?;
     }
     out.flush().map_err(DevError::Output)
+}
+
+fn grpcurl_command(
+    layout: &Layout,
+    client: &std::path::Path,
+    addr: SocketAddr,
+    call: &str,
+) -> String {
+    let client = Layout::client_tls(client);
+    format!(
+        "  grpcurl -cacert {} -cert {} -key {} {} {call}",
+        layout.ca_cert().display(),
+        client.cert.display(),
+        client.key.display(),
+        connect_addr(addr)
+    )
 }
 
 fn bench_command(connect: SocketAddr, tls_dir: &std::path::Path, rw: &str, size: u64) -> String {

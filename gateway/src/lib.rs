@@ -18,6 +18,10 @@
 //! [`objects`] is the object layer under the S3 front end, [`s3`]; [`multipart`] adds
 //! multipart uploads to it.
 //!
+//! [`grpc`] is the gRPC front end: the data path for HPC clients, storage admin, the
+//! control plane, audit export and the key service on one mTLS listener, each method
+//! authorized through one table ([`grpc::methods`]) from the client certificate alone.
+//!
 //! [`keys_grpc`] serves the key manager (`kiseki_security::keymanager::KeyService`) as the
 //! gRPC service `kiseki.keys.v1.KeyService` through the same rustls configuration, so the
 //! CRL applies and the caller's role comes from its certificate.
@@ -30,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod constants;
 pub mod dev;
+pub mod grpc;
 pub mod jwks_https;
 pub mod keys_grpc;
 pub mod multipart;

@@ -698,7 +698,9 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         }
     }
 
-    async fn manifest(
+    /// The object's manifest: its chunks' ids and sizes (or its inline body, sealed), its
+    /// size and ETag, from a linearizable read.
+    pub async fn manifest(
         &self,
         tenant: TenantId,
         bucket: &str,

@@ -100,6 +100,13 @@ impl<S> std::fmt::Debug for S3Credentials<S> {
     }
 }
 
+/// An access key as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    pub access_key: String,
+    pub workload: String,
+}
+
 /// Who an access key belongs to.
 #[derive(Debug, Clone)]
 pub struct KeyOwner {
@@ -176,6 +183,41 @@ impl<S: KeyStoreBackend + Send + 'static> S3Credentials<S> {
         };
         Ok(TenantId::new(record.tenant.0)
             .map(|tenant| KeyOwner { tenant, workload: record.workload }))
+    }
+
+    /// Up to `limit` access keys of `tenant` with their workloads (never a secret), in
+    /// access-key order.
+    pub async fn list(
+        &self,
+        tenant: TenantId,
+        limit: usize,
+    ) -> Result<Vec<KeyListing>, ObjectError> {
+        let view = self.meta.read().await.map_err(unavailable)?;
+        let records =
+            view.credentials_of(&MetaTenantId(*tenant.as_bytes()), limit).map_err(unavailable)?;
+        Ok(records
+            .into_iter()
+            .map(|(access_key, record)| KeyListing { access_key, workload: record.workload })
+            .collect())
+    }
+
+    /// Removes `access_key` if `tenant` holds it. `false` for a key that is another
+    /// tenant's or nobody's: the same answer, so a caller learns nothing of others' keys.
+    /// (An access key is never reused and never changes owner, so the check and the
+    /// removal need not be one command.)
+    pub async fn delete(&self, tenant: TenantId, access_key: &str) -> Result<bool, ObjectError> {
+        let view = self.meta.read().await.map_err(unavailable)?;
+        match view.credential(access_key).map_err(unavailable)? {
+            Some(record) if record.tenant.0 == *tenant.as_bytes() => {}
+            _ => return Ok(false),
+        }
+        drop(view);
+        let command = Command::DeleteCredential { access_key_id: access_key.to_owned() };
+        match self.meta.propose(command).await {
+            Ok(_) => Ok(true),
+            Err(ConsensusError::Rejected(kiseki_consensus::Rejection::NotFound(_))) => Ok(false),
+            Err(error) => Err(unavailable(error)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KeyManager<S>> {

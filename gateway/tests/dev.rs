@@ -114,12 +114,54 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
 /// defaults (9090, 9000) would be taken by the first.
 fn free_admin_port(args: &[&str]) -> Vec<&'static str> {
     let mut extra = Vec::new();
-    for flag in ["--admin-addr", "--s3-addr"] {
+    for flag in ["--admin-addr", "--s3-addr", "--grpc-addr"] {
         if !args.contains(&flag) {
             extra.extend([flag, "127.0.0.1:0"]);
         }
     }
     extra
+}
+
+/// Calls the dev node's gRPC front end (the port `printed` names) as the identity in `dir`.
+fn grpc_as_tenant(printed: &str, dir: &Path) {
+    use kiseki_proto::admin::StatusRequest;
+    use kiseki_proto::admin::storage_admin_service_client::StorageAdminServiceClient;
+    use kiseki_proto::control::TenantName;
+    use kiseki_proto::control::control_service_client::ControlServiceClient;
+    use kiseki_proto::data::data_service_client::DataServiceClient;
+    use kiseki_proto::data::{BucketRequest, ListBucketsRequest};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    let port = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("  gRPC:        127.0.0.1:"))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no gRPC address in:\n{printed}"));
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.crt")))
+            .identity(Identity::from_pem(read("client.crt"), read("client.key")))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut data = DataServiceClient::new(channel.clone());
+        data.create_bucket(BucketRequest { bucket: "grpc-dev".into() }).await.unwrap();
+        let buckets = data.list_buckets(ListBucketsRequest {}).await.unwrap().into_inner();
+        assert!(buckets.buckets.contains(&"grpc-dev".to_owned()), "{buckets:?}");
+        let mut control = ControlServiceClient::new(channel.clone());
+        let tenant = control.get_tenant(TenantName { org: "dev".into() }).await.unwrap();
+        assert_eq!(tenant.into_inner().org, "dev");
+        let mut admin = StorageAdminServiceClient::new(channel);
+        let denied = admin.status(StatusRequest {}).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    });
 }
 
 fn wait(child: &mut Child) -> ExitStatus {
@@ -239,7 +281,9 @@ fn dev_serves_chunks_over_mtls_stops_on_sigterm_and_recovers_them() {
             node_dir.display()
         ),
         "--rw=get".to_owned(),
-        "Not served yet: gRPC (127.0.0.1:9100)".to_owned(),
+        "  gRPC:        127.0.0.1:".to_owned(),
+        format!("grpcurl -cacert {}", data.join("tls/ca/ca.crt").display()),
+        "kiseki.data.v1.DataService/ListBuckets".to_owned(),
         "  S3:          https://127.0.0.1:".to_owned(),
         "  access key:  KSK".to_owned(),
         "aws --endpoint-url https://127.0.0.1:".to_owned(),
@@ -279,6 +323,11 @@ fn dev_serves_chunks_over_mtls_stops_on_sigterm_and_recovers_them() {
     ));
     assert!(matches!(as_tenant.put(Some("other"), &chunk_b), Err(ClientError::Denied { .. })));
     assert!(matches!(as_tenant.put(None, &chunk_b), Err(ClientError::Denied { .. })));
+
+    // gRPC on the printed address, with the tenant's identity: its workload (and, on a dev
+    // node, its admin) makes and lists buckets and reads its tenant; storage admin is not
+    // its to call.
+    grpc_as_tenant(&printed, &tenant_dir);
 
     // A client certificate from another CA, even with the server role, is refused at the
     // handshake (the client trusts the node's CA, so only its own certificate is wrong).
@@ -448,6 +497,7 @@ fn help_explains_what_dev_runs_and_each_flag() {
         "--cores",
         "chunk service",
         "gRPC (127.0.0.1:9100)",
+        "--grpc-addr",
         "SigV4",
         "half-made",
         "SIGTERM",

@@ -1,6 +1,9 @@
 //! Kiseki's wire formats: the fabric's frames and the chunk service's payloads; and the
-//! gRPC services' protobuf messages and tonic service code ([`keys`], generated at build
-//! time from `proto/kiseki/keys/v1/keys.proto` by protox and tonic-prost-build).
+//! gRPC services' protobuf messages and tonic service code, generated at build time from
+//! `proto/kiseki/*/v1/*.proto` by protox and tonic-prost-build: the key service ([`keys`]),
+//! the data path ([`data`]), storage administration ([`admin`]), the control plane
+//! ([`control`]) and audit export ([`audit`]), with their encoded descriptors
+//! ([`FILE_DESCRIPTOR_SET`]) for server reflection.
 //!
 //! Every message between nodes, and between nodes and HPC clients, is a [`FrameHeader`]
 //! (24 bytes, little-endian, versioned; byte map in `frame.rs`) followed by its payload.
@@ -28,6 +31,35 @@ pub mod constants;
 pub mod keys {
     tonic::include_proto!("kiseki.keys.v1");
 }
+
+/// The data path for HPC clients, `kiseki.data.v1` (generated).
+#[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
+pub mod data {
+    tonic::include_proto!("kiseki.data.v1");
+}
+
+/// Storage administration, `kiseki.admin.v1` (generated).
+#[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
+pub mod admin {
+    tonic::include_proto!("kiseki.admin.v1");
+}
+
+/// The control plane, `kiseki.control.v1` (generated).
+#[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
+pub mod control {
+    tonic::include_proto!("kiseki.control.v1");
+}
+
+/// Audit export, `kiseki.audit.v1` (generated).
+#[allow(missing_debug_implementations, unused_qualifications, clippy::all)]
+pub mod audit {
+    tonic::include_proto!("kiseki.audit.v1");
+}
+
+/// Every gRPC service's file descriptors, encoded (a `FileDescriptorSet`): what server
+/// reflection answers `grpcurl list` and `describe` from.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kiseki_descriptor.bin"));
 
 mod chunk;
 mod frame;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::constants::{DEV_CORES_MAX, DEV_METRICS_ADDR, DEV_S3_ADDR};
+use crate::constants::{DEV_CORES_MAX, DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR};
 use crate::dev::{self, DevConfig, Output};
 
 pub(super) const ABOUT: &str =
@@ -23,7 +23,10 @@ key manager (root key meta/root.key); S3 on --s3-addr (HTTPS, TLS 1.3 with the n
 certificate, SigV4 with the printed access key of tenant org dev); the fabric's chunk
 service on --fabric-addr, over TCP with TLS 1.3 and client certificates required;
 Prometheus metrics and health probes on --admin-addr (plain HTTP: GET /metrics, /healthz,
-/readyz; no tenant in any label). gRPC (127.0.0.1:9100) is not served yet.
+/readyz; no tenant in any label); gRPC (127.0.0.1:9100) on --grpc-addr: the data path,
+storage admin, the control plane, audit export and the key service, HTTP/2 over TLS 1.3
+with client certificates of the data dir's CA, each method allowed by the role the
+certificate gives (never a header), with health and reflection for grpcurl.
 
 The first start makes the data dir (mode 0700): a cluster CA (tls/ca), a certificate for
 the node valid for localhost, 127.0.0.1 and ::1 (tls/server), two client identities in the
@@ -72,6 +75,10 @@ pub(super) struct DevArgs {
     /// picks a free port, printed on start.
     #[arg(long, value_name = "ADDR", default_value = DEV_S3_ADDR)]
     s3_addr: SocketAddr,
+    /// Where the gRPC front end listens (HTTP/2 over TLS 1.3, client certificates of the
+    /// data dir's CA); port 0 picks a free port, printed on start.
+    #[arg(long, value_name = "ADDR", default_value = DEV_GRPC_ADDR)]
+    grpc_addr: SocketAddr,
     /// Engine reactors, each a thread pinned to a core that owns one shard of the device;
     /// set on the first start [default: one per core less one for the front ends, at
     /// least 1].
@@ -87,6 +94,7 @@ pub(super) fn dev(args: DevArgs, out: &mut dyn Write) -> Result<(), CliError> {
         fabric_addr: args.fabric_addr,
         admin_addr: args.admin_addr,
         s3_addr: args.s3_addr,
+        grpc_addr: args.grpc_addr,
         cores: args.cores.map(usize::from),
     };
     let mut stderr = std::io::stderr();

@@ -518,7 +518,7 @@ fn read_role_files(policy: &Path, scope: &Path) -> Result<RoleFiles, CliError> {
         .map_err(|error| CliError::Usage(error.to_string()))
 }
 
-fn retention_holds(meta: &Path) -> Result<BTreeSet<TenantId>, CliError> {
+pub(crate) fn retention_holds(meta: &Path) -> Result<BTreeSet<TenantId>, CliError> {
     let path = meta.join(RETENTION_HOLDS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

@@ -12,6 +12,12 @@
 //! - The S3 front end over the engine the chunk service uses. Every signed request is
 //!   recorded as a data access of its tenant, and every unknown access key as an
 //!   authentication failure (rate-limited), in the key manager's audit log (`crate::audit`).
+//! - The gRPC front end (`crate::grpc`) over the same object layer, credentials and audit
+//!   sink, with the key service mounted beside it (its own key manager over the same store
+//!   and root key, as a second key server would be). The dev tenant's workload certificate
+//!   (`tls/clients/tenant-dev`, CN `dev-workload`) is also that tenant's admin, by a
+//!   built-in scope file: on a dev node it may manage the tenant's credentials, KEK and
+//!   audit export. Access grants live in the node's authorizer until it stops.
 
 use std::fs;
 use std::io::Write as _;
@@ -24,9 +30,10 @@ use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::keystore::ConsensusKeyStore;
 use kiseki_consensus::node::start_single;
 use kiseki_engine::EngineHandle;
+use kiseki_security::authz::{Authorizer, KesPolicies, RoleFiles};
 use kiseki_security::keymanager::{
-    KeyManager, KeyManagerConfig, LocalRootKey, MemoryLocking, SystemClock, create_root_key_file,
-    mlock_failures, root_key_path, tenant_of_org,
+    AuditLog, KeyManager, KeyManagerConfig, KeyService, LocalRootKey, MemoryLocking, SystemClock,
+    create_root_key_file, mlock_failures, root_key_path, tenant_of_org,
 };
 use kiseki_security::{OrgId, TlsContext};
 use zeroize::Zeroizing;
@@ -34,6 +41,7 @@ use zeroize::Zeroizing;
 use super::DevError;
 use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
 use crate::constants::DEV_TENANT_ORG;
+use crate::grpc::{GrpcFront, GrpcServer};
 use crate::objects::{ObjectConfig, ObjectStore};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
 
@@ -43,10 +51,22 @@ const AUDIT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The file that names the dev tenant's access key (not secret: the secret is sealed).
 const ACCESS_KEY_FILE: &str = "s3-access-key";
 
+/// The dev node's role files: no policy-file roles, and the dev tenant's workload
+/// certificate (`data_dir::DEV_WORKLOAD_CN`) as that tenant's admin.
+const DEV_POLICY_FILE: &[u8] = b"{}";
+const DEV_SCOPE_FILE: &[u8] = br#"{"tenant-admin": ["dev/dev-workload"]}"#;
+
+/// Where the front ends listen, bound before anything is made.
+pub(super) struct FrontListeners {
+    pub s3: std::net::TcpListener,
+    pub grpc: std::net::TcpListener,
+}
+
 /// What a started front holds until the node stops.
 pub(super) struct Front {
     group: Arc<MetadataGroup>,
     s3: S3Server,
+    grpc: GrpcServer,
     audit_writer: tokio::task::JoinHandle<()>,
     pub access_key: String,
     pub secret: Zeroizing<String>,
@@ -63,9 +83,16 @@ impl Front {
         self.s3.local_addr()
     }
 
-    /// Stops the S3 listener, lets the audit writer append what is queued, then stops the
-    /// metadata group.
+    pub fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.grpc.local_addr()
+    }
+
+    /// Stops the gRPC and S3 listeners (calls in flight finish), lets the audit writer
+    /// append what is queued, then stops the metadata group.
     pub async fn stop(self) -> Result<(), DevError> {
+        if let Err(error) = self.grpc.shutdown().await {
+            tracing::warn!(%error, "grpc: the front end did not stop cleanly");
+        }
         self.s3.shutdown().await;
         // The writer ends once the S3 service, which holds its sink, is gone.
         if tokio::time::timeout(AUDIT_DRAIN_TIMEOUT, self.audit_writer).await.is_err() {
@@ -79,20 +106,22 @@ fn metadata(reason: String) -> DevError {
     DevError::Metadata { reason }
 }
 
-/// Starts the metadata group, the key manager, the dev tenant and its key, and the S3
-/// front end on `s3_listener`; see the module's notes.
+/// Starts the metadata group, the key manager, the dev tenant and its key, and the S3 and
+/// gRPC front ends on `listeners`; `device` is the device file storage admin reports.
 pub(super) async fn start(
     meta: &Path,
     engine: EngineHandle,
     tls: &TlsContext,
-    s3_listener: std::net::TcpListener,
+    listeners: FrontListeners,
+    device: &Path,
 ) -> Result<Front, DevError> {
     let group =
         Arc::new(start_single(meta).await.map_err(|e| metadata(format!("metadata group: {e}")))?);
-    match start_rest(meta, &group, engine, tls, s3_listener).await {
-        Ok((s3, audit_writer, access_key, secret)) => Ok(Front {
+    match start_rest(meta, &group, engine, tls, listeners, device).await {
+        Ok(Rest { s3, grpc, audit_writer, access_key, secret }) => Ok(Front {
             group,
             s3,
+            grpc,
             audit_writer,
             access_key,
             secret,
@@ -105,13 +134,23 @@ pub(super) async fn start(
     }
 }
 
+/// What [`start_rest`] started.
+struct Rest {
+    s3: S3Server,
+    grpc: GrpcServer,
+    audit_writer: tokio::task::JoinHandle<()>,
+    access_key: String,
+    secret: Zeroizing<String>,
+}
+
 async fn start_rest(
     meta: &Path,
     group: &Arc<MetadataGroup>,
     engine: EngineHandle,
     tls: &TlsContext,
-    s3_listener: std::net::TcpListener,
-) -> Result<(S3Server, tokio::task::JoinHandle<()>, String, Zeroizing<String>), DevError> {
+    listeners: FrontListeners,
+    device: &Path,
+) -> Result<Rest, DevError> {
     let root_path = root_key_path(meta);
     if !root_path.exists() {
         create_root_key_file(&root_path).map_err(|e| metadata(e.to_string()))?;
@@ -124,6 +163,9 @@ async fn start_rest(
     let audit_root = LocalRootKey::from_file(&root_path, MemoryLocking::BestEffort)
         .map_err(|e| metadata(e.to_string()))?;
     let audit_store = store.clone();
+    let key_service_root = LocalRootKey::from_file(&root_path, MemoryLocking::BestEffort)
+        .map_err(|e| metadata(e.to_string()))?;
+    let key_service_store = store.clone();
     let mut config = KeyManagerConfig::default();
     config.memory_locking = MemoryLocking::BestEffort;
     let keys = KeyManager::new(Box::new(root), store, config, Arc::new(SystemClock))
@@ -137,7 +179,7 @@ async fn start_rest(
 
     let objects = Arc::new(ObjectStore::new(
         Arc::clone(group),
-        engine,
+        engine.clone(),
         Arc::clone(&keys),
         ObjectConfig::default(),
     ));
@@ -149,7 +191,7 @@ async fn start_rest(
         .map_err(|e| metadata(format!("tenant {DEV_TENANT_ORG}: {e}")))?;
     let (audit, audit_writer) =
         AuditSink::start(Box::new(audit_root), audit_store, AuditConfig::default());
-    let credentials = Arc::new(S3Credentials::new(Arc::clone(group), keys));
+    let credentials = Arc::new(S3Credentials::new(Arc::clone(group), Arc::clone(&keys)));
     let key_file = meta.join(ACCESS_KEY_FILE);
     let known = match fs::read_to_string(&key_file) {
         Ok(text) => Some(text.trim().to_owned()),
@@ -176,15 +218,66 @@ async fn start_rest(
         }
     };
 
-    let mut builder =
-        s3s::service::S3ServiceBuilder::new(KisekiS3::new(objects, Arc::clone(&credentials)));
+    let mut builder = s3s::service::S3ServiceBuilder::new(KisekiS3::new(
+        Arc::clone(&objects),
+        Arc::clone(&credentials),
+    ));
     builder
         .set_auth(AuditedAuth::new(CredentialAuth(Arc::clone(&credentials)), Arc::clone(&audit)));
-    builder.set_access(AuditAccess::new(credentials, audit));
-    s3_listener.set_nonblocking(true).map_err(DevError::Runtime)?;
-    let listener = tokio::net::TcpListener::from_std(s3_listener).map_err(DevError::Runtime)?;
+    builder.set_access(AuditAccess::new(Arc::clone(&credentials), Arc::clone(&audit)));
+    let tokio_listener = |listener: std::net::TcpListener| {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    };
+    let listener = tokio_listener(listeners.s3).map_err(DevError::Runtime)?;
     let s3 = S3Server::start(listener, tls, builder.build()).map_err(DevError::Runtime)?;
-    Ok((s3, audit_writer, access_key, secret))
+
+    // The key service, on a key manager of its own over the same store and root key.
+    let role_files =
+        || RoleFiles::parse(DEV_POLICY_FILE, DEV_SCOPE_FILE).map_err(|e| metadata(e.to_string()));
+    let mut service_config = KeyManagerConfig::default();
+    service_config.memory_locking = MemoryLocking::BestEffort;
+    let service_keys = KeyManager::new(
+        Box::new(key_service_root),
+        key_service_store,
+        service_config,
+        Arc::new(SystemClock),
+    )
+    .map_err(|e| metadata(format!("key service: {e}")))?;
+    let holds = crate::cli::retention_holds(meta).map_err(|e| metadata(e.to_string()))?;
+    let key_authorizer = Authorizer::new(role_files()?, KesPolicies::default());
+    let key_service = tokio::task::spawn_blocking(move || {
+        let mut service =
+            KeyService::new(service_keys, key_authorizer, AuditLog::default(), Box::new(holds));
+        service.restore_policies().map(|_| service)
+    })
+    .await
+    .map_err(|e| metadata(format!("key service: {e}")))?
+    .map_err(|e| metadata(format!("key service: {e}")))?;
+
+    let front = GrpcFront {
+        objects,
+        credentials,
+        keys,
+        meta: Arc::clone(group),
+        engine,
+        device_path: device.display().to_string(),
+        authorizer: Arc::new(std::sync::RwLock::new(Authorizer::new(
+            role_files()?,
+            KesPolicies::default(),
+        ))),
+        audit: Some(audit),
+        key_service: Some(Arc::new(Mutex::new(key_service))),
+    };
+    let listener = tokio_listener(listeners.grpc).map_err(DevError::Runtime)?;
+    let grpc = match GrpcServer::start(listener, tls, front) {
+        Ok(grpc) => grpc,
+        Err(error) => {
+            s3.shutdown().await;
+            return Err(DevError::Runtime(error));
+        }
+    };
+    Ok(Rest { s3, grpc, audit_writer, access_key, secret })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
