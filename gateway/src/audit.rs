@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kiseki_security::TenantId;
 use kiseki_security::authz::{AuditEvent, Caller};
 use kiseki_security::keymanager::{
-    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyStoreBackend, RootSealer, tenant_of_org,
+    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyStoreBackend, RootSealer,
 };
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
@@ -174,37 +174,11 @@ impl AuditSink {
     /// A TLS handshake on a front end: `Ok(caller)` for a verified peer, `Err(reason)` for
     /// a refused one (rate-limited; no identity then, `remote` is its address).
     pub fn handshake(&self, outcome: Result<&Caller, &str>, remote: &str) {
-        let action = format!("tls handshake from {remote}");
-        let entry = match outcome {
-            Ok(caller) => AuditEntry {
-                time_unix_s: now_unix_s(),
-                kind: AuditKind::AuthSuccess,
-                actor: caller.common_name().to_owned(),
-                actor_key: caller.key_identity().to_owned(),
-                role: caller.roles().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                action,
-                target: "cluster".to_owned(),
-                tenant: caller.org().map(|org| tenant_of_org(org).to_string()),
-                outcome: AuditOutcome::Succeeded,
-            },
-            Err(reason) => {
-                if !lock_bucket(&self.failures).take(Instant::now()) {
-                    self.dropped.auth_failure.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                AuditEntry {
-                    time_unix_s: now_unix_s(),
-                    kind: AuditKind::AuthFailure,
-                    actor: "unauthenticated peer".to_owned(),
-                    actor_key: String::new(),
-                    role: String::new(),
-                    action,
-                    target: "cluster".to_owned(),
-                    tenant: None,
-                    outcome: AuditOutcome::Failed { reason: reason.to_owned() },
-                }
-            }
-        };
+        if outcome.is_err() && !lock_bucket(&self.failures).take(Instant::now()) {
+            self.dropped.auth_failure.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let entry = AuditEntry::handshake(outcome, remote, now_unix_s());
         let dropped = match entry.kind {
             AuditKind::AuthFailure => &self.dropped.auth_failure,
             _ => &self.dropped.other,

@@ -28,7 +28,7 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 
-use crate::authz::{AuditEvent, AuditResult, Target};
+use crate::authz::{AuditEvent, AuditResult, Caller, Target};
 use crate::ids::TenantId;
 use crate::keymanager::error::KeyManagerError;
 use crate::keymanager::root::RootSealer;
@@ -194,6 +194,38 @@ impl AuditEntry {
             },
             tenant: org.map(|org| tenant_of_org(org).to_string()),
             outcome,
+        }
+    }
+
+    /// A TLS handshake on a front end: `Ok(caller)` for a peer whose certificate verified
+    /// (a tenant's peer's success is its tenant's record), `Err(reason)` for one refused (no
+    /// identity then, `remote` is its address; a system record).
+    pub fn handshake(outcome: Result<&Caller, &str>, remote: &str, now_unix_s: u64) -> AuditEntry {
+        let action = format!("tls handshake from {remote}");
+        let target = "cluster".to_owned();
+        match outcome {
+            Ok(caller) => AuditEntry {
+                time_unix_s: now_unix_s,
+                kind: AuditKind::AuthSuccess,
+                actor: caller.common_name().to_owned(),
+                actor_key: caller.key_identity().to_owned(),
+                role: caller.roles().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                action,
+                target,
+                tenant: caller.org().map(|org| tenant_of_org(org).to_string()),
+                outcome: AuditOutcome::Succeeded,
+            },
+            Err(reason) => AuditEntry {
+                time_unix_s: now_unix_s,
+                kind: AuditKind::AuthFailure,
+                actor: "unauthenticated peer".to_owned(),
+                actor_key: String::new(),
+                role: String::new(),
+                action,
+                target,
+                tenant: None,
+                outcome: AuditOutcome::Failed { reason: reason.to_owned() },
+            },
         }
     }
 

@@ -273,32 +273,7 @@ impl<S: KeyStoreBackend> KeyService<S> {
         remote: &str,
         now_unix_s: u64,
     ) -> Result<(), ServiceError> {
-        let action = format!("tls handshake from {remote}");
-        let entry = match outcome {
-            Ok(caller) => AuditEntry {
-                time_unix_s: now_unix_s,
-                kind: AuditKind::AuthSuccess,
-                actor: caller.common_name().to_owned(),
-                actor_key: caller.key_identity().to_owned(),
-                role: caller.roles().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                action,
-                target: "cluster".to_owned(),
-                tenant: caller.org().map(|org| tenant_of_org(org).to_string()),
-                outcome: AuditOutcome::Succeeded,
-            },
-            Err(reason) => AuditEntry {
-                time_unix_s: now_unix_s,
-                kind: AuditKind::AuthFailure,
-                actor: "unauthenticated peer".to_owned(),
-                actor_key: String::new(),
-                role: String::new(),
-                action,
-                target: "cluster".to_owned(),
-                tenant: None,
-                outcome: AuditOutcome::Failed { reason: reason.to_owned() },
-            },
-        };
-        self.record(entry)
+        self.record(AuditEntry::handshake(outcome, remote, now_unix_s))
     }
 
     /// Records a data access (sampled as the audit log is configured).
