@@ -87,6 +87,8 @@ pub struct Sources {
     pub connections: Option<Arc<ConnectionCounters>>,
     /// The node's metadata group, if it has one: `/readyz` needs it to know a leader.
     pub metadata: Option<Arc<kiseki_consensus::MetadataGroup>>,
+    /// The background re-seal's progress, if the node runs one.
+    pub reseal: Option<Arc<crate::reseal::ResealCounters>>,
 }
 
 /// The node's metrics; see the module's notes.
@@ -106,7 +108,13 @@ pub struct Metrics {
     shard_journal_fill: Family<ShardLabels, Gauge>,
     shard_pending_ops: Family<ShardLabels, Gauge>,
     connections: Family<ConnectionLabels, Gauge>,
+    reseal: Family<ResealLabels, Gauge>,
     scrapes: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResealLabels {
+    figure: &'static str,
 }
 
 impl Default for Metrics {
@@ -172,6 +180,14 @@ impl Metrics {
             gauge(engine, "journal_fill_percent", "Journal fill level, by shard");
         let shard_pending_ops =
             gauge(engine, "pending_ops", "Puts and releases not yet durable, by shard");
+        let reseal = Family::<ResealLabels, Gauge>::default();
+        registry.register(
+            "reseal",
+            "The background re-seal: target_epoch, chunks examined, resealed, unreadable \
+             (shredded tenants) and failed in the current pass, batches since start, and phase \
+             (0 idle, 1 running, 2 paused, 3 done)",
+            reseal.clone(),
+        );
         let scrapes = Counter::default();
         registry.register("metrics_scrapes", "Scrapes of this endpoint", scrapes.clone());
         Metrics {
@@ -190,6 +206,7 @@ impl Metrics {
             shard_journal_fill,
             shard_pending_ops,
             connections,
+            reseal,
             scrapes,
         }
     }
@@ -243,6 +260,21 @@ impl Metrics {
                 self.connections
                     .get_or_create(&labels)
                     .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(counters) = &sources.reseal {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (figure, value) in [
+                ("target_epoch", &counters.target_epoch),
+                ("examined", &counters.examined),
+                ("resealed", &counters.resealed),
+                ("unreadable", &counters.unreadable),
+                ("failed", &counters.failed),
+                ("batches", &counters.batches),
+                ("phase", &counters.phase),
+            ] {
+                let value = i64::try_from(value.load(Relaxed)).unwrap_or(i64::MAX);
+                self.reseal.get_or_create(&ResealLabels { figure }).set(value);
             }
         }
         let mut text = String::new();

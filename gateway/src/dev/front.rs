@@ -12,6 +12,9 @@
 //! - The S3 front end over the engine the chunk service uses. Every signed request is
 //!   recorded as a data access of its tenant, and every unknown access key as an
 //!   authentication failure (rate-limited), in the key manager's audit log (`crate::audit`).
+//! - The background re-seal ([`crate::reseal`]): after a `keys rotate`, chunks of older
+//!   master-key epochs are re-sealed to the current one, its state in `meta/reseal.json`,
+//!   paused while `meta/reseal.paused` exists.
 
 use std::fs;
 use std::io::Write as _;
@@ -35,6 +38,7 @@ use super::DevError;
 use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
 use crate::constants::DEV_TENANT_ORG;
 use crate::objects::{ObjectConfig, ObjectStore};
+use crate::reseal::{ResealConfig, ResealCounters, ResealTask};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
 
 /// Longest a stop waits for the audit writer to empty its queue.
@@ -48,6 +52,7 @@ pub(super) struct Front {
     group: Arc<MetadataGroup>,
     s3: S3Server,
     audit_writer: tokio::task::JoinHandle<()>,
+    reseal: ResealTask,
     pub access_key: String,
     pub secret: Zeroizing<String>,
     /// Key pages the kernel would not lock (RLIMIT_MEMLOCK); printed as a warning.
@@ -63,9 +68,16 @@ impl Front {
         self.s3.local_addr()
     }
 
+    /// The background re-seal's progress, for the metrics.
+    pub fn reseal_counters(&self) -> Arc<ResealCounters> {
+        self.reseal.counters()
+    }
+
     /// Stops the S3 listener, lets the audit writer append what is queued, then stops the
     /// metadata group.
     pub async fn stop(self) -> Result<(), DevError> {
+        // The re-seal first: its batch in flight finishes and its cursor is saved.
+        self.reseal.stop().await;
         self.s3.shutdown().await;
         // The writer ends once the S3 service, which holds its sink, is gone.
         if tokio::time::timeout(AUDIT_DRAIN_TIMEOUT, self.audit_writer).await.is_err() {
@@ -90,10 +102,11 @@ pub(super) async fn start(
     let group =
         Arc::new(start_single(meta).await.map_err(|e| metadata(format!("metadata group: {e}")))?);
     match start_rest(meta, &group, engine, tls, s3_listener).await {
-        Ok((s3, audit_writer, access_key, secret)) => Ok(Front {
+        Ok((s3, audit_writer, reseal, access_key, secret)) => Ok(Front {
             group,
             s3,
             audit_writer,
+            reseal,
             access_key,
             secret,
             mlock_failures: mlock_failures(),
@@ -105,13 +118,16 @@ pub(super) async fn start(
     }
 }
 
+/// What `start_rest` started: the S3 server, the audit writer, the re-seal, the dev key.
+type Started = (S3Server, tokio::task::JoinHandle<()>, ResealTask, String, Zeroizing<String>);
+
 async fn start_rest(
     meta: &Path,
     group: &Arc<MetadataGroup>,
     engine: EngineHandle,
     tls: &TlsContext,
     s3_listener: std::net::TcpListener,
-) -> Result<(S3Server, tokio::task::JoinHandle<()>, String, Zeroizing<String>), DevError> {
+) -> Result<Started, DevError> {
     let root_path = root_key_path(meta);
     if !root_path.exists() {
         create_root_key_file(&root_path).map_err(|e| metadata(e.to_string()))?;
@@ -135,6 +151,7 @@ async fn start_rest(
         .map_err(|e| metadata(format!("key manager: {e}")))?
         .map_err(|e| metadata(format!("key manager: {e}")))?;
 
+    let reseal_parts = (engine.clone(), Arc::clone(&keys));
     let objects = Arc::new(ObjectStore::new(
         Arc::clone(group),
         engine,
@@ -184,7 +201,10 @@ async fn start_rest(
     s3_listener.set_nonblocking(true).map_err(DevError::Runtime)?;
     let listener = tokio::net::TcpListener::from_std(s3_listener).map_err(DevError::Runtime)?;
     let s3 = S3Server::start(listener, tls, builder.build()).map_err(DevError::Runtime)?;
-    Ok((s3, audit_writer, access_key, secret))
+    // Last, once nothing can fail: a started task is stopped only by `Front::stop`.
+    let (engine, keys) = reseal_parts;
+    let reseal = ResealTask::spawn(meta.to_owned(), engine, keys, ResealConfig::default());
+    Ok((s3, audit_writer, reseal, access_key, secret))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
