@@ -137,7 +137,6 @@ async fn rotate_reseal_with_a_pause_and_a_restart_then_retire_and_every_object_r
     assert_eq!(keys.lock().unwrap().rotate_master().unwrap(), 2);
     put(shared, "two-a", 2 * CHUNK + 3).await;
     put(isolated, "two-b", 3 * CHUNK).await;
-    drop(put);
     let handle = engine.handle();
     let read_all = async |skip_shredded: bool| {
         for ((tenant, key), bytes) in &written {

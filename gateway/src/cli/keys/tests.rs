@@ -75,7 +75,9 @@ fn keys_retire_waits_for_the_reseal_which_pauses_and_resumes() {
     let status = ok(&["keys", "reseal", "--data-dir", &data]);
     assert!(status.contains("no re-seal has run") && status.contains("not paused"), "{status}");
     // A node with a device may hold chunks under epoch 1: no retire before a re-seal.
-    std::fs::write(crate::dev::device_path(&dir.path().join("data")), b"").unwrap();
+    let device = crate::dev::device_path(&dir.path().join("data"));
+    std::fs::create_dir_all(device.parent().unwrap()).unwrap();
+    std::fs::write(device, b"").unwrap();
     fails(&["keys", "retire", "--data-dir", &data, "--epoch", "1"], 1, "no re-seal");
     // A pass in progress (as a running node saves it), paused and resumed by flag file.
     let mut state = crate::reseal::ResealState {
