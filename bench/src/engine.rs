@@ -542,7 +542,8 @@ impl<'a> Driver<'a> {
                 Outcome::Get(result) => result
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| self.open(op.chunk_id, bytes).map(|()| true)),
-                Outcome::Release(_) => continue,
+                // The bench never replaces.
+                Outcome::Release(_) | Outcome::Replace(_) => continue,
             };
             let read = match result {
                 Ok(read) => read,

@@ -73,6 +73,11 @@ pub const REACTOR_QUEUE_CAPACITY: usize = 1024;
 /// so that a full queue cannot delay completions (and the acks behind them) indefinitely.
 pub const REACTOR_COMMAND_BATCH: usize = 64;
 
+/// Most chunk ids one listing (`EngineHandle::chunk_ids_after`) returns, per shard and in
+/// all: 1024 ids are 32 KiB, and walking them (a re-seal reads and rewrites each) takes far
+/// longer than the listing, which holds its reactor for one ordered walk of the index.
+pub const LIST_CHUNK_IDS_MAX: usize = 1024;
+
 /// State changes a shard remembers for the audit log. Changes are rare (a device degrades or
 /// fails a few times in its life); 64 keeps every one between two audit exports.
 pub const DEVICE_STATE_HISTORY_MAX: usize = 64;

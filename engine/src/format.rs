@@ -284,19 +284,32 @@ pub enum RecordKind {
     Incref = 2,
     /// One reference fewer; at zero the chunk goes and its extent is free.
     Release = 3,
+    /// A stored chunk's bytes move to a new extent holding `payload_len_bytes` with
+    /// `payload_crc32c` (the same chunk id: a re-sealed envelope); its references stay, its
+    /// old extent is free. Written only after the new extent's data is complete, so a crash
+    /// before the record is durable leaves the old bytes in force. A build older than this
+    /// kind refuses such a journal at replay ("record kind out of range"), never misreads it.
+    Replace = 4,
+}
+
+impl RecordKind {
+    /// Whether the record names an extent holding the chunk's bytes (put, replace).
+    pub fn places_bytes(self) -> bool {
+        matches!(self, RecordKind::Put | RecordKind::Replace)
+    }
 }
 
 /// One journal record.
 ///
 /// ```text
 /// offset size field
-///      0    1 kind (1 put, 2 incref, 3 release)
+///      0    1 kind (1 put, 2 incref, 3 release, 4 replace)
 ///      1    3 reserved, zero
-///      4    4 payload_crc32c (put; zero otherwise)
+///      4    4 payload_crc32c (put, replace; zero otherwise)
 ///      8   32 chunk_id
-///     40    8 extent_block (data-area block; put; zero otherwise)
-///     48    4 extent_blocks (put; zero otherwise)
-///     52    4 payload_len_bytes (put; zero otherwise)
+///     40    8 extent_block (data-area block; put, replace; zero otherwise)
+///     48    4 extent_blocks (put, replace; zero otherwise)
+///     52    4 payload_len_bytes (put, replace; zero otherwise)
 ///     56    8 sequence (every record's, one more than the one before)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +333,7 @@ const _: () = assert!(RECORD_SIZE_BYTES == 8 + 32 + 8 + 4 + 4 + 8);
 
 impl Record {
     pub fn reference(kind: RecordKind, chunk_id: ChunkId) -> Record {
-        assert!(kind != RecordKind::Put, "a put record needs its extent");
+        assert!(!kind.places_bytes(), "a put or replace record needs its extent");
         let extent = Extent::default();
         Record { kind, chunk_id, extent, payload_len_bytes: 0, payload_crc32c: 0 }
     }
@@ -350,6 +363,7 @@ impl Record {
             1 => RecordKind::Put,
             2 => RecordKind::Incref,
             3 => RecordKind::Release,
+            4 => RecordKind::Replace,
             _ => return Err(DecodeError::Invalid { field: "record kind" }),
         };
         let record = Record {
@@ -360,7 +374,7 @@ impl Record {
             payload_crc32c: u32_at(bytes, 4),
         };
         let valid = match kind {
-            RecordKind::Put => {
+            RecordKind::Put | RecordKind::Replace => {
                 record.payload_len_bytes > 0
                     && record.extent.blocks == blocks_for(record.payload_len_bytes)
             }
@@ -848,10 +862,11 @@ mod tests {
             put(1),
             Record::reference(RecordKind::Incref, [1; 32]),
             Record::reference(RecordKind::Release, [9; 32]),
+            Record { kind: RecordKind::Replace, ..put(2) },
         ];
         let block = journal_block(&records, 7, 100);
         let (header, bytes) = JournalHeader::decode(&block, &[3; 16], 7, 100).unwrap();
-        assert_eq!(header.record_count, 3);
+        assert_eq!(header.record_count, 4);
         assert_eq!(header.group_first_sequence, 7);
         for (i, r) in bytes.chunks_exact(RECORD_SIZE_BYTES).enumerate() {
             assert_eq!(Record::decode(r, 100 + i as u64), Ok(records[i]));
@@ -897,6 +912,11 @@ mod tests {
         let mut bad = bytes;
         bad[48] = 7; // extent_blocks no longer fits the payload length
         assert_eq!(Record::decode(&bad, 5), Err(DecodeError::Invalid { field: "record extent" }));
+        let mut replace = [0u8; RECORD_SIZE_BYTES];
+        Record { kind: RecordKind::Replace, ..put(1) }.encode(5, &mut replace);
+        replace[48] = 7; // a replace whose extent does not fit its payload
+        let field = "record extent";
+        assert_eq!(Record::decode(&replace, 5), Err(DecodeError::Invalid { field }));
         let mut release = [0u8; RECORD_SIZE_BYTES];
         Record::reference(RecordKind::Release, [1; 32]).encode(5, &mut release);
         release[40] = 1; // a release naming an extent

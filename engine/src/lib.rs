@@ -7,6 +7,8 @@
 //! index and the allocator bitmap, CRC32C, the journal position they cover) and a data area
 //! of block-granular extents. Byte maps are in [`format`]; every limit is in [`constants`].
 //! Storing a chunk id twice adds a reference; space comes back when the count reaches zero.
+//! A stored chunk's bytes can be replaced under the same id (a re-sealed envelope of the
+//! same plaintext), its references unchanged; chunks are listed in id order from a cursor.
 //! Every extent's CRC32C is checked on every read and by the scrubber.
 //!
 //! Threads: an [`Engine`] runs one pinned reactor thread per shard; front ends reach them
@@ -32,6 +34,10 @@
 //!   trimmed, before anything new is written.
 //! - Reads see only acknowledged chunks; an extent is not freed while a read of it is in
 //!   flight.
+//! - A replace writes the new bytes to a new extent and switches the index to it only when
+//!   its journal record is durable, so after any crash a chunk reads as its old bytes or its
+//!   new ones, never neither; the old extent is freed after the switch (and after the reads
+//!   of it in flight).
 //! - An extent is reused only after the release that freed it is durable; journal blocks
 //!   are overwritten only after a durable checkpoint covers them.
 //! - Extents of stored chunks never overlap, and the allocator's map is exactly their union

@@ -28,7 +28,7 @@ use kiseki_devices::{BlockDevice, Doorbell, DoorbellRinger, affinity};
 use kiseki_security::Envelope;
 use tokio::sync::oneshot;
 
-use crate::constants::{REACTOR_COMMAND_BATCH, REACTOR_QUEUE_CAPACITY};
+use crate::constants::{LIST_CHUNK_IDS_MAX, REACTOR_COMMAND_BATCH, REACTOR_QUEUE_CAPACITY};
 use crate::{Ack, ChunkId, EngineError, Outcome, Shard, Stats, Ticket};
 
 /// Opens reactor `index`'s shard, on that reactor's own thread.
@@ -60,6 +60,8 @@ enum Command {
     Put { envelope: Envelope, reply: oneshot::Sender<Result<(), EngineError>> },
     Get { chunk_id: ChunkId, reply: oneshot::Sender<Result<Envelope, EngineError>> },
     Release { chunk_id: ChunkId, reply: oneshot::Sender<Result<(), EngineError>> },
+    Replace { envelope: Envelope, reply: oneshot::Sender<Result<(), EngineError>> },
+    List { after: Option<ChunkId>, max: usize, reply: oneshot::Sender<Vec<ChunkId>> },
     Contains { chunk_id: ChunkId, reply: oneshot::Sender<bool> },
     Stats { reply: oneshot::Sender<Stats> },
     Stop,
@@ -156,6 +158,41 @@ impl EngineHandle {
         reply.await.map_err(|_| EngineError::Stopped)
     }
 
+    /// Replaces the stored envelope of `envelope`'s chunk id with `envelope` (a re-seal of
+    /// the same plaintext; the engine cannot check that, the caller's open does); resolves
+    /// once the new envelope is durable and in force. References are unchanged; a chunk not
+    /// stored is `NotFound`. A crash before it resolves leaves the old envelope or the new
+    /// one, never neither.
+    pub async fn replace(&self, envelope: Envelope) -> Result<(), EngineError> {
+        let chunk_id = *envelope.chunk_id().as_bytes();
+        let reply = self.call(&chunk_id, |reply| Command::Replace { envelope, reply })?;
+        reply.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Up to `max` (at most [`LIST_CHUNK_IDS_MAX`]) ids of stored chunks after `after`
+    /// (from the first if `None`), in ascending byte order over every shard: each shard
+    /// lists its next `max`, and the smallest `max` of them are the answer. So a caller that
+    /// passes the last id it got as the next `after` walks every chunk stored for the whole
+    /// walk exactly once, whatever else changes.
+    pub async fn chunk_ids_after(
+        &self,
+        after: Option<ChunkId>,
+        max: usize,
+    ) -> Result<Vec<ChunkId>, EngineError> {
+        let max = max.clamp(1, LIST_CHUNK_IDS_MAX);
+        let mut replies = Vec::with_capacity(self.lanes.len());
+        for lane in self.lanes.iter() {
+            let (reply, receiver) = oneshot::channel();
+            lane.send(Command::List { after, max, reply })?;
+            replies.push(receiver);
+        }
+        let mut lists = Vec::with_capacity(replies.len());
+        for receiver in replies {
+            lists.push(receiver.await.map_err(|_| EngineError::Stopped)?);
+        }
+        Ok(merge_smallest(lists, max))
+    }
+
     /// Each shard's counters, in shard order.
     pub async fn stats(&self) -> Result<Vec<Stats>, EngineError> {
         let mut replies = Vec::with_capacity(self.lanes.len());
@@ -191,6 +228,27 @@ impl EngineHandle {
     pub fn contains_blocking(&self, chunk_id: ChunkId) -> Result<bool, EngineError> {
         let reply = self.call(&chunk_id, |reply| Command::Contains { chunk_id, reply })?;
         reply.blocking_recv().map_err(|_| EngineError::Stopped)
+    }
+
+    pub fn replace_blocking(&self, envelope: Envelope) -> Result<(), EngineError> {
+        let chunk_id = *envelope.chunk_id().as_bytes();
+        let reply = self.call(&chunk_id, |reply| Command::Replace { envelope, reply })?;
+        reply.blocking_recv().map_err(|_| EngineError::Stopped)?
+    }
+
+    pub fn chunk_ids_after_blocking(
+        &self,
+        after: Option<ChunkId>,
+        max: usize,
+    ) -> Result<Vec<ChunkId>, EngineError> {
+        let max = max.clamp(1, LIST_CHUNK_IDS_MAX);
+        let mut lists = Vec::with_capacity(self.lanes.len());
+        for lane in self.lanes.iter() {
+            let (reply, receiver) = oneshot::channel();
+            lane.send(Command::List { after, max, reply })?;
+            lists.push(receiver.blocking_recv().map_err(|_| EngineError::Stopped)?);
+        }
+        Ok(merge_smallest(lists, max))
     }
 
     pub fn stats_blocking(&self) -> Result<Vec<Stats>, EngineError> {
@@ -252,6 +310,14 @@ fn as_envelope(chunk_id: ChunkId, bytes: Vec<u8>) -> Result<Envelope, EngineErro
         return Err(EngineError::ChunkIdMismatch { chunk_id, found });
     }
     Ok(envelope)
+}
+
+/// The `max` smallest ids of the shards' lists (each ascending; no id is in two shards).
+fn merge_smallest(lists: Vec<Vec<ChunkId>>, max: usize) -> Vec<ChunkId> {
+    let mut all: Vec<ChunkId> = lists.into_iter().flatten().collect();
+    all.sort_unstable();
+    all.truncate(max);
+    all
 }
 
 fn shard_of(chunk_id: &ChunkId, shards: usize) -> usize {
@@ -350,6 +416,14 @@ impl<D: BlockDevice> Reactor<'_, D> {
             Command::Release { chunk_id, reply } => {
                 (self.shard.release(chunk_id), Waiting::Done(reply))
             }
+            Command::Replace { envelope, reply } => {
+                let chunk_id = *envelope.chunk_id().as_bytes();
+                (self.shard.replace(chunk_id, envelope.as_bytes()), Waiting::Done(reply))
+            }
+            Command::List { after, max, reply } => {
+                let _ = reply.send(self.shard.chunk_ids_after(after.as_ref(), max));
+                return;
+            }
             Command::Get { chunk_id, reply } => {
                 (self.shard.get(chunk_id), Waiting::Envelope(chunk_id, reply))
             }
@@ -381,7 +455,10 @@ impl<D: BlockDevice> Reactor<'_, D> {
         for ack in self.acks.drain(..) {
             let Some(waiting) = self.waiting.remove(&ack.ticket) else { continue };
             match (waiting, ack.outcome) {
-                (Waiting::Done(reply), Outcome::Put(result) | Outcome::Release(result)) => {
+                (
+                    Waiting::Done(reply),
+                    Outcome::Put(result) | Outcome::Release(result) | Outcome::Replace(result),
+                ) => {
                     let _ = reply.send(result);
                 }
                 (Waiting::Envelope(chunk_id, reply), Outcome::Get(result)) => {

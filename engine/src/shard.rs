@@ -10,8 +10,13 @@
 //! records as journal blocks with one write, then, after that write completed, one flush;
 //! when the flush completes the records are applied and acknowledged. Applying in queue
 //! order means recovery always finds a prefix of the queue, never a hole.
+//!
+//! A replace (a re-sealed envelope for a stored chunk id) is a put into a new extent whose
+//! record, once durable, moves the entry there and frees the old extent: until then the
+//! index, every checkpoint and every recovery see the old bytes; after, the new ones. The
+//! old extent is reused only once no read of it is in flight.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use kiseki_devices::{BlockDevice, Completion, DmaBuf, Op, OpKind, Rejected, Request, crc32c};
 use kiseki_security::CryptoError;
@@ -51,6 +56,8 @@ pub struct Ack {
 pub enum Outcome {
     Put(Result<(), EngineError>),
     Release(Result<(), EngineError>),
+    /// A replace: `Ok` once the new bytes are durable and in force.
+    Replace(Result<(), EngineError>),
     Get(Result<Vec<u8>, EngineError>),
 }
 
@@ -142,6 +149,9 @@ pub struct Shard<D: BlockDevice> {
     reads: Vec<Option<ReadSlot>>,
     free_reads: Vec<u32>,
     scrub_cursor: usize,
+    /// Extents a replace left behind while a read of them was in flight; each is freed
+    /// once no read slot names it (at most one per read slot).
+    deferred_frees: Vec<Extent>,
 
     completions: Vec<Completion>,
     failed: Option<OpKind>,
@@ -152,12 +162,14 @@ pub struct Shard<D: BlockDevice> {
     states: DeviceStates,
 }
 
-/// The in-memory index: a slab of entries and a map from chunk id to slab position.
+/// The in-memory index: a slab of entries and a map from chunk id to slab position. The
+/// map is ordered so that `chunk_ids_after` can list chunks from a cursor in id order
+/// (about the memory of a hash map; a lookup walks a few nodes more).
 #[derive(Debug)]
 struct Index {
     entries: Vec<Entry>,
     free: Vec<u32>,
-    by_id: HashMap<ChunkId, u32>,
+    by_id: BTreeMap<ChunkId, u32>,
     /// Entries with `durable_refs > 0`.
     durable_chunks: u64,
 }
@@ -179,6 +191,17 @@ struct Entry {
     /// them.
     reads_in_flight: u32,
     in_use: bool,
+    /// Where the chunk's bytes are once every queued op is applied: `extent` and its
+    /// payload, or a queued replace's. A put that revives the entry names this.
+    latest: Placement,
+}
+
+/// Where a chunk's bytes lie and what they check against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    extent: Extent,
+    payload_len_bytes: u32,
+    payload_crc32c: u32,
 }
 
 #[derive(Debug)]
@@ -223,6 +246,8 @@ struct CheckpointWrite {
 struct ReadSlot {
     ticket: Option<Ticket>,
     entry_slot: u32,
+    /// The extent read (a replace applied meanwhile does not free it under the read).
+    extent: Extent,
     chunk_id: ChunkId,
     payload_len_bytes: u32,
     payload_crc32c: u32,
@@ -361,7 +386,7 @@ impl<D: BlockDevice> Shard<D> {
             index: Index {
                 entries: Vec::with_capacity(index_capacity),
                 free: Vec::new(),
-                by_id: HashMap::with_capacity(index_capacity),
+                by_id: BTreeMap::new(),
                 durable_chunks: 0,
             },
             allocator: Allocator::new(layout.data_blocks),
@@ -383,6 +408,7 @@ impl<D: BlockDevice> Shard<D> {
             reads: (0..READS_IN_FLIGHT_MAX).map(|_| None).collect(),
             free_reads: (0..READS_IN_FLIGHT_MAX as u32).rev().collect(),
             scrub_cursor: 0,
+            deferred_frees: Vec::with_capacity(READS_IN_FLIGHT_MAX),
             completions: Vec::with_capacity(depth),
             failed: None,
             integrity_errors: 0,
@@ -416,6 +442,24 @@ impl<D: BlockDevice> Shard<D> {
         len_bytes: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(), CryptoError>,
     ) -> Result<Ticket, EngineError> {
+        self.check_takes_bytes(len_bytes)?;
+        if let Some(&slot) = self.index.by_id.get(&chunk_id) {
+            let entry = &mut self.index.entries[slot as usize];
+            if entry.live_refs > 0 {
+                entry.live_refs += 1;
+                return Ok(self.queue(Record::reference(RecordKind::Incref, chunk_id), slot, true));
+            }
+            // Its last release is queued but not applied: the extent still holds the chunk
+            // and stays allocated, so a new put record can name it again.
+            entry.live_refs = 1;
+            let record = put_record(entry);
+            return Ok(self.queue(record, slot, true));
+        }
+        self.put_new(chunk_id, len_bytes, fill)
+    }
+
+    /// The checks of every request that writes new bytes (a put or a replace).
+    fn check_takes_bytes(&self, len_bytes: usize) -> Result<(), EngineError> {
         if let Some(failed) = self.failed {
             return Err(EngineError::ShardFailed { failed });
         }
@@ -441,19 +485,7 @@ impl<D: BlockDevice> Shard<D> {
         if self.ops.len() >= PENDING_OPS_MAX {
             return Err(EngineError::Busy { queue: "op queue" });
         }
-        if let Some(&slot) = self.index.by_id.get(&chunk_id) {
-            let entry = &mut self.index.entries[slot as usize];
-            if entry.live_refs > 0 {
-                entry.live_refs += 1;
-                return Ok(self.queue(Record::reference(RecordKind::Incref, chunk_id), slot, true));
-            }
-            // Its last release is queued but not applied: the extent still holds the chunk
-            // and stays allocated, so a new put record can name it again.
-            entry.live_refs = 1;
-            let record = put_record(entry);
-            return Ok(self.queue(record, slot, true));
-        }
-        self.put_new(chunk_id, len_bytes, fill)
+        Ok(())
     }
 
     fn put_new(
@@ -465,6 +497,32 @@ impl<D: BlockDevice> Shard<D> {
         if self.index.by_id.len() as u64 >= self.superblock.layout.index_capacity {
             return Err(EngineError::IndexFull { capacity: self.superblock.layout.index_capacity });
         }
+        let placement = self.write_new_extent(len_bytes, fill)?;
+        let entry = Entry {
+            chunk_id,
+            extent: placement.extent,
+            payload_len_bytes: placement.payload_len_bytes,
+            payload_crc32c: placement.payload_crc32c,
+            durable_refs: 0,
+            live_refs: 1,
+            queued_ops: 0,
+            reads_in_flight: 0,
+            in_use: true,
+            latest: placement,
+        };
+        let slot = self.index.insert(entry);
+        let record = put_record(&entry);
+        Ok(self.queue(record, slot, false))
+    }
+
+    /// Allocates an extent for `len_bytes`, lets `fill` write them into a device buffer,
+    /// and pushes the data write, tagged with the number of the op the caller queues next.
+    /// On any refusal nothing stays allocated.
+    fn write_new_extent(
+        &mut self,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), CryptoError>,
+    ) -> Result<Placement, EngineError> {
         if !self.device_slot_free() {
             return Err(EngineError::Busy { queue: "device queue" });
         }
@@ -484,17 +542,8 @@ impl<D: BlockDevice> Shard<D> {
             return Err(EngineError::Fill { source });
         }
         padding.fill(0);
-        let entry = Entry {
-            chunk_id,
-            extent,
-            payload_len_bytes: len,
-            payload_crc32c: crc32c(payload),
-            durable_refs: 0,
-            live_refs: 1,
-            queued_ops: 0,
-            reads_in_flight: 0,
-            in_use: true,
-        };
+        let placement =
+            Placement { extent, payload_len_bytes: len, payload_crc32c: crc32c(payload) };
         let op_number = self.first_op_number + self.ops.len() as u64;
         let offset = self.superblock.layout.data_block_offset_bytes(extent.block);
         let request =
@@ -503,9 +552,7 @@ impl<D: BlockDevice> Shard<D> {
             self.allocator.free(extent);
             return Err(self.rejected("pushing a data write", rejected));
         }
-        let slot = self.index.insert(entry);
-        let record = put_record(&entry);
-        Ok(self.queue(record, slot, false))
+        Ok(placement)
     }
 
     /// Drops one reference; at zero the chunk goes and its space returns to the allocator
@@ -523,6 +570,54 @@ impl<D: BlockDevice> Shard<D> {
         };
         self.index.entries[slot as usize].live_refs -= 1;
         Ok(self.queue(Record::reference(RecordKind::Release, chunk_id), slot, true))
+    }
+
+    /// Replaces a stored chunk's bytes with `bytes` under the same id (a re-sealed envelope
+    /// of the same plaintext); its references stay as they are. The ack (a `Replace`
+    /// outcome from `poll`) comes once the new extent and the record that switches to it are
+    /// durable; until then gets read the old bytes, and a crash before it leaves them.
+    pub fn replace(&mut self, chunk_id: ChunkId, bytes: &[u8]) -> Result<Ticket, EngineError> {
+        self.replace_with(chunk_id, bytes.len(), |window| {
+            window.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    /// As [`Shard::replace`], filling the write buffer in place (see [`Shard::put_with`]).
+    /// Refused as `NotFound` for a chunk not stored, not yet acknowledged, or whose last
+    /// release is queued; refused like a put when the shard takes no new bytes (failed,
+    /// device not writable, past Critical, queues full).
+    pub fn replace_with(
+        &mut self,
+        chunk_id: ChunkId,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), CryptoError>,
+    ) -> Result<Ticket, EngineError> {
+        self.check_takes_bytes(len_bytes)?;
+        let slot = self.index.by_id.get(&chunk_id).copied();
+        let stored = |s: &u32| {
+            let entry = &self.index.entries[*s as usize];
+            entry.durable_refs > 0 && entry.live_refs > 0
+        };
+        let Some(slot) = slot.filter(stored) else {
+            return Err(EngineError::NotFound { chunk_id });
+        };
+        let placement = self.write_new_extent(len_bytes, fill)?;
+        self.index.entries[slot as usize].latest = placement;
+        let record = placement_record(RecordKind::Replace, chunk_id, placement);
+        Ok(self.queue(record, slot, false))
+    }
+
+    /// Up to `max` ids of acknowledged chunks after `after` (from the first if `None`), in
+    /// ascending byte order: a cursor that stays valid whatever is put, released or
+    /// replaced meanwhile (a chunk stored after the cursor passed its id is not listed).
+    pub fn chunk_ids_after(&self, after: Option<&ChunkId>, max: usize) -> Vec<ChunkId> {
+        use std::ops::Bound::{self, Excluded, Unbounded};
+        let lower: Bound<&ChunkId> = after.map_or(Unbounded, Excluded);
+        let entries = &self.index.entries;
+        let ids = self.index.by_id.range::<ChunkId, _>((lower, Unbounded));
+        let durable = ids.filter(|&(_, &slot)| entries[slot as usize].durable_refs > 0);
+        durable.take(max).map(|(id, _)| *id).collect()
     }
 
     /// Reads a chunk; the bytes (checked against their CRC32C) come back in a `Get` ack.
@@ -682,6 +777,15 @@ impl<D: BlockDevice> Shard<D> {
     /// flight (a put's extent is allocated before its entry is durable). For tests.
     pub fn check_consistency(&self) -> Result<(), String> {
         let mut map = Allocator::new(self.allocator.blocks());
+        // Extents allocated but named by no entry yet or any more: queued replaces' and those
+        // waiting for reads to finish.
+        let queued = self.ops.iter().filter(|op| op.record.kind == RecordKind::Replace);
+        let pending = queued.map(|op| op.record.extent).chain(self.deferred_frees.iter().copied());
+        for extent in pending {
+            if !map.mark(extent) {
+                return Err(format!("replaced extent {extent:?} overlaps another"));
+            }
+        }
         for entry in self.index.entries.iter().filter(|e| e.in_use) {
             if !map.mark(entry.extent) {
                 return Err(format!(
@@ -952,10 +1056,7 @@ impl<D: BlockDevice> Shard<D> {
             let op = self.ops.pop_front().expect("a committed op is queued");
             self.first_op_number += 1;
             self.apply(&op);
-            let outcome = match op.record.kind {
-                RecordKind::Put | RecordKind::Incref => Outcome::Put(Ok(())),
-                RecordKind::Release => Outcome::Release(Ok(())),
-            };
+            let outcome = outcome_of(op.record.kind, Ok(()));
             acks.push(Ack { ticket: op.ticket, chunk_id: op.record.chunk_id, outcome });
         }
         self.applied_block_sequence += u64::from(blocks);
@@ -986,6 +1087,41 @@ impl<D: BlockDevice> Shard<D> {
                     self.remove_if_unused(op.slot);
                 }
             }
+            RecordKind::Replace => {
+                assert!(entry.durable_refs > 0, "a replace applies to a stored chunk");
+                let old = entry.extent;
+                assert_ne!(old, op.record.extent, "a replace moves to a new extent");
+                entry.extent = op.record.extent;
+                entry.payload_len_bytes = op.record.payload_len_bytes;
+                entry.payload_crc32c = op.record.payload_crc32c;
+                self.free_when_unread(old);
+            }
+        }
+    }
+
+    /// Frees an extent no entry names any more, now or once the reads of it in flight are
+    /// done.
+    fn free_when_unread(&mut self, extent: Extent) {
+        let read = self.reads.iter().flatten().any(|read| read.extent == extent);
+        if read {
+            assert!(self.deferred_frees.len() < READS_IN_FLIGHT_MAX, "one per read at most");
+            self.deferred_frees.push(extent);
+        } else {
+            self.allocator.free(extent);
+        }
+    }
+
+    /// Frees the deferred extents that no read in flight names any more.
+    fn free_deferred(&mut self) {
+        let mut index = 0;
+        while index < self.deferred_frees.len() {
+            let extent = self.deferred_frees[index];
+            if self.reads.iter().flatten().any(|read| read.extent == extent) {
+                index += 1;
+            } else {
+                self.deferred_frees.swap_remove(index);
+                self.allocator.free(extent);
+            }
         }
     }
 
@@ -1008,11 +1144,7 @@ impl<D: BlockDevice> Shard<D> {
         let failed = self.failed.expect("just set");
         while let Some(op) = self.ops.pop_front() {
             self.first_op_number += 1;
-            let error = EngineError::Interrupted { failed };
-            let outcome = match op.record.kind {
-                RecordKind::Put | RecordKind::Incref => Outcome::Put(Err(error)),
-                RecordKind::Release => Outcome::Release(Err(error)),
-            };
+            let outcome = outcome_of(op.record.kind, Err(EngineError::Interrupted { failed }));
             acks.push(Ack { ticket: op.ticket, chunk_id: op.record.chunk_id, outcome });
         }
         self.commit = Commit::Idle;
@@ -1042,6 +1174,7 @@ impl<D: BlockDevice> Shard<D> {
         self.reads[read_slot as usize] = Some(ReadSlot {
             ticket,
             entry_slot: slot,
+            extent: entry.extent,
             chunk_id: entry.chunk_id,
             payload_len_bytes: entry.payload_len_bytes,
             payload_crc32c: entry.payload_crc32c,
@@ -1054,6 +1187,9 @@ impl<D: BlockDevice> Shard<D> {
         self.free_reads.push(read_slot as u32);
         self.index.entries[slot.entry_slot as usize].reads_in_flight -= 1;
         self.remove_if_unused(slot.entry_slot);
+        if !self.deferred_frees.is_empty() {
+            self.free_deferred();
+        }
         let buf = completion.buf.expect("a read gives its buffer back");
         let result = match completion.result {
             Ok(_) => {
@@ -1100,6 +1236,11 @@ impl<D: BlockDevice> Shard<D> {
                 queued_ops: 0,
                 reads_in_flight: 0,
                 in_use: true,
+                latest: Placement {
+                    extent: e.extent,
+                    payload_len_bytes: e.payload_len_bytes,
+                    payload_crc32c: e.payload_crc32c,
+                },
             });
             self.index.durable_chunks += 1;
         }
@@ -1203,7 +1344,7 @@ impl<D: BlockDevice> Shard<D> {
             for r in records.chunks_exact(RECORD_SIZE_BYTES) {
                 let sequence = u64::from_le_bytes(r[56..64].try_into().expect("eight bytes"));
                 let Ok(record) = Record::decode(r, sequence) else { return Ok(false) };
-                if record.kind != RecordKind::Put {
+                if !record.kind.places_bytes() {
                     continue;
                 }
                 let e = record.extent;
@@ -1241,11 +1382,25 @@ impl<D: BlockDevice> Shard<D> {
                     queued_ops: 0,
                     reads_in_flight: 0,
                     in_use: true,
+                    latest: placement_of(record),
                 });
                 self.index.durable_chunks += 1;
             }
             (RecordKind::Incref | RecordKind::Release, None) => {
                 return inconsistent("reference change of a chunk not stored");
+            }
+            (RecordKind::Replace, None) => return inconsistent("replace of a chunk not stored"),
+            (RecordKind::Replace, Some(slot)) => {
+                if !self.allocator.mark(record.extent) {
+                    return inconsistent("replace onto a used or out-of-range extent");
+                }
+                let entry = &mut self.index.entries[slot as usize];
+                let old = entry.extent;
+                entry.extent = record.extent;
+                entry.payload_len_bytes = record.payload_len_bytes;
+                entry.payload_crc32c = record.payload_crc32c;
+                entry.latest = placement_of(record);
+                self.allocator.free(old);
             }
             (RecordKind::Incref, Some(slot)) => {
                 let entry = &mut self.index.entries[slot as usize];
@@ -1342,13 +1497,36 @@ fn device_has_room<D: BlockDevice>(device: &D) -> bool {
     device.in_flight() < device.queue_depth() as usize
 }
 
+/// The put record that (re)stores an entry where its bytes will be once every queued op is
+/// applied.
 fn put_record(entry: &Entry) -> Record {
+    placement_record(RecordKind::Put, entry.chunk_id, entry.latest)
+}
+
+fn placement_of(record: &Record) -> Placement {
+    Placement {
+        extent: record.extent,
+        payload_len_bytes: record.payload_len_bytes,
+        payload_crc32c: record.payload_crc32c,
+    }
+}
+
+/// A finished op's outcome, by the kind of its record.
+fn outcome_of(kind: RecordKind, result: Result<(), EngineError>) -> Outcome {
+    match kind {
+        RecordKind::Put | RecordKind::Incref => Outcome::Put(result),
+        RecordKind::Release => Outcome::Release(result),
+        RecordKind::Replace => Outcome::Replace(result),
+    }
+}
+
+fn placement_record(kind: RecordKind, chunk_id: ChunkId, placement: Placement) -> Record {
     Record {
-        kind: RecordKind::Put,
-        chunk_id: entry.chunk_id,
-        extent: entry.extent,
-        payload_len_bytes: entry.payload_len_bytes,
-        payload_crc32c: entry.payload_crc32c,
+        kind,
+        chunk_id,
+        extent: placement.extent,
+        payload_len_bytes: placement.payload_len_bytes,
+        payload_crc32c: placement.payload_crc32c,
     }
 }
 

@@ -209,3 +209,63 @@ fn an_envelope_stored_under_another_id_is_refused() {
     }
     engine.shutdown().unwrap();
 }
+
+/// Chunk `key` sealed again under another master-key epoch: the same id, another envelope.
+fn resealed(key: u64) -> Envelope {
+    let plaintext = plaintext(key);
+    let id = kiseki_security::ChunkId::of_plaintext(&plaintext);
+    let epoch_2 = MasterKey::from_bytes(2, Zeroizing::new([0x4C; 32]));
+    Envelope::seal(&plaintext, &SealParams::new(&Dek::derive(&epoch_2, &id, None))).unwrap()
+}
+
+#[test]
+fn chunks_are_listed_in_id_order_across_shards_and_replaced_in_place() {
+    let engine = Engine::start(3, memory_shards(16 << 20)).expect("engine starts");
+    let handle = engine.handle();
+    let mut ids = Vec::new();
+    for key in 0..50 {
+        let (id, envelope) = chunk(key);
+        handle.put_blocking(envelope).unwrap();
+        ids.push(id);
+    }
+    ids.sort();
+    let shards: std::collections::BTreeSet<_> = ids.iter().map(|id| handle.shard_of(id)).collect();
+    assert_eq!(shards.len(), 3, "the chunks spread over every shard");
+    // Walk in pages of 8 from a cursor, replacing each chunk as it is listed (the re-sealer's
+    // pattern): every chunk is listed exactly once, in order.
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = handle.chunk_ids_after_blocking(cursor, 8).unwrap();
+        assert!(page.len() <= 8);
+        let Some(&last) = page.last() else { break };
+        for id in &page {
+            let key = (0..50).find(|&key| chunk(key).0 == *id).unwrap();
+            handle.replace_blocking(resealed(key)).unwrap();
+        }
+        cursor = Some(last);
+        walked.extend(page);
+    }
+    assert_eq!(walked, ids);
+    for key in 0..50 {
+        let envelope = handle.get_blocking(chunk(key).0).unwrap();
+        assert_eq!(envelope.key_epoch(), 2, "chunk {key} was replaced");
+        assert_opens_under_epoch_2(&envelope, key);
+    }
+    // A replace of a chunk not stored is refused, and stores nothing.
+    let (absent, _) = chunk(1_000);
+    let refused = handle.replace_blocking(resealed(1_000));
+    assert!(matches!(refused, Err(EngineError::NotFound { chunk_id }) if chunk_id == absent));
+    assert!(!handle.contains_blocking(absent).unwrap());
+    let stats = handle.stats_blocking().unwrap();
+    assert_eq!(stats.iter().map(|shard| shard.chunks).sum::<u64>(), 50);
+    engine.shutdown().unwrap();
+}
+
+/// Opens a replaced chunk under epoch 2 and checks it is chunk `key`.
+fn assert_opens_under_epoch_2(envelope: &Envelope, key: u64) {
+    let epoch_2 = MasterKey::from_bytes(2, Zeroizing::new([0x4C; 32]));
+    let dek = Dek::derive(&epoch_2, &envelope.chunk_id(), None);
+    let opened = envelope.open_verified(&dek, None).expect("the re-sealed envelope opens");
+    assert_eq!(&*opened, &plaintext(key)[..], "chunk {key}");
+}

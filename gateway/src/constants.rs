@@ -138,3 +138,30 @@ pub const GRPC_AUDIT_BATCH_RECORDS: usize = 256;
 
 /// Longest the engine may take to report its shards' counters to storage admin.
 pub const GRPC_ENGINE_STATS_TIMEOUT_SECS: u64 = 5;
+
+// ---- the background re-seal (reseal.rs) ----
+
+/// Chunks the background re-seal handles per batch: 16. Each is read, opened, sealed and
+/// replaced (a write, a journal record and a flush), so a batch of 1 MiB chunks moves
+/// 32 MiB; small enough that the data path, which shares the engine's queues, waits for
+/// at most a few of its I/Os behind one batch.
+pub const RESEAL_BATCH_CHUNKS: usize = 16;
+
+/// Pause between two re-seal batches: 20 ms, which keeps the re-seal to a fraction of the
+/// engine's time on a busy node while a few hundred thousand chunks still pass in hours.
+pub const RESEAL_BATCH_INTERVAL_MS: u64 = 20;
+
+/// How often an idle re-seal task looks for older epochs again (a rotation through the
+/// key service while the node runs): 60 s; a rotation is rare and urgent for nobody.
+pub const RESEAL_IDLE_CHECK_SECS: u64 = 60;
+
+/// Wait after a batch stopped on a transient error (a full queue, a device over its
+/// critical level, a key store that did not answer): 5 s, long enough for a burst to pass.
+pub const RESEAL_ERROR_BACKOFF_SECS: u64 = 5;
+
+/// A progress line in the log every this many batches: 64 batches (about 1000 chunks).
+pub const RESEAL_LOG_EVERY_BATCHES: u64 = 64;
+
+/// Retries of one engine call that answered `Busy`, with a doubling sleep from 4 ms (about
+/// half a second in all), before the batch stops and backs off.
+pub const RESEAL_BUSY_RETRIES: u32 = 7;

@@ -41,12 +41,18 @@ use kiseki_security::{PkiError, TlsBuilder, TlsContext};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::observe::{AdminServer, MeteredHandler, Metrics, Sources};
+use crate::reseal::ResealCounters;
 
 use crate::constants::{
     DEV_CORES_MAX, DEV_DEVICE_BUFFERS, DEV_DEVICE_QUEUE_DEPTH, DEV_DEVICE_SIZE_DEFAULT_BYTES,
     DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
 };
 use data_dir::{DataDir, Layout, NODE_CLIENT, Plan};
+
+/// The device file of the dev node whose data dir is `data_dir`.
+pub(crate) fn device_path(data_dir: &std::path::Path) -> PathBuf {
+    Layout::new(data_dir.to_owned()).device()
+}
 
 /// Device sizes are whole MiB, so every shard's region is (see `store_file`).
 const MIB: u64 = 1 << 20;
@@ -226,7 +232,9 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
     ));
     let listeners = Listeners { fabric: listener, admin };
     let group = Arc::clone(front.group());
-    let served = runtime.block_on(serve(listeners, &started, group, service, metrics, output.out));
+    let reseal = front.reseal_counters();
+    let served =
+        runtime.block_on(serve(listeners, &started, (group, reseal), service, metrics, output.out));
     let front_stopped = runtime.block_on(front.stop());
     let device = started.dir.layout.device();
     let stopped = started.engine.shutdown().map_err(|source| DevError::Engine { device, source });
@@ -546,7 +554,7 @@ struct Listeners {
 async fn serve(
     listeners: Listeners,
     started: &Started,
-    metadata: Arc<kiseki_consensus::MetadataGroup>,
+    (metadata, reseal): (Arc<kiseki_consensus::MetadataGroup>, Arc<ResealCounters>),
     service: Arc<MeteredHandler<ChunkService>>,
     metrics: Arc<Metrics>,
     out: &mut dyn Write,
@@ -566,6 +574,7 @@ async fn serve(
         engine: started.engine.handle(),
         connections: Some(server.counters()),
         metadata: Some(metadata),
+        reseal: Some(reseal),
     };
     let admin = tokio_listener(listeners.admin)
         .and_then(|listener| AdminServer::start(listener, metrics, sources))

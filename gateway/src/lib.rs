@@ -22,6 +22,9 @@
 //! control plane, audit export and the key service on one mTLS listener, each method
 //! authorized through one table ([`grpc::methods`]) from the client certificate alone.
 //!
+//! [`reseal`] re-seals a node's chunks to the current master-key epoch in the background
+//! after a rotation, paced, pausable and resumable across restarts.
+//!
 //! [`keys_grpc`] serves the key manager (`kiseki_security::keymanager::KeyService`) as the
 //! gRPC service `kiseki.keys.v1.KeyService` through the same rustls configuration, so the
 //! CRL applies and the caller's role comes from its certificate.
@@ -40,4 +43,5 @@ pub mod keys_grpc;
 pub mod multipart;
 pub mod objects;
 pub mod observe;
+pub mod reseal;
 pub mod s3;

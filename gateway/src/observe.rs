@@ -87,6 +87,8 @@ pub struct Sources {
     pub connections: Option<Arc<ConnectionCounters>>,
     /// The node's metadata group, if it has one: `/readyz` needs it to know a leader.
     pub metadata: Option<Arc<kiseki_consensus::MetadataGroup>>,
+    /// The background re-seal's progress, if the node runs one.
+    pub reseal: Option<Arc<crate::reseal::ResealCounters>>,
 }
 
 /// The node's metrics; see the module's notes.
@@ -107,7 +109,13 @@ pub struct Metrics {
     shard_pending_ops: Family<ShardLabels, Gauge>,
     connections: Family<ConnectionLabels, Gauge>,
     raft: RaftGauges,
+    reseal: Family<ResealLabels, Gauge>,
     scrapes: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResealLabels {
+    figure: &'static str,
 }
 
 /// The metadata group as this node sees it, read at each scrape.
@@ -184,6 +192,14 @@ impl Metrics {
             gauge(engine, "journal_fill_percent", "Journal fill level, by shard");
         let shard_pending_ops =
             gauge(engine, "pending_ops", "Puts and releases not yet durable, by shard");
+        let reseal = Family::<ResealLabels, Gauge>::default();
+        registry.register(
+            "reseal",
+            "The background re-seal: target_epoch, chunks examined, resealed, unreadable \
+             (shredded tenants) and failed in the current pass, batches since start, and phase \
+             (0 idle, 1 running, 2 paused, 3 done)",
+            reseal.clone(),
+        );
         let scrapes = Counter::default();
         registry.register("metrics_scrapes", "Scrapes of this endpoint", scrapes.clone());
         let raft = RaftGauges::default();
@@ -215,6 +231,7 @@ impl Metrics {
             shard_pending_ops,
             connections,
             raft,
+            reseal,
             scrapes,
         }
     }
@@ -282,6 +299,21 @@ impl Metrics {
             gauge(&self.raft.applied_index, metrics.last_applied.map_or(0, |id| id.index));
             let voters = metrics.membership_config.membership().voter_ids().count();
             gauge(&self.raft.voters, voters as u64);
+        }
+        if let Some(counters) = &sources.reseal {
+            use std::sync::atomic::Ordering::Relaxed;
+            for (figure, value) in [
+                ("target_epoch", &counters.target_epoch),
+                ("examined", &counters.examined),
+                ("resealed", &counters.resealed),
+                ("unreadable", &counters.unreadable),
+                ("failed", &counters.failed),
+                ("batches", &counters.batches),
+                ("phase", &counters.phase),
+            ] {
+                let value = i64::try_from(value.load(Relaxed)).unwrap_or(i64::MAX);
+                self.reseal.get_or_create(&ResealLabels { figure }).set(value);
+            }
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

@@ -57,7 +57,9 @@ pub use manager::{
     CACHE_TTL_DEFAULT_SECS, CACHE_TTL_MAX_SECS, CACHE_TTL_MIN_SECS, KeyManager, KeyManagerConfig,
     KeyManagerStatus, NoRetentionHolds, RetentionHolds,
 };
-pub use reseal::{ChunkSource, ResealProgress, Resealer};
+pub use reseal::{
+    ChunkSource, ChunkSourceError, ResealError, ResealKeys, ResealProgress, Resealer,
+};
 pub use root::{
     ENV_ROOT_KEY, ExternalKms, KmsClient, LocalRootKey, RootSealer, create_root_key_file,
     root_key_path,

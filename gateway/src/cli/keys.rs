@@ -40,6 +40,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::CliError;
 use crate::objects::ensure_tenant;
+use crate::reseal;
 use crate::s3::S3Credentials;
 
 /// Where a data dir keeps its metadata (and the root key).
@@ -114,12 +115,28 @@ pub(super) enum KeysCommand {
     /// Make a new random master key the current epoch; older epochs still decrypt
     /// until retired.
     Rotate(DataDir),
-    /// Remove an old master-key epoch (once the re-sealer has moved its chunks).
+    /// Remove an old master-key epoch. Refused until the node's background re-seal has
+    /// moved every chunk to a later epoch (`keys reseal --status` says when).
     Retire {
         #[command(flatten)]
         data: DataDir,
         #[arg(long, value_name = "N")]
         epoch: u32,
+    },
+    /// The background re-seal a running node does after a rotation: pause it, resume it,
+    /// or show how far it got (also while the node runs).
+    Reseal {
+        #[command(flatten)]
+        data: DataDir,
+        /// Stop between batches until --resume.
+        #[arg(long, conflicts_with_all = ["resume", "status"])]
+        pause: bool,
+        /// Go on after --pause.
+        #[arg(long, conflicts_with = "status")]
+        resume: bool,
+        /// Show the pass's state (the default).
+        #[arg(long)]
+        status: bool,
     },
     /// Show the master-key epochs, the root key's source and the memory protection.
     Status(DataDir),
@@ -203,12 +220,26 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn Write) -> Result<(), CliE
             Ok(())
         }),
         KeysCommand::Retire { data, epoch } => with_keys(&data.data_dir, |keys, log| {
+            let meta = meta_dir(&data.data_dir)?;
+            let has_chunks = crate::dev::device_path(&data.data_dir).exists();
+            // The current epoch (or one never made) the key manager refuses by itself.
+            let older = epoch < keys.master_epoch().map_err(key_error)?;
+            let checked =
+                if older { reseal::check_retire(&meta, epoch, has_chunks) } else { Ok(()) };
+            if let Err(why) = checked {
+                let failed = AuditOutcome::Failed { reason: why.clone() };
+                record(keys, log, &format!("keys retire {epoch}"), failed)?;
+                return Err(CliError::Keys(format!("epoch {epoch} not retired: {why}")));
+            }
             let result = keys.retire_master_epoch(epoch);
             record(keys, log, &format!("keys retire {epoch}"), outcome(&result))?;
             result.map_err(key_error)?;
             writeln!(out, "master key epoch {epoch} retired")?;
             Ok(())
         }),
+        KeysCommand::Reseal { data, pause, resume, status: _ } => {
+            reseal_command(&data.data_dir, pause, resume, out)
+        }
         KeysCommand::Status(data) => with_keys(&data.data_dir, |keys, _| {
             let epochs = keys.master_epochs().map_err(key_error)?;
             let status = keys.status();
@@ -220,6 +251,28 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn Write) -> Result<(), CliE
             Ok(())
         }),
     }
+}
+
+/// `keys reseal`: files only, so it works while the node runs (and holds the store).
+fn reseal_command(
+    data_dir: &Path,
+    pause: bool,
+    resume: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let meta = meta_dir(data_dir)?;
+    let io = |error: std::io::Error| CliError::Usage(format!("{}: {error}", meta.display()));
+    if pause || resume {
+        reseal::set_paused(&meta, pause).map_err(io)?;
+    }
+    let state = reseal::load_state(&meta).map_err(|error| CliError::Keys(error.to_string()))?;
+    match state {
+        Some(state) => writeln!(out, "{state}")?,
+        None => writeln!(out, "no re-seal has run (a node starts one after `keys rotate`)")?,
+    }
+    let paused = reseal::is_paused(&meta);
+    writeln!(out, "{}", if paused { "paused (resume with --resume)" } else { "not paused" })?;
+    Ok(())
 }
 
 pub(super) fn tenant(command: TenantCommand, out: &mut dyn Write) -> Result<(), CliError> {

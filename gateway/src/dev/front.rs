@@ -18,6 +18,9 @@
 //!   (`tls/clients/tenant-dev`, CN `dev-workload`) is also that tenant's admin, by a
 //!   built-in scope file: on a dev node it may manage the tenant's credentials, KEK and
 //!   audit export. Access grants live in the node's authorizer until it stops.
+//! - The background re-seal ([`crate::reseal`]): after a `keys rotate`, chunks of older
+//!   master-key epochs are re-sealed to the current one, its state in `meta/reseal.json`,
+//!   paused while `meta/reseal.paused` exists.
 
 use std::fs;
 use std::io::Write as _;
@@ -43,6 +46,7 @@ use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
 use crate::constants::DEV_TENANT_ORG;
 use crate::grpc::{GrpcFront, GrpcServer};
 use crate::objects::{ObjectConfig, ObjectStore};
+use crate::reseal::{ResealConfig, ResealCounters, ResealTask};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
 
 /// Longest a stop waits for the audit writer to empty its queue.
@@ -68,6 +72,7 @@ pub(super) struct Front {
     s3: S3Server,
     grpc: GrpcServer,
     audit_writer: tokio::task::JoinHandle<()>,
+    reseal: ResealTask,
     pub access_key: String,
     pub secret: Zeroizing<String>,
     /// Key pages the kernel would not lock (RLIMIT_MEMLOCK); printed as a warning.
@@ -87,9 +92,16 @@ impl Front {
         self.grpc.local_addr()
     }
 
-    /// Stops the gRPC and S3 listeners (calls in flight finish), lets the audit writer
-    /// append what is queued, then stops the metadata group.
+    /// The background re-seal's progress, for the metrics.
+    pub fn reseal_counters(&self) -> Arc<ResealCounters> {
+        self.reseal.counters()
+    }
+
+    /// Stops the re-seal (its batch in flight finishes and its cursor is saved), the gRPC
+    /// and S3 listeners (calls in flight finish), lets the audit writer append what is
+    /// queued, then stops the metadata group.
     pub async fn stop(self) -> Result<(), DevError> {
+        self.reseal.stop().await;
         if let Err(error) = self.grpc.shutdown().await {
             tracing::warn!(%error, "grpc: the front end did not stop cleanly");
         }
@@ -118,11 +130,12 @@ pub(super) async fn start(
     let group =
         Arc::new(start_single(meta).await.map_err(|e| metadata(format!("metadata group: {e}")))?);
     match start_rest(meta, &group, engine, tls, listeners, device).await {
-        Ok(Rest { s3, grpc, audit_writer, access_key, secret }) => Ok(Front {
+        Ok(Rest { s3, grpc, audit_writer, reseal, access_key, secret }) => Ok(Front {
             group,
             s3,
             grpc,
             audit_writer,
+            reseal,
             access_key,
             secret,
             mlock_failures: mlock_failures(),
@@ -139,6 +152,7 @@ struct Rest {
     s3: S3Server,
     grpc: GrpcServer,
     audit_writer: tokio::task::JoinHandle<()>,
+    reseal: ResealTask,
     access_key: String,
     secret: Zeroizing<String>,
 }
@@ -177,6 +191,7 @@ async fn start_rest(
         .map_err(|e| metadata(format!("key manager: {e}")))?
         .map_err(|e| metadata(format!("key manager: {e}")))?;
 
+    let reseal_parts = (engine.clone(), Arc::clone(&keys));
     let objects = Arc::new(ObjectStore::new(
         Arc::clone(group),
         engine.clone(),
@@ -277,7 +292,10 @@ async fn start_rest(
             return Err(DevError::Runtime(error));
         }
     };
-    Ok(Rest { s3, grpc, audit_writer, access_key, secret })
+    // Last, once nothing can fail: a started task is stopped only by `Front::stop`.
+    let (engine, keys) = reseal_parts;
+    let reseal = ResealTask::spawn(meta.to_owned(), engine, keys, ResealConfig::default());
+    Ok(Rest { s3, grpc, audit_writer, reseal, access_key, secret })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {

@@ -259,24 +259,52 @@ fn service_with(
 // ---- rotation and re-seal ----
 
 #[derive(Default)]
-struct Chunks(BTreeMap<ChunkId, Envelope>);
+struct Chunks(BTreeMap<ChunkId, Envelope>, Faults);
+
+/// What the in-memory source refuses: these ids fail to read for good; the next
+/// `unavailable` calls fail as transient.
+#[derive(Default)]
+struct Faults {
+    corrupt: Vec<ChunkId>,
+    unavailable: u32,
+}
+
+impl Chunks {
+    fn transient(&mut self) -> Result<(), ChunkSourceError> {
+        if self.1.unavailable > 0 {
+            self.1.unavailable -= 1;
+            return Err(ChunkSourceError::Unavailable { problem: "busy".into() });
+        }
+        Ok(())
+    }
+}
 
 impl ChunkSource for Chunks {
-    fn chunks_after(&self, after: Option<ChunkId>, max: usize) -> Vec<ChunkId> {
+    fn chunks_after(
+        &mut self,
+        after: Option<ChunkId>,
+        max: usize,
+    ) -> Result<Vec<ChunkId>, ChunkSourceError> {
+        self.transient()?;
         let range = match after {
             None => self.0.range(..),
             Some(after) => {
                 self.0.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
             }
         };
-        range.take(max).map(|(id, _)| *id).collect()
+        Ok(range.take(max).map(|(id, _)| *id).collect())
     }
 
-    fn read(&self, id: &ChunkId) -> Option<Envelope> {
-        self.0.get(id).cloned()
+    fn read(&mut self, id: &ChunkId) -> Result<Option<Envelope>, ChunkSourceError> {
+        self.transient()?;
+        if self.1.corrupt.contains(id) {
+            return Err(ChunkSourceError::Unreadable { problem: "checksum".into() });
+        }
+        Ok(self.0.get(id).cloned())
     }
 
-    fn replace(&mut self, id: &ChunkId, envelope: Envelope) -> Result<(), String> {
+    fn replace(&mut self, id: &ChunkId, envelope: Envelope) -> Result<(), ChunkSourceError> {
+        self.transient()?;
         self.0.insert(*id, envelope);
         Ok(())
     }
@@ -340,7 +368,7 @@ fn rotation_reseal_pause_resume_and_retire() {
     assert_eq!(epochs(&chunks), before, "a paused re-sealer does nothing");
     assert_eq!(paused.examined, 2);
     // Resume from the saved cursor in a new re-sealer (as after a restart).
-    let mut resealer = Resealer::resume_from(2, resealer.cursor());
+    let mut resealer = Resealer::resume_from(2, resealer.cursor(), ResealProgress::default());
     while !resealer.step(&mut keys, &mut chunks, 2).unwrap().done {}
     assert!(epochs(&chunks).iter().all(|&epoch| epoch == 2), "{:?}", epochs(&chunks));
     assert_eq!(resealer.progress().resealed + paused.resealed, 6);
@@ -752,4 +780,46 @@ fn data_access_is_sampled_as_configured() {
     let key_op =
         AuditEntry::local(1, AuditKind::KeyOperation, "rotate", None, AuditOutcome::Succeeded);
     assert!(log.append(root, store, key_op).unwrap().is_some(), "other kinds are never sampled");
+}
+
+#[test]
+fn reseal_counts_shredded_and_corrupt_chunks_and_retries_after_a_transient_error() {
+    let clock = Arc::new(ManualClock::new());
+    let mut keys = manager(MemoryKeyStore::new(), clock);
+    keys.init_cluster().unwrap();
+    let (kept, shredded) = (TenantId::new([3; 16]).unwrap(), TenantId::new([4; 16]).unwrap());
+    keys.create_tenant_kek(kept, true).unwrap();
+    keys.create_tenant_kek(shredded, true).unwrap();
+    let mut chunks = Chunks::default();
+    for n in 0..8u32 {
+        let tenant = if n % 2 == 0 { kept } else { shredded };
+        let plaintext = format!("isolated chunk {n}").into_bytes();
+        let master = keys.current_master_key().unwrap();
+        let id = ChunkId::isolated(&keys.tenant_id_key(tenant).unwrap(), &plaintext);
+        let dek = Dek::derive(&master, &id, Some(&keys.tenant_secret(tenant).unwrap()));
+        let params = SealParams::new(&dek).with_tenant_wrapping(1, b"w");
+        chunks.0.insert(id, Envelope::seal(&plaintext, &params).unwrap());
+    }
+    keys.rotate_master().unwrap();
+    keys.shred_tenant(shredded, &NoRetentionHolds).unwrap();
+    let corrupt = *chunks.0.keys().next().unwrap();
+    chunks.1.corrupt.push(corrupt);
+    let mut resealer = Resealer::new(2);
+    // A transient error stops the step before the chunk and keeps the cursor.
+    chunks.1.unavailable = 1;
+    assert!(matches!(resealer.step(&mut keys, &mut chunks, 3), Err(ResealError::Chunks { .. })));
+    assert_eq!(resealer.cursor(), None);
+    assert_eq!(resealer.progress(), ResealProgress::default());
+    while !resealer.step(&mut keys, &mut chunks, 3).unwrap().done {}
+    let progress = resealer.progress();
+    assert_eq!(progress.examined, 8);
+    assert_eq!(progress.unreadable + progress.resealed + progress.failed, 8);
+    assert_eq!(progress.failed, 1, "the corrupt chunk");
+    let corrupt_was_shredded = chunks.0[&corrupt].tenant() == Tenancy::Isolated(shredded);
+    assert_eq!(progress.unreadable, if corrupt_was_shredded { 3 } else { 4 });
+    for (id, envelope) in &chunks.0 {
+        let moved = envelope.key_epoch() == 2;
+        let is_kept = envelope.tenant() == Tenancy::Isolated(kept);
+        assert_eq!(moved, is_kept && *id != corrupt, "only the readable tenant's chunks move");
+    }
 }

@@ -66,6 +66,53 @@ fn strs(args: &[String]) -> Vec<&str> {
 }
 
 #[test]
+fn keys_retire_waits_for_the_reseal_which_pauses_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = path(&dir.path().join("data"));
+    let meta = dir.path().join("data/meta");
+    ok(&["keys", "init", "--data-dir", &data]);
+    ok(&["keys", "rotate", "--data-dir", &data]);
+    let status = ok(&["keys", "reseal", "--data-dir", &data]);
+    assert!(status.contains("no re-seal has run") && status.contains("not paused"), "{status}");
+    // A node with a device may hold chunks under epoch 1: no retire before a re-seal.
+    let device = crate::dev::device_path(&dir.path().join("data"));
+    std::fs::create_dir_all(device.parent().unwrap()).unwrap();
+    std::fs::write(device, b"").unwrap();
+    fails(&["keys", "retire", "--data-dir", &data, "--epoch", "1"], 1, "no re-seal");
+    // A pass in progress (as a running node saves it), paused and resumed by flag file.
+    let mut state = crate::reseal::ResealState {
+        version: 1,
+        target_epoch: 2,
+        examined: 5,
+        resealed: 4,
+        ..Default::default()
+    };
+    crate::reseal::save_state(&meta, &state).unwrap();
+    let paused = ok(&["keys", "reseal", "--data-dir", &data, "--pause"]);
+    assert!(paused.contains("in progress; 5 chunk(s) examined, 4 re-sealed"), "{paused}");
+    assert!(paused.contains("paused (resume with --resume)"), "{paused}");
+    assert!(crate::reseal::is_paused(&meta));
+    fails(&["keys", "retire", "--data-dir", &data, "--epoch", "1"], 1, "not done");
+    let resumed = ok(&["keys", "reseal", "--data-dir", &data, "--resume"]);
+    assert!(resumed.contains("not paused") && !crate::reseal::is_paused(&meta), "{resumed}");
+    let conflicting = run(&["keys", "reseal", "--data-dir", &data, "--pause", "--resume"]);
+    assert_eq!(conflicting.code, ExitCode::from(2), "{}", conflicting.err);
+    // Done, but a chunk could not be read: still refused. Done and clean: retired.
+    state.done = true;
+    state.failed = 1;
+    crate::reseal::save_state(&meta, &state).unwrap();
+    fails(&["keys", "retire", "--data-dir", &data, "--epoch", "1"], 1, "could not read");
+    state.failed = 0;
+    crate::reseal::save_state(&meta, &state).unwrap();
+    assert!(ok(&["keys", "reseal", "--data-dir", &data, "--status"]).contains(": done;"));
+    ok(&["keys", "retire", "--data-dir", &data, "--epoch", "1"]);
+    assert!(ok(&["keys", "status", "--data-dir", &data]).contains("epochs: [2]"));
+    // Every refusal was audited.
+    let verified = ok(&["audit", "verify", "--data-dir", &data]);
+    assert!(verified.contains("audit log verified"), "{verified}");
+}
+
+#[test]
 fn keys_shred_and_audit_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
