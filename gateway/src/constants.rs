@@ -70,6 +70,10 @@ pub const DEV_S3_ADDR: &str = "127.0.0.1:9000";
 pub const DEV_GRPC_ADDR: &str = "127.0.0.1:9100";
 pub const DEV_METRICS_ADDR: &str = "127.0.0.1:9090";
 
+/// The domain under which a dev node's S3 front end takes virtual-host style requests
+/// (`<bucket>.localhost`); its certificate names `*.localhost` for them.
+pub const DEV_S3_DOMAIN: &str = "localhost";
+
 // ---- S3 multipart uploads (s3.rs, multipart.rs) ----
 
 /// Smallest part of a multipart upload other than the last: 5 MiB, S3's rule
@@ -92,3 +96,44 @@ pub const S3_LIST_PARTS_MAX: usize = 1000;
 
 /// Most uploads one ListMultipartUploads answer carries: S3's 1,000.
 pub const S3_LIST_UPLOADS_MAX: usize = 1000;
+
+// ---- S3 front end bounds (s3.rs, s3_front.rs) ----
+
+/// Largest body one PutObject may carry here: 256 MiB. The body is held in memory while it
+/// is checked (payload hash, flexible checksums, Content-MD5) and cut into chunks, so this
+/// bounds a request's memory; S3 allows 5 GiB, which clients reach only through multipart
+/// (they switch at 8 MiB by default). A larger Content-Length (or
+/// `x-amz-decoded-content-length`) is EntityTooLarge before a body byte is read, and a
+/// body without a declared length is cut off at this size.
+pub const S3_OBJECT_MAX_BYTES: usize = 256 << 20;
+
+/// Most requests the S3 front end serves at once, over all connections: 128. Each may hold
+/// up to [`S3_OBJECT_MAX_BYTES`] of body, but the engine takes only a few chunk operations
+/// at a time (`ObjectConfig::engine_ops_max`) anyway; a request beyond this is answered at
+/// once with 503 SlowDown (which SDKs retry with back-off) rather than queued in memory.
+pub const S3_REQUESTS_MAX: usize = 128;
+
+/// Connections the S3 front end serves at once: 1024; more wait in the kernel's listen
+/// backlog. Idle keep-alive connections cost a socket and a small buffer each; requests in
+/// progress are bounded apart by [`S3_REQUESTS_MAX`].
+pub const S3_CONNECTIONS_MAX: usize = 1024;
+
+/// Most bytes a request line and headers may take: 64 KiB (hyper's read buffer). S3 allows
+/// 8 KiB of headers plus 2 KiB of user metadata; 64 KiB leaves room for long presigned
+/// query strings while keeping a connection's buffer small. Beyond it the request is
+/// refused (431) and the connection closed.
+pub const S3_HEADER_BYTES_MAX: usize = 64 << 10;
+
+/// Longest a client may take to finish its TLS handshake or send a request's headers:
+/// 15 s, so that a client that stalls gives its connection slot back.
+pub const S3_HEADER_TIMEOUT_SECS: u64 = 15;
+
+/// Longest validity a presigned URL may ask for (`X-Amz-Expires`): 604,800 s, seven days,
+/// SigV4's own limit. A longer one is refused with 403 before its signature is checked:
+/// such a URL is a bearer credential that would outlive any key rotation policy.
+pub const S3_PRESIGNED_EXPIRES_MAX_SECS: u64 = 604_800;
+
+/// Most a request's `x-amz-date` (or a presigned URL's) may differ from this node's clock:
+/// 15 minutes, as S3 allows (RequestTimeTooSkewed beyond). It bounds how long a captured
+/// signed request can be replayed.
+pub const S3_CLOCK_SKEW_MAX_SECS: u32 = 15 * 60;

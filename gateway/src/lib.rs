@@ -35,3 +35,5 @@ pub mod multipart;
 pub mod objects;
 pub mod observe;
 pub mod s3;
+pub mod s3_body;
+pub mod s3_front;

@@ -1,0 +1,407 @@
+//! What stands between a connection and `s3s`: the bounds a request meets before any of
+//! its body is read, and how a `Host` header names a bucket.
+//!
+//! - [`Bounded`] wraps the `s3s` service. It answers at once, without reading a body byte:
+//!   503 SlowDown when [`S3Limits::requests_max`] requests are in progress (back-pressure
+//!   instead of a queue that grows with the load); 400 EntityTooLarge when the declared
+//!   length (`Content-Length`, or `x-amz-decoded-content-length` of an aws-chunked upload)
+//!   is over [`S3Limits::body_max_bytes`]; 403 AccessDenied for a presigned URL valid for
+//!   more than seven days (`X-Amz-Expires`, or a SigV2 `Expires` time further away): `s3s`
+//!   itself checks only that it has not run out.
+//!   A body without a declared length is cut off by the operation that reads it
+//!   (`crate::s3_body`).
+//! - [`VirtualHosts`] is `s3s`'s host hook: `<bucket>.<domain>` names a bucket (virtual-host
+//!   style), the domain itself or an IP address does not (path style).
+//! - [`configure`] puts both hooks' settings on a service builder: the clock skew `s3s`
+//!   allows a signed request ([`S3_CLOCK_SKEW_MAX_SECS`]) and the virtual-host domains.
+//!
+//! Header sizes and the TLS handshake are bounded where the connection is served
+//! (`crate::s3::S3Server`).
+
+use std::sync::Arc;
+
+use hyper::body::Bytes;
+use hyper::http;
+use s3s::host::{S3Host, VirtualHost};
+use s3s::{HttpError, HttpResponse, S3Error, S3ErrorCode, S3Result};
+
+use crate::constants::{
+    S3_CLOCK_SKEW_MAX_SECS, S3_OBJECT_MAX_BYTES, S3_PART_MAX_BYTES, S3_PRESIGNED_EXPIRES_MAX_SECS,
+    S3_REQUESTS_MAX,
+};
+
+/// The bounds [`Bounded`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct S3Limits {
+    /// Requests in progress at once; see [`S3_REQUESTS_MAX`].
+    pub requests_max: usize,
+    /// The largest body a request may declare; see [`S3_OBJECT_MAX_BYTES`].
+    pub body_max_bytes: u64,
+}
+
+impl Default for S3Limits {
+    fn default() -> S3Limits {
+        S3Limits {
+            requests_max: S3_REQUESTS_MAX,
+            body_max_bytes: S3_OBJECT_MAX_BYTES.max(S3_PART_MAX_BYTES) as u64,
+        }
+    }
+}
+
+/// Sets what `s3s` checks by itself to our values: the clock skew a signed request (or a
+/// presigned URL's start) may have, and the virtual-host domains of `hosts`.
+pub fn configure(builder: &mut s3s::service::S3ServiceBuilder, hosts: VirtualHosts) {
+    let mut config = s3s::config::S3Config::default();
+    config.presigned_url_max_skew_time_secs = S3_CLOCK_SKEW_MAX_SECS;
+    let provider = s3s::config::StaticConfigProvider::new(Arc::new(config));
+    builder.set_config(Arc::new(provider));
+    builder.set_host(hosts);
+}
+
+/// A service in front of another (the `s3s` service) that refuses what is over its
+/// [`S3Limits`] before the inner service sees it; see the module's notes.
+#[derive(Debug, Clone)]
+pub struct Bounded<S> {
+    inner: S,
+    limits: S3Limits,
+    requests: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S> Bounded<S> {
+    pub fn new(inner: S, limits: S3Limits) -> Bounded<S> {
+        let requests = Arc::new(tokio::sync::Semaphore::new(limits.requests_max));
+        Bounded { inner, limits, requests }
+    }
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> hyper::service::Service<http::Request<B>> for Bounded<S>
+where
+    S: hyper::service::Service<http::Request<B>, Response = HttpResponse, Error = HttpError>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = HttpError;
+    type Future = BoxFuture<Result<HttpResponse, HttpError>>;
+
+    fn call(&self, request: http::Request<B>) -> Self::Future {
+        if let Err(refusal) = check_request(&request, &self.limits) {
+            return Box::pin(std::future::ready(error_response(refusal)));
+        }
+        // Acquired without waiting: a request over the bound is answered now, not queued.
+        let Ok(permit) = Arc::clone(&self.requests).try_acquire_owned() else {
+            let busy = S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "too many requests in progress; retry with back-off",
+            );
+            return Box::pin(std::future::ready(error_response(busy)));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+/// What [`Bounded`] refuses from a request's head alone.
+fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<()> {
+    if let Some(query) = request.uri().query() {
+        check_presigned_expiry(query)?;
+    }
+    let headers = request.headers();
+    for name in [http::header::CONTENT_LENGTH.as_str(), "x-amz-decoded-content-length"] {
+        let Some(value) = headers.get(name) else { continue };
+        // An unparsable length is `s3s`'s (or hyper's) to refuse with its own error.
+        let declared = value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limits.body_max_bytes) {
+            return Err(S3Error::with_message(
+                S3ErrorCode::EntityTooLarge,
+                "the body is larger than this server takes in one request",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A presigned URL may ask for at most seven days (SigV4's limit; AWS refuses more too):
+/// `X-Amz-Expires` in seconds for SigV4, `Expires` as a Unix time for the SigV2 URLs boto3
+/// still makes by default.
+fn check_presigned_expiry(query: &str) -> S3Result<()> {
+    let mut sigv2 = (false, None);
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(name) = percent_decode(name) else { continue };
+        // A value that is not a number is `s3s`'s to refuse.
+        let number = || percent_decode(value).and_then(|text| text.parse::<u64>().ok());
+        match name.as_str() {
+            "X-Amz-Expires" if number().is_some_and(|s| s > S3_PRESIGNED_EXPIRES_MAX_SECS) => {
+                return Err(expires_too_late());
+            }
+            "Signature" => sigv2.0 = true,
+            "Expires" => sigv2.1 = number(),
+            _ => {}
+        }
+    }
+    if let (true, Some(expires_unix_s)) = sigv2 {
+        let now_unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if expires_unix_s.saturating_sub(now_unix_s) > S3_PRESIGNED_EXPIRES_MAX_SECS {
+            return Err(expires_too_late());
+        }
+    }
+    Ok(())
+}
+
+fn expires_too_late() -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::AccessDenied,
+        "a presigned URL may be valid for at most 604800 seconds (seven days)",
+    )
+}
+
+/// `%XX` escapes (and `+` as a space) decoded, as `s3s` reads a query; `None` for a broken
+/// escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'%' => {
+                let high = char::from(bytes.next()?).to_digit(16)?;
+                let low = char::from(bytes.next()?).to_digit(16)?;
+                out.push((high * 16 + low) as u8);
+            }
+            b'+' => out.push(b' '),
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `error` as S3's XML error answer.
+fn error_response(error: S3Error) -> Result<HttpResponse, HttpError> {
+    error.to_http_response().or_else(|_| {
+        // Serializing a code and a constant message cannot fail; answer plainly if it did.
+        let mut response = HttpResponse::new(s3s::Body::from(Bytes::new()));
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        Ok(response)
+    })
+}
+
+/// The domains under which a host name `<bucket>.<domain>` names a bucket (virtual-host
+/// style). A host that is one of the domains, an IP address, or a name under none of them
+/// is path style: the bucket is the path's first segment. A port is ignored.
+#[derive(Debug, Clone)]
+pub struct VirtualHosts {
+    domains: Vec<String>,
+}
+
+impl VirtualHosts {
+    /// `domains` are lowercased; `localhost` is the dev node's.
+    pub fn new<I: IntoIterator<Item = T>, T: AsRef<str>>(domains: I) -> VirtualHosts {
+        let domains = domains
+            .into_iter()
+            .map(|domain| domain.as_ref().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|domain| !domain.is_empty())
+            .collect();
+        VirtualHosts { domains }
+    }
+
+    /// The bucket `host` names, if it names one.
+    pub fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
+        let name = strip_port(host);
+        let name = name.strip_suffix('.').unwrap_or(name);
+        // A domain itself is path style, even under another domain; and the longest
+        // domain a name is under decides where the bucket ends.
+        if self.domains.iter().any(|domain| name.eq_ignore_ascii_case(domain)) {
+            return None;
+        }
+        self.domains
+            .iter()
+            .filter_map(|domain| {
+                let split = name.len().checked_sub(domain.len() + 1)?;
+                // `get`, not indexing: a split inside a multi-byte character is no match.
+                let (bucket, rest) = (name.get(..split)?, name.get(split..)?);
+                let tail = rest.strip_prefix('.')?;
+                (tail.eq_ignore_ascii_case(domain) && !bucket.is_empty()).then_some(bucket)
+            })
+            .min_by_key(|bucket| bucket.len())
+    }
+}
+
+impl S3Host for VirtualHosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+        let domain = strip_port(host);
+        Ok(match self.bucket_of(host) {
+            Some(bucket) => VirtualHost::new(domain).with_bucket(bucket),
+            None => VirtualHost::new(domain),
+        })
+    }
+}
+
+/// `host` without its `:port` (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            if name.starts_with('[') || !name.contains(':') {
+                name
+            } else {
+                host
+            }
+        }
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut builder = http::Request::builder().method("PUT").uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn code_of(result: S3Result<()>) -> Option<String> {
+        result.err().map(|error| error.code().as_str().to_owned())
+    }
+
+    #[test]
+    fn presigned_urls_over_seven_days_are_refused() {
+        let limits = S3Limits::default();
+        let url = |expires: &str| {
+            format!(
+                "/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={expires}&X-Amz-Signature=00"
+            )
+        };
+        assert_eq!(code_of(check_request(&request(&url("604800"), &[]), &limits)), None);
+        assert_eq!(code_of(check_request(&request(&url("60"), &[]), &limits)), None);
+        for over in ["604801", "99999999999", "%36%30%34%38%30%31"] {
+            assert_eq!(
+                code_of(check_request(&request(&url(over), &[]), &limits)).as_deref(),
+                Some("AccessDenied"),
+                "{over}"
+            );
+        }
+        // An escaped parameter name is the same parameter to s3s.
+        let escaped = "/b/k?X-Amz-%45xpires=604801&X-Amz-Signature=00";
+        assert_eq!(
+            code_of(check_request(&request(escaped, &[]), &limits)).as_deref(),
+            Some("AccessDenied")
+        );
+        // Not ours to judge: s3s refuses what does not parse.
+        assert_eq!(code_of(check_request(&request(&url("soon"), &[]), &limits)), None);
+        // SigV2: `Expires` is a Unix time.
+        let now_s =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let v2 = |expires: u64| format!("/b/k?AWSAccessKeyId=K&Signature=x&Expires={expires}");
+        let week = check_request(&request(&v2(now_s + 604_000), &[]), &limits);
+        assert_eq!(code_of(week), None);
+        let past = check_request(&request(&v2(now_s - 10), &[]), &limits);
+        assert_eq!(code_of(past), None, "expired: s3s refuses it");
+        let over = check_request(&request(&v2(now_s + 604_900), &[]), &limits);
+        assert_eq!(code_of(over).as_deref(), Some("AccessDenied"));
+    }
+
+    #[test]
+    fn declared_lengths_over_the_bound_are_refused() {
+        let limits = S3Limits { requests_max: 1, body_max_bytes: 1000 };
+        let fits = request("/b/k", &[("content-length", "1000")]);
+        assert_eq!(code_of(check_request(&fits, &limits)), None);
+        let over = request("/b/k", &[("content-length", "1001")]);
+        assert_eq!(code_of(check_request(&over, &limits)).as_deref(), Some("EntityTooLarge"));
+        let chunked = request(
+            "/b/k",
+            &[("content-length", "900"), ("x-amz-decoded-content-length", "5000000000")],
+        );
+        assert_eq!(code_of(check_request(&chunked, &limits)).as_deref(), Some("EntityTooLarge"));
+        let default = S3Limits::default();
+        let five_gib = request("/b/k", &[("content-length", "5368709120")]);
+        assert_eq!(code_of(check_request(&five_gib, &default)).as_deref(), Some("EntityTooLarge"));
+    }
+
+    /// An inner service whose answers wait until the test lets them go.
+    #[derive(Clone)]
+    struct Held(Arc<tokio::sync::Semaphore>);
+
+    impl hyper::service::Service<http::Request<()>> for Held {
+        type Response = HttpResponse;
+        type Error = HttpError;
+        type Future = BoxFuture<Result<HttpResponse, HttpError>>;
+
+        fn call(&self, _: http::Request<()>) -> Self::Future {
+            let gate = Arc::clone(&self.0);
+            Box::pin(async move {
+                let _pass = gate.acquire().await.map_err(|e| HttpError::new(Box::new(e)))?;
+                Ok(HttpResponse::new(s3s::Body::from(Bytes::from_static(b"ok"))))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_bound_get_slow_down_at_once() {
+        use hyper::service::Service as _;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let bounded = Bounded::new(
+            Held(Arc::clone(&gate)),
+            S3Limits { requests_max: 2, body_max_bytes: 1 << 20 },
+        );
+        let first = tokio::spawn(bounded.call(request("/b/1", &[])));
+        let second = tokio::spawn(bounded.call(request("/b/2", &[])));
+        // Both hold their permits (they are in the inner service, waiting on the gate).
+        let third = bounded.call(request("/b/3", &[]));
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+            .await
+            .expect("the third request is answered without waiting")
+            .unwrap();
+        assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let body = http_body_util::BodyExt::collect(refused.into_body()).await.unwrap();
+        let text = String::from_utf8(body.to_bytes().to_vec()).unwrap();
+        assert!(text.contains("<Code>SlowDown</Code>"), "{text}");
+
+        gate.add_permits(2);
+        for held in [first, second] {
+            assert_eq!(held.await.unwrap().unwrap().status(), http::StatusCode::OK);
+        }
+        // The permits came back: the next request is served.
+        gate.add_permits(1);
+        let served = bounded.call(request("/b/4", &[])).await.unwrap();
+        assert_eq!(served.status(), http::StatusCode::OK);
+    }
+
+    #[test]
+    fn virtual_hosts_name_buckets_under_their_domains_only() {
+        let hosts = VirtualHosts::new(["localhost", "s3.example.org"]);
+        assert_eq!(hosts.bucket_of("photos.localhost:9000"), Some("photos"));
+        assert_eq!(hosts.bucket_of("photos.localhost"), Some("photos"));
+        assert_eq!(hosts.bucket_of("Photos.LOCALHOST:9000"), Some("Photos"));
+        assert_eq!(hosts.bucket_of("my.dotted.bucket.s3.example.org"), Some("my.dotted.bucket"));
+        // Nested domains: the domain itself is path style, the longest match decides.
+        let nested = VirtualHosts::new(["localhost", "s3.kiseki.localhost"]);
+        assert_eq!(nested.bucket_of("s3.kiseki.localhost:9000"), None);
+        assert_eq!(nested.bucket_of("photos.s3.kiseki.localhost:9000"), Some("photos"));
+        assert_eq!(nested.bucket_of("photos.localhost:9000"), Some("photos"));
+        assert_eq!(hosts.bucket_of("localhost:9000"), None);
+        assert_eq!(hosts.bucket_of("localhost"), None);
+        assert_eq!(hosts.bucket_of(".localhost"), None);
+        assert_eq!(hosts.bucket_of("notlocalhost:9000"), None);
+        assert_eq!(hosts.bucket_of("photos.elsewhere.org"), None);
+        assert_eq!(hosts.bucket_of("127.0.0.1:9000"), None);
+        assert_eq!(hosts.bucket_of("[::1]:9000"), None);
+        assert_eq!(hosts.bucket_of("é.localhost"), Some("é"));
+        assert_eq!(hosts.bucket_of("aélocalhost"), None);
+        let parsed = hosts.parse_host_header("photos.localhost:9000").unwrap();
+        assert_eq!(parsed.bucket(), Some("photos"));
+        assert_eq!(hosts.parse_host_header("localhost:9000").unwrap().bucket(), None);
+        assert_eq!(hosts.parse_host_header("node7.internal").unwrap().bucket(), None);
+    }
+}
