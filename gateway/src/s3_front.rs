@@ -7,7 +7,9 @@
 //!   length (`Content-Length`, or `x-amz-decoded-content-length` of an aws-chunked upload)
 //!   is over [`S3Limits::body_max_bytes`]; 403 AccessDenied for a presigned URL valid for
 //!   more than seven days (`X-Amz-Expires`, or a SigV2 `Expires` time further away): `s3s`
-//!   itself checks only that it has not run out.
+//!   itself checks only that it has not run out; 400 InvalidRequest for SigV2 in a header,
+//!   whose date `s3s` does not check (SigV2 presigned URLs, which boto3 still makes, carry
+//!   their own expiry and are served).
 //!   A body without a declared length is cut off by the operation that reads it
 //!   (`crate::s3_body`).
 //! - [`VirtualHosts`] is `s3s`'s host hook: `<bucket>.<domain>` names a bucket (virtual-host
@@ -112,6 +114,17 @@ fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<(
         check_presigned_expiry(query)?;
     }
     let headers = request.headers();
+    // SigV2 in a header (`AWS key:signature`): `s3s` checks no date on it, so a captured
+    // request would replay for ever. Every current client signs with SigV4; AWS's own
+    // newer regions refuse SigV2 the same way.
+    let authorization = headers.get(http::header::AUTHORIZATION).map(|value| value.as_bytes());
+    if authorization.is_some_and(|value| value.starts_with(b"AWS ")) {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "The authorization mechanism you have provided is not supported. \
+             Please use AWS4-HMAC-SHA256.",
+        ));
+    }
     for name in [http::header::CONTENT_LENGTH.as_str(), "x-amz-decoded-content-length"] {
         let Some(value) = headers.get(name) else { continue };
         // An unparsable length is `s3s`'s (or hyper's) to refuse with its own error.
@@ -310,6 +323,22 @@ mod tests {
         assert_eq!(code_of(past), None, "expired: s3s refuses it");
         let over = check_request(&request(&v2(now_s + 604_900), &[]), &limits);
         assert_eq!(code_of(over).as_deref(), Some("AccessDenied"));
+    }
+
+    #[test]
+    fn sigv2_header_auth_is_refused_and_sigv4_is_not() {
+        let limits = S3Limits::default();
+        let v2 = request("/b/k", &[("authorization", "AWS KSKEXAMPLE:c2lnbmF0dXJl")]);
+        assert_eq!(code_of(check_request(&v2, &limits)).as_deref(), Some("InvalidRequest"));
+        let v4 = request(
+            "/b/k",
+            &[(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=K/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=00",
+            )],
+        );
+        assert_eq!(code_of(check_request(&v4, &limits)), None);
     }
 
     #[test]

@@ -327,6 +327,14 @@ for minutes in (-20, 20):
     status, code, _ = signed_put("/proto/skewed", b"x", when=now + datetime.timedelta(minutes=minutes))
     assert (status, code) == (403, "RequestTimeTooSkewed"), (minutes, status, code)
 assert absent("skewed")
+# SigV2 in a header carries no date s3s checks (a captured request would replay for ever):
+# refused whatever its date, as AWS's newer regions do.
+v2 = boto3.client(
+    "s3", endpoint_url=ENDPOINT, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+    region_name="us-east-1", verify=CA,
+    config=Config(signature_version="s3", s3={"addressing_style": "path"},
+                  retries={"max_attempts": 1}))
+assert error_code(lambda: v2.list_buckets()) == "InvalidRequest"
 print("clock skew: checked")
 
 # ---- Presigned URLs ----
