@@ -107,11 +107,22 @@ pub const S3_LIST_UPLOADS_MAX: usize = 1000;
 /// body without a declared length is cut off at this size.
 pub const S3_OBJECT_MAX_BYTES: usize = 256 << 20;
 
-/// Most requests the S3 front end serves at once, over all connections: 128. Each may hold
-/// up to [`S3_OBJECT_MAX_BYTES`] of body, but the engine takes only a few chunk operations
-/// at a time (`ObjectConfig::engine_ops_max`) anyway; a request beyond this is answered at
-/// once with 503 SlowDown (which SDKs retry with back-off) rather than queued in memory.
+/// Most requests the S3 front end serves at once, over all connections: 128, eight times
+/// the concurrency the S3 benchmark drives; the engine takes only a few chunk operations
+/// at a time (`ObjectConfig::engine_ops_max`) anyway, and the bodies they hold are bounded
+/// apart ([`S3_BODY_BUDGET_BYTES`]). A request beyond this is answered at once with 503
+/// SlowDown (which SDKs retry with back-off) rather than queued in memory.
 pub const S3_REQUESTS_MAX: usize = 128;
+
+/// Most body bytes the S3 front end holds for requests in progress, all together: 1 GiB,
+/// counted from each request's declared length before its body is read (a request that
+/// would go over is answered 503 SlowDown). Bodies are held whole while they are checked,
+/// so without this [`S3_REQUESTS_MAX`] requests of [`S3_OBJECT_MAX_BYTES`] could ask for
+/// 32 GiB; 1 GiB is four of the largest PUTs at once, or a hundred of the 8 MiB parts
+/// clients upload by default.
+pub const S3_BODY_BUDGET_BYTES: u64 = 1 << 30;
+const _: () = assert!(S3_BODY_BUDGET_BYTES >= S3_OBJECT_MAX_BYTES as u64);
+const _: () = assert!(S3_BODY_BUDGET_BYTES >= S3_PART_MAX_BYTES as u64);
 
 /// Connections the S3 front end serves at once: 1024; more wait in the kernel's listen
 /// backlog. Idle keep-alive connections cost a socket and a small buffer each; requests in

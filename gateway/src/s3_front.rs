@@ -2,8 +2,9 @@
 //! its body is read, and how a `Host` header names a bucket.
 //!
 //! - [`Bounded`] wraps the `s3s` service. It answers at once, without reading a body byte:
-//!   503 SlowDown when [`S3Limits::requests_max`] requests are in progress (back-pressure
-//!   instead of a queue that grows with the load); 400 EntityTooLarge when the declared
+//!   503 SlowDown when [`S3Limits::requests_max`] requests are in progress or their declared
+//!   bodies would go over [`S3Limits::body_budget_bytes`] (back-pressure instead of a
+//!   queue or buffers that grow with the load); 400 EntityTooLarge when the declared
 //!   length (`Content-Length`, or `x-amz-decoded-content-length` of an aws-chunked upload)
 //!   is over [`S3Limits::body_max_bytes`]; 403 AccessDenied for a presigned URL valid for
 //!   more than seven days (`X-Amz-Expires`, or a SigV2 `Expires` time further away): `s3s`
@@ -28,8 +29,8 @@ use s3s::host::{S3Host, VirtualHost};
 use s3s::{HttpError, HttpResponse, S3Error, S3ErrorCode, S3Result};
 
 use crate::constants::{
-    S3_CLOCK_SKEW_MAX_SECS, S3_OBJECT_MAX_BYTES, S3_PART_MAX_BYTES, S3_PRESIGNED_EXPIRES_MAX_SECS,
-    S3_REQUESTS_MAX,
+    S3_BODY_BUDGET_BYTES, S3_CLOCK_SKEW_MAX_SECS, S3_OBJECT_MAX_BYTES, S3_PART_MAX_BYTES,
+    S3_PRESIGNED_EXPIRES_MAX_SECS, S3_REQUESTS_MAX,
 };
 
 /// The bounds [`Bounded`] enforces.
@@ -39,6 +40,9 @@ pub struct S3Limits {
     pub requests_max: usize,
     /// The largest body a request may declare; see [`S3_OBJECT_MAX_BYTES`].
     pub body_max_bytes: u64,
+    /// Body bytes all requests in progress may hold together; see
+    /// [`S3_BODY_BUDGET_BYTES`]. At least `body_max_bytes`.
+    pub body_budget_bytes: u64,
 }
 
 impl Default for S3Limits {
@@ -46,6 +50,7 @@ impl Default for S3Limits {
         S3Limits {
             requests_max: S3_REQUESTS_MAX,
             body_max_bytes: S3_OBJECT_MAX_BYTES.max(S3_PART_MAX_BYTES) as u64,
+            body_budget_bytes: S3_BODY_BUDGET_BYTES,
         }
     }
 }
@@ -67,12 +72,23 @@ pub struct Bounded<S> {
     inner: S,
     limits: S3Limits,
     requests: Arc<tokio::sync::Semaphore>,
+    /// One permit per [`BUDGET_UNIT_BYTES`] of declared body held by a request.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// The unit the body budget is counted in: 64 KiB, so that a budget of any size fits a
+/// semaphore's permits and a small body costs one unit.
+const BUDGET_UNIT_BYTES: u64 = 64 << 10;
 
 impl<S> Bounded<S> {
     pub fn new(inner: S, limits: S3Limits) -> Bounded<S> {
+        assert!(limits.body_budget_bytes >= limits.body_max_bytes, "a largest body must fit");
         let requests = Arc::new(tokio::sync::Semaphore::new(limits.requests_max));
-        Bounded { inner, limits, requests }
+        let units = usize::try_from(limits.body_budget_bytes.div_ceil(BUDGET_UNIT_BYTES))
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(units));
+        Bounded { inner, limits, requests, body_budget }
     }
 }
 
@@ -88,28 +104,45 @@ where
     type Future = BoxFuture<Result<HttpResponse, HttpError>>;
 
     fn call(&self, request: http::Request<B>) -> Self::Future {
-        if let Err(refusal) = check_request(&request, &self.limits) {
-            return Box::pin(std::future::ready(error_response(refusal)));
-        }
-        // Acquired without waiting: a request over the bound is answered now, not queued.
+        let body_bytes = match check_request(&request, &self.limits) {
+            Ok(body_bytes) => body_bytes,
+            Err(refusal) => return Box::pin(std::future::ready(error_response(refusal))),
+        };
+        // Both acquired without waiting: a request over a bound is answered now, not queued.
         let Ok(permit) = Arc::clone(&self.requests).try_acquire_owned() else {
-            let busy = S3Error::with_message(
-                S3ErrorCode::SlowDown,
+            return Box::pin(std::future::ready(error_response(slow_down(
                 "too many requests in progress; retry with back-off",
-            );
-            return Box::pin(std::future::ready(error_response(busy)));
+            ))));
+        };
+        let units = u32::try_from(body_bytes.div_ceil(BUDGET_UNIT_BYTES)).unwrap_or(u32::MAX);
+        let budget = if units == 0 {
+            None
+        } else {
+            match Arc::clone(&self.body_budget).try_acquire_many_owned(units) {
+                Ok(budget) => Some(budget),
+                Err(_) => {
+                    return Box::pin(std::future::ready(error_response(slow_down(
+                        "too many request bodies in progress; retry with back-off",
+                    ))));
+                }
+            }
         };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
-            drop(permit);
+            drop((permit, budget));
             response
         })
     }
 }
 
-/// What [`Bounded`] refuses from a request's head alone.
-fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<()> {
+fn slow_down(why: &'static str) -> S3Error {
+    S3Error::with_message(S3ErrorCode::SlowDown, why)
+}
+
+/// What [`Bounded`] refuses from a request's head alone; otherwise the body bytes it will
+/// hold: its declared length, or the largest allowed for a body of undeclared length.
+fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<u64> {
     if let Some(query) = request.uri().query() {
         check_presigned_expiry(query)?;
     }
@@ -125,6 +158,7 @@ fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<(
              Please use AWS4-HMAC-SHA256.",
         ));
     }
+    let mut body_bytes = 0;
     for name in [http::header::CONTENT_LENGTH.as_str(), "x-amz-decoded-content-length"] {
         let Some(value) = headers.get(name) else { continue };
         // An unparsable length is `s3s`'s (or hyper's) to refuse with its own error.
@@ -135,8 +169,14 @@ fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<(
                 "the body is larger than this server takes in one request",
             ));
         }
+        body_bytes = body_bytes.max(declared.unwrap_or(0));
     }
-    Ok(())
+    let undeclared = !headers.contains_key(http::header::CONTENT_LENGTH)
+        && headers.contains_key(http::header::TRANSFER_ENCODING);
+    if undeclared {
+        body_bytes = limits.body_max_bytes;
+    }
+    Ok(body_bytes)
 }
 
 /// A presigned URL may ask for at most seven days (SigV4's limit; AWS refuses more too):
@@ -284,7 +324,7 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    fn code_of(result: S3Result<()>) -> Option<String> {
+    fn code_of<T>(result: S3Result<T>) -> Option<String> {
         result.err().map(|error| error.code().as_str().to_owned())
     }
 
@@ -343,7 +383,7 @@ mod tests {
 
     #[test]
     fn declared_lengths_over_the_bound_are_refused() {
-        let limits = S3Limits { requests_max: 1, body_max_bytes: 1000 };
+        let limits = S3Limits { requests_max: 1, body_max_bytes: 1000, body_budget_bytes: 1000 };
         let fits = request("/b/k", &[("content-length", "1000")]);
         assert_eq!(code_of(check_request(&fits, &limits)), None);
         let over = request("/b/k", &[("content-length", "1001")]);
@@ -382,7 +422,7 @@ mod tests {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let bounded = Bounded::new(
             Held(Arc::clone(&gate)),
-            S3Limits { requests_max: 2, body_max_bytes: 1 << 20 },
+            S3Limits { requests_max: 2, body_max_bytes: 1 << 20, body_budget_bytes: 1 << 20 },
         );
         let first = tokio::spawn(bounded.call(request("/b/1", &[])));
         let second = tokio::spawn(bounded.call(request("/b/2", &[])));
@@ -405,6 +445,38 @@ mod tests {
         gate.add_permits(1);
         let served = bounded.call(request("/b/4", &[])).await.unwrap();
         assert_eq!(served.status(), http::StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_budget_get_slow_down_at_once() {
+        use hyper::service::Service as _;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let bounded = Bounded::new(
+            Held(Arc::clone(&gate)),
+            S3Limits { requests_max: 16, body_max_bytes: 1 << 20, body_budget_bytes: 3 << 19 },
+        );
+        let mib = (1u64 << 20).to_string();
+        let put = |length: &str| request("/b/k", &[("content-length", length)]);
+        // One MiB of the 1.5 MiB budget is held; another MiB would go over it.
+        let held = tokio::spawn(bounded.call(put(&mib)));
+        tokio::task::yield_now().await;
+        let refused = bounded.call(put(&mib)).await.unwrap();
+        assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        // An undeclared (chunked) body counts as the largest allowed: refused as well.
+        let chunked = request("/b/k", &[("transfer-encoding", "chunked")]);
+        let refused = bounded.call(chunked).await.unwrap();
+        assert_eq!(refused.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        // What still fits is served, and a request without a body costs nothing.
+        let small = tokio::spawn(bounded.call(put("1000")));
+        let bodiless = tokio::spawn(bounded.call(request("/b", &[])));
+        gate.add_permits(3);
+        for served in [held, small, bodiless] {
+            assert_eq!(served.await.unwrap().unwrap().status(), http::StatusCode::OK);
+        }
+        // The budget came back whole.
+        gate.add_permits(1);
+        let again = bounded.call(put(&mib)).await.unwrap();
+        assert_eq!(again.status(), http::StatusCode::OK);
     }
 
     #[test]
