@@ -40,9 +40,10 @@
 //!   `x-amz-checksum-mode: ENABLED`. An UploadPart's are checked and returned, not kept.
 //! - SigV4 itself (header and presigned, `x-amz-date` within
 //!   [`crate::constants::S3_CLOCK_SKEW_MAX_SECS`], chunk signatures) is `s3s`'s; the front
-//!   ([`crate::s3_front`]) refuses presigned URLs over seven days, declared bodies over the
-//!   bound, and requests over [`crate::constants::S3_REQUESTS_MAX`] (503 SlowDown), and
-//!   names buckets by host for virtual-host style.
+//!   ([`crate::s3_front`]) refuses presigned URLs over seven days, SigV2 in a header,
+//!   declared bodies over the bound, and requests over [`crate::constants::S3_REQUESTS_MAX`]
+//!   or [`crate::constants::S3_BODY_BUDGET_BYTES`] (503 SlowDown), and names buckets by host
+//!   for virtual-host style.
 //!
 //! [`S3Server`] accepts TLS 1.3 connections (no client certificate: SigV4 authenticates
 //! each request) and serves each over HTTP/1.1 with TCP_NODELAY, headers bounded by
@@ -391,16 +392,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = self.tenant(&req).await?;
         let mut input = req.input;
-        let claims = Claims {
-            content_md5: input.content_md5.as_deref(),
-            algorithm: input.checksum_algorithm.as_ref(),
-            trailer: header_text(&req.headers, "x-amz-trailer"),
-            crc32: input.checksum_crc32.as_deref(),
-            crc32c: input.checksum_crc32c.as_deref(),
-            crc64nvme: input.checksum_crc64nvme.as_deref(),
-            sha1: input.checksum_sha1.as_deref(),
-            sha256: input.checksum_sha256.as_deref(),
-        };
+        let claims = claims_of!(input, req.headers);
         // Checked whole before anything is stored: a mismatch stores nothing.
         let (body, checksums) = read_checked(
             input.body.take(),
@@ -774,16 +766,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let tenant = self.tenant(&req).await?;
         let mut input = req.input;
-        let claims = Claims {
-            content_md5: input.content_md5.as_deref(),
-            algorithm: input.checksum_algorithm.as_ref(),
-            trailer: header_text(&req.headers, "x-amz-trailer"),
-            crc32: input.checksum_crc32.as_deref(),
-            crc32c: input.checksum_crc32c.as_deref(),
-            crc64nvme: input.checksum_crc64nvme.as_deref(),
-            sha1: input.checksum_sha1.as_deref(),
-            sha256: input.checksum_sha256.as_deref(),
-        };
+        let claims = claims_of!(input, req.headers);
         let (body, checksums) = read_checked(
             input.body.take(),
             S3_PART_MAX_BYTES,
@@ -1152,6 +1135,23 @@ macro_rules! set_checksums {
     }};
 }
 use set_checksums;
+
+/// What a PutObject or UploadPart input (the same fields in both) says its body is.
+macro_rules! claims_of {
+    ($input:expr, $headers:expr) => {
+        Claims {
+            content_md5: $input.content_md5.as_deref(),
+            algorithm: $input.checksum_algorithm.as_ref(),
+            trailer: header_text(&$headers, "x-amz-trailer"),
+            crc32: $input.checksum_crc32.as_deref(),
+            crc32c: $input.checksum_crc32c.as_deref(),
+            crc64nvme: $input.checksum_crc64nvme.as_deref(),
+            sha1: $input.checksum_sha1.as_deref(),
+            sha256: $input.checksum_sha256.as_deref(),
+        }
+    };
+}
+use claims_of;
 
 /// Whether a GET or HEAD asked for the object's checksums (`x-amz-checksum-mode: ENABLED`).
 fn checksums_asked(mode: Option<&ChecksumMode>) -> bool {
