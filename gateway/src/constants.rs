@@ -69,6 +69,10 @@ pub const DEV_S3_ADDR: &str = "127.0.0.1:9000";
 pub const DEV_GRPC_ADDR: &str = "127.0.0.1:9100";
 pub const DEV_METRICS_ADDR: &str = "127.0.0.1:9090";
 
+/// The domain under which a dev node's S3 front end takes virtual-host style requests
+/// (`<bucket>.localhost`); its certificate names `*.localhost` for them.
+pub const DEV_S3_DOMAIN: &str = "localhost";
+
 // ---- S3 multipart uploads (s3.rs, multipart.rs) ----
 
 /// Smallest part of a multipart upload other than the last: 5 MiB, S3's rule
@@ -106,7 +110,7 @@ pub const GRPC_BODY_PIECE_BYTES: usize = 1 << 20;
 
 /// Largest object a gRPC put takes or a get serves: the S3 single-PUT bound (256 MiB),
 /// since the object layer holds a body in memory as a whole, as for S3.
-pub const GRPC_OBJECT_MAX_BYTES: usize = crate::s3::S3_OBJECT_MAX_BYTES;
+pub const GRPC_OBJECT_MAX_BYTES: usize = S3_OBJECT_MAX_BYTES;
 
 /// Puts and gets holding a body at once: 8. Each holds at most an object
 /// ([`GRPC_OBJECT_MAX_BYTES`]), so the worst case is 2 GiB of bodies; a ninth answers
@@ -165,3 +169,55 @@ pub const RESEAL_LOG_EVERY_BATCHES: u64 = 64;
 /// Retries of one engine call that answered `Busy`, with a doubling sleep from 4 ms (about
 /// half a second in all), before the batch stops and backs off.
 pub const RESEAL_BUSY_RETRIES: u32 = 7;
+
+// ---- S3 front end bounds (s3.rs, s3_front.rs) ----
+
+/// Largest body one PutObject may carry here: 256 MiB. The body is held in memory while it
+/// is checked (payload hash, flexible checksums, Content-MD5) and cut into chunks, so this
+/// bounds a request's memory; S3 allows 5 GiB, which clients reach only through multipart
+/// (they switch at 8 MiB by default). A larger Content-Length (or
+/// `x-amz-decoded-content-length`) is EntityTooLarge before a body byte is read, and a
+/// body without a declared length is cut off at this size.
+pub const S3_OBJECT_MAX_BYTES: usize = 256 << 20;
+
+/// Most requests the S3 front end serves at once, over all connections: 128, eight times
+/// the concurrency the S3 benchmark drives; the engine takes only a few chunk operations
+/// at a time (`ObjectConfig::engine_ops_max`) anyway, and the bodies they hold are bounded
+/// apart ([`S3_BODY_BUDGET_BYTES`]). A request beyond this is answered at once with 503
+/// SlowDown (which SDKs retry with back-off) rather than queued in memory.
+pub const S3_REQUESTS_MAX: usize = 128;
+
+/// Most body bytes the S3 front end holds for requests in progress, all together: 1 GiB,
+/// counted from each request's declared length before its body is read (a request that
+/// would go over is answered 503 SlowDown). Bodies are held whole while they are checked,
+/// so without this [`S3_REQUESTS_MAX`] requests of [`S3_OBJECT_MAX_BYTES`] could ask for
+/// 32 GiB; 1 GiB is four of the largest PUTs at once, or a hundred of the 8 MiB parts
+/// clients upload by default.
+pub const S3_BODY_BUDGET_BYTES: u64 = 1 << 30;
+const _: () = assert!(S3_BODY_BUDGET_BYTES >= S3_OBJECT_MAX_BYTES as u64);
+const _: () = assert!(S3_BODY_BUDGET_BYTES >= S3_PART_MAX_BYTES as u64);
+
+/// Connections the S3 front end serves at once: 1024; more wait in the kernel's listen
+/// backlog. Idle keep-alive connections cost a socket and a small buffer each; requests in
+/// progress are bounded apart by [`S3_REQUESTS_MAX`].
+pub const S3_CONNECTIONS_MAX: usize = 1024;
+
+/// Most bytes a request line and headers may take: 64 KiB (hyper's read buffer). S3 allows
+/// 8 KiB of headers plus 2 KiB of user metadata; 64 KiB leaves room for long presigned
+/// query strings while keeping a connection's buffer small. Beyond it the request is
+/// refused (431) and the connection closed.
+pub const S3_HEADER_BYTES_MAX: usize = 64 << 10;
+
+/// Longest a client may take to finish its TLS handshake or send a request's headers:
+/// 15 s, so that a client that stalls gives its connection slot back.
+pub const S3_HEADER_TIMEOUT_SECS: u64 = 15;
+
+/// Longest validity a presigned URL may ask for (`X-Amz-Expires`): 604,800 s, seven days,
+/// SigV4's own limit. A longer one is refused with 403 before its signature is checked:
+/// such a URL is a bearer credential that would outlive any key rotation policy.
+pub const S3_PRESIGNED_EXPIRES_MAX_SECS: u64 = 604_800;
+
+/// Most a request's `x-amz-date` (or a presigned URL's) may differ from this node's clock:
+/// 15 minutes, as S3 allows (RequestTimeTooSkewed beyond). It bounds how long a captured
+/// signed request can be replayed.
+pub const S3_CLOCK_SKEW_MAX_SECS: u32 = 15 * 60;

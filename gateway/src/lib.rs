@@ -45,3 +45,5 @@ pub mod objects;
 pub mod observe;
 pub mod reseal;
 pub mod s3;
+pub mod s3_body;
+pub mod s3_front;

@@ -28,8 +28,8 @@ use md5::{Digest, Md5};
 
 use crate::constants::{S3_PART_MAX_BYTES, S3_PART_MIN_BYTES, S3_PARTS_MAX};
 use crate::objects::{
-    ObjectError, ObjectMeta, ObjectStore, SealedMeta, UserMetadata, absent_bucket, check_key,
-    consensus_error, context, meta_tenant, now_unix_ms,
+    ObjectChecksums, ObjectError, ObjectMeta, ObjectStore, SealedMeta, UserMetadata, absent_bucket,
+    check_key, consensus_error, context, meta_tenant, now_unix_ms,
 };
 
 /// An open upload as ListMultipartUploads shows it.
@@ -69,8 +69,12 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id)
             .map_err(|_| ObjectError::Internal("the system RNG failed".to_owned()))?;
-        let sealed =
-            SealedMeta { user: user.clone(), modified_unix_ms: now_unix_ms(), parts: None };
+        let sealed = SealedMeta {
+            user: user.clone(),
+            modified_unix_ms: now_unix_ms(),
+            parts: None,
+            checksums: ObjectChecksums::default(),
+        };
         let json = serde_json::to_vec(&sealed).map_err(|e| ObjectError::Internal(e.to_string()))?;
         let sealed_user_metadata =
             Sealed(self.seal_for_tenant(tenant, &context(b"meta", bucket, key), &json)?);

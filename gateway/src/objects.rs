@@ -77,6 +77,52 @@ pub struct ObjectMeta {
     /// When the put that made it was accepted (milliseconds since the Unix epoch).
     pub modified_unix_ms: u64,
     pub user: UserMetadata,
+    /// The flexible checksums its PUT was checked against (none for multipart objects).
+    pub checksums: ObjectChecksums,
+}
+
+/// The flexible checksums of an object's whole body, base64 as S3 shows them: those its
+/// client sent (and the body was checked against) or asked to have computed. Kept sealed
+/// with the user metadata: a digest of a small body can tell what the body is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectChecksums {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ObjectChecksums {
+    pub fn is_empty(&self) -> bool {
+        self == &ObjectChecksums::default()
+    }
+
+    /// The value of the algorithm S3 names `name` (`CRC32`, `SHA256`, ...).
+    pub fn value(&self, name: &str) -> Option<&str> {
+        match name {
+            "CRC32" => self.crc32.as_deref(),
+            "CRC32C" => self.crc32c.as_deref(),
+            "CRC64NVME" => self.crc64nvme.as_deref(),
+            "SHA1" => self.sha1.as_deref(),
+            "SHA256" => self.sha256.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// What a put records beside the body: the user's metadata, the checksums the body was
+/// checked against, and the condition the put is applied under.
+#[derive(Debug, Clone, Copy)]
+pub struct PutOptions<'a> {
+    pub user: &'a UserMetadata,
+    pub checksums: &'a ObjectChecksums,
+    pub condition: Option<PutCondition>,
 }
 
 /// An object as a listing sees it.
@@ -99,6 +145,10 @@ pub(crate) struct SealedMeta {
     /// Set when a multipart upload completes; absent in single puts (and older records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) parts: Option<u16>,
+    /// Set by single puts that were checked against flexible checksums; absent in older
+    /// records, which read as having none.
+    #[serde(default, skip_serializing_if = "ObjectChecksums::is_empty")]
+    pub(crate) checksums: ObjectChecksums,
 }
 
 /// Why an object operation failed; each maps to one S3 error.
@@ -289,6 +339,22 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         user: &UserMetadata,
         condition: Option<PutCondition>,
     ) -> Result<[u8; 16], ObjectError> {
+        let checksums = ObjectChecksums::default();
+        let options = PutOptions { user, checksums: &checksums, condition };
+        self.put_object_with(tenant, bucket, key, body, options).await
+    }
+
+    /// As [`Self::put_object_if`], recording the checksums the caller checked `body`
+    /// against (returned by heads and gets that ask for them).
+    pub async fn put_object_with(
+        &self,
+        tenant: TenantId,
+        bucket: &str,
+        key: &[u8],
+        body: &[u8],
+        options: PutOptions<'_>,
+    ) -> Result<[u8; 16], ObjectError> {
+        let PutOptions { user, checksums, condition } = options;
         check_key(key)?;
         let etag: [u8; 16] = Md5::digest(body).into();
         let owner = meta_tenant(tenant);
@@ -299,8 +365,12 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             return Err(absent_bucket(&view, bucket));
         }
         drop(view);
-        let sealed_meta =
-            SealedMeta { user: user.clone(), modified_unix_ms: now_unix_ms(), parts: None };
+        let sealed_meta = SealedMeta {
+            user: user.clone(),
+            modified_unix_ms: now_unix_ms(),
+            parts: None,
+            checksums: checksums.clone(),
+        };
         let user_json =
             serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
         let sealed_user_metadata =
@@ -481,6 +551,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             user: replace.cloned().unwrap_or(source_meta.user),
             modified_unix_ms: now_unix_ms(),
             parts: source_meta.parts,
+            // The same bytes: the same checksums.
+            checksums: source_meta.checksums.clone(),
         };
         let user_json =
             serde_json::to_vec(&sealed_meta).map_err(|e| ObjectError::Internal(e.to_string()))?;
@@ -520,6 +592,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             parts: sealed_meta.parts,
             modified_unix_ms: sealed_meta.modified_unix_ms,
             user: sealed_meta.user,
+            checksums: sealed_meta.checksums,
         };
         self.commit_object(command, bucket, &referenced).await?;
         Ok(result)
@@ -746,6 +819,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             parts: sealed.parts,
             modified_unix_ms: sealed.modified_unix_ms,
             user: sealed.user,
+            checksums: sealed.checksums,
         })
     }
 

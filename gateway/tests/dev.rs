@@ -733,6 +733,32 @@ fn dev_serves_s3_with_the_printed_key_and_keeps_objects_and_keys_across_a_restar
                assert ranged['Body'].read() == body[1048570:1048581]\n\
                print(s3.get_object(Bucket='keep', Key='small')['Body'].read().decode())";
     assert_eq!(boto3(&node.printed, &ca, get).trim(), "hello kiseki");
+    // Path style on `localhost` as well as 127.0.0.1; virtual-host style on
+    // `<bucket>.localhost`, sent to 127.0.0.1 with the Host header naming the bucket (the
+    // system resolver here need not know `*.localhost`).
+    let hosts = "import http.client, ssl, urllib.parse\n\
+                 from botocore.auth import S3SigV4Auth\n\
+                 from botocore.awsrequest import AWSRequest\n\
+                 from botocore.credentials import Credentials\n\
+                 port = urllib.parse.urlparse(sys.argv[1]).port\n\
+                 local = boto3.client('s3', endpoint_url='https://localhost:%d' % port, \
+                 aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], \
+                 region_name='us-east-1', verify=sys.argv[4], \
+                 config=Config(s3={'addressing_style': 'path'}))\n\
+                 print(local.get_object(Bucket='keep', Key='small')['Body'].read().decode())\n\
+                 host = 'keep.localhost:%d' % port\n\
+                 request = AWSRequest(method='GET', url='https://%s/small' % host, \
+                 headers={'X-Amz-Content-SHA256': 'UNSIGNED-PAYLOAD'})\n\
+                 S3SigV4Auth(Credentials(sys.argv[2], sys.argv[3]), 's3', 'us-east-1')\
+                 .add_auth(request)\n\
+                 headers = dict(request.headers.items())\n\
+                 headers['Host'] = host\n\
+                 tls = ssl.create_default_context(cafile=sys.argv[4])\n\
+                 connection = http.client.HTTPSConnection('127.0.0.1', port, context=tls)\n\
+                 connection.request('GET', '/small', headers=headers)\n\
+                 response = connection.getresponse()\n\
+                 print(response.status, response.read().decode())";
+    assert_eq!(boto3(&node.printed, &ca, hosts).trim(), "hello kiseki\n200 hello kiseki");
     let (status, rest) = node.terminate();
     assert_eq!(status.code(), Some(0), "{rest}");
 }

@@ -35,11 +35,18 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with_engine_bounds(32, ObjectConfig::default().engine_ops_max).await
+    }
+
+    /// A fixture whose device has `buffers` I/O buffers and whose store lets
+    /// `engine_ops_max` chunk operations into the engine at once.
+    async fn with_engine_bounds(buffers: u32, engine_ops_max: usize) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let group = start_single(dir.path()).await.expect("a one-member metadata group");
         let group = Arc::new(group);
 
-        let engine = Engine::start(1, Arc::new(|_| open_memory_shard(32 << 20))).unwrap();
+        let open = move |_| open_memory_shard(32 << 20, buffers);
+        let engine = Engine::start(1, Arc::new(open)).unwrap();
         let root = Zeroizing::new([7u8; 32]);
         let root = LocalRootKey::from_bytes("test", &root, MemoryLocking::BestEffort).unwrap();
         let mut config = KeyManagerConfig::default();
@@ -54,11 +61,7 @@ impl Fixture {
             Arc::clone(&group),
             engine.handle(),
             Arc::clone(&keys),
-            ObjectConfig {
-                chunk_size_bytes: CHUNK,
-                inline_max_bytes: 100,
-                ..ObjectConfig::default()
-            },
+            ObjectConfig { chunk_size_bytes: CHUNK, inline_max_bytes: 100, engine_ops_max },
         );
         Fixture { dir, store, keys, engine: Some(engine), group }
     }
@@ -80,10 +83,13 @@ impl Drop for Fixture {
     }
 }
 
-fn open_memory_shard(size_bytes: u64) -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
+fn open_memory_shard(
+    size_bytes: u64,
+    buffer_count: u32,
+) -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
     let options = DeviceOptions {
         queue_depth: 64,
-        buffer_count: 32,
+        buffer_count,
         buffer_size_bytes: 64 << 10,
         ..DeviceOptions::default()
     };
@@ -353,4 +359,45 @@ async fn bodies_and_user_metadata_are_sealed_in_the_metadata_file() {
     assert!(!contains(inline_marker), "an inline body in the clear");
     assert!(!contains(meta_marker.as_bytes()), "user metadata in the clear");
     assert!(!contains(b"text/plain"), "a content type in the clear");
+}
+
+/// Puts `writers` objects of several chunks at once into a store over an engine with four
+/// I/O buffers (one of them its journal's); returns how many were refused as unavailable
+/// (the engine's `Busy`).
+async fn concurrent_puts_refused(engine_ops_max: usize, writers: u8) -> usize {
+    let f = Arc::new(Fixture::with_engine_bounds(4, engine_ops_max).await);
+    let alice = tenant(1);
+    f.store.create_tenant(alice, DedupMode::CrossTenant).await.unwrap();
+    f.store.create_bucket(alice, "busy").await.unwrap();
+    let mut tasks = Vec::new();
+    for seed in 0..writers {
+        let f = Arc::clone(&f);
+        tasks.push(tokio::spawn(async move {
+            let data = body(8 * CHUNK, seed);
+            let (key, user) = (format!("object-{seed}"), UserMetadata::default());
+            let result = f.store.put_object(alice, "busy", key.as_bytes(), &data, &user).await;
+            result.map(|etag| (etag, md5_of(&data)))
+        }));
+    }
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok((etag, expected)) => assert_eq!(etag, expected),
+            Err(ObjectError::Unavailable(_)) => refused += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    refused
+}
+
+/// `ObjectConfig::engine_ops_max` keeps a node's chunk operations under the engine's I/O
+/// buffers: with it at 2, 24 writers at once over 3 free buffers all succeed (they wait
+/// their turn), where without the bound (64 slots) the engine answers some of them `Busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_ops_max_makes_concurrent_puts_wait_instead_of_failing() {
+    assert_eq!(concurrent_puts_refused(2, 24).await, 0, "bounded: every put waits its turn");
+    assert!(
+        concurrent_puts_refused(64, 24).await > 0,
+        "the control: over two buffers, unbounded puts meet a busy engine"
+    );
 }

@@ -2,7 +2,8 @@
 //! metadata group on redb, an engine on a memory device, a key manager), two tenants with
 //! credentials made the way `s3-credentials create` makes them, and boto3 (s3_boto3.py)
 //! driving every served operation and the negatives (and aws-cli's multipart `s3 cp` when
-//! `aws` is on the PATH). boto3 comes from scripts/test.sh. At the end every chunk
+//! `aws` is on the PATH), and the protocol's edges (s3_protocol.py: checksums, payload
+//! hashes, presigned URLs, clock skew, virtual-host style, bounds). boto3 comes from scripts/test.sh. At the end every chunk
 //! reference must have been given back.
 
 use std::process::Command;
@@ -14,6 +15,7 @@ use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
 use kiseki_engine::{DeviceIds, Engine, FormatOptions, OpenOptions, Shard};
 use kiseki_gateway::objects::{ObjectConfig, ObjectStore};
 use kiseki_gateway::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
+use kiseki_gateway::s3_front::{VirtualHosts, configure};
 use kiseki_security::keymanager::{
     KeyManager, KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, SystemClock,
 };
@@ -41,21 +43,33 @@ fn open_memory_shard() -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError
     Shard::open(device, &OpenOptions::default())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boto3_exercises_every_served_operation_and_the_negatives() {
+/// A test S3 server, its engine and the environment the client scripts read.
+struct Served {
+    _dir: tempfile::TempDir,
+    server: S3Server,
+    engine: Engine,
+    env: Vec<(&'static str, String)>,
+}
+
+/// Virtual-host style under this domain in the tests (two labels: OpenSSL matches a
+/// wildcard only with two labels after it); `localhost` is taken as well, as a dev node does.
+const VHOST_DOMAIN: &str = "s3.kiseki.localhost";
+
+async fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
 
     // The node's TLS identity, from a throwaway cluster CA.
     let ca_dir = dir.path().join("ca");
     let ca = CertificateAuthority::init(&ca_dir, "s3 test", Validity::days_from_now(1)).unwrap();
+    let wildcard = format!("*.{VHOST_DOMAIN}");
     let request = IssueRequest {
         role: Role::Server,
         common_name: "node".to_owned(),
         spiffe_id: None,
-        subject_alt_names: vec![
-            SubjectAltName::parse("127.0.0.1").unwrap(),
-            SubjectAltName::parse("localhost").unwrap(),
-        ],
+        subject_alt_names: ["127.0.0.1", "localhost", "*.localhost", VHOST_DOMAIN, &wildcard]
+            .into_iter()
+            .map(|name| SubjectAltName::parse(name).unwrap())
+            .collect(),
         validity: Validity::days_from_now(1),
     };
     let (cert, key) =
@@ -103,38 +117,68 @@ async fn boto3_exercises_every_served_operation_and_the_negatives() {
     let mut builder =
         s3s::service::S3ServiceBuilder::new(KisekiS3::new(objects, Arc::clone(&credentials)));
     builder.set_auth(CredentialAuth(credentials));
+    configure(&mut builder, VirtualHosts::new(["localhost", VHOST_DOMAIN]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = S3Server::start(listener, &tls, builder.build()).unwrap();
     let endpoint = format!("https://127.0.0.1:{}", server.local_addr().port());
+    let env = vec![
+        ("KISEKI_S3_ENDPOINT", endpoint),
+        ("KISEKI_S3_CA", ca_cert.display().to_string()),
+        ("KISEKI_S3_CHUNK", CHUNK.to_string()),
+        ("KISEKI_S3_VHOST_DOMAIN", VHOST_DOMAIN.to_owned()),
+        ("KISEKI_S3_ALICE_KEY", alice_key),
+        ("KISEKI_S3_ALICE_SECRET", alice_secret.to_string()),
+        ("KISEKI_S3_BOB_KEY", bob_key),
+        ("KISEKI_S3_BOB_SECRET", bob_secret.to_string()),
+    ];
+    Served { _dir: dir, server, engine, env }
+}
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3_boto3.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .env("KISEKI_S3_ENDPOINT", &endpoint)
-            .env("KISEKI_S3_CA", &ca_cert)
-            .env("KISEKI_S3_CHUNK", CHUNK.to_string())
-            .env("KISEKI_S3_ALICE_KEY", &alice_key)
-            .env("KISEKI_S3_ALICE_SECRET", alice_secret.as_str())
-            .env("KISEKI_S3_BOB_KEY", &bob_key)
-            .env("KISEKI_S3_BOB_SECRET", bob_secret.as_str())
-            .output()
-            .expect("python3 runs (scripts/test.sh installs it and boto3)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "boto3 failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
-    println!("{stdout}");
+impl Served {
+    /// Runs `script` (in tests/) against the server; returns its output once it passed.
+    async fn run(&self, script: &str) -> String {
+        let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+        let env = self.env.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(&script)
+                .envs(env)
+                .output()
+                .expect("python3 runs (scripts/test.sh installs it and boto3)")
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "the client failed:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("every check passed"), "{stdout}\n{stderr}");
+        println!("{stdout}");
+        stdout
+    }
 
-    // The script deleted everything it made: every chunk reference a put, a part, a
-    // replaced part, an aborted upload or a completion took was given back.
-    let stats = engine.handle().stats().await.unwrap();
-    let chunks: u64 = stats.iter().map(|shard| shard.chunks).sum();
-    assert_eq!(chunks, 0, "chunks still referenced after every object and upload is gone");
+    /// The scripts delete everything they made: every chunk reference a put, a part, a
+    /// replaced part, an aborted upload or a completion took was given back.
+    async fn stop_with_no_chunks_left(self) {
+        let stats = self.engine.handle().stats().await.unwrap();
+        let chunks: u64 = stats.iter().map(|shard| shard.chunks).sum();
+        assert_eq!(chunks, 0, "chunks still referenced after every object and upload is gone");
+        self.server.shutdown().await;
+        self.engine.shutdown().unwrap();
+    }
+}
 
-    server.shutdown().await;
-    engine.shutdown().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_exercises_every_served_operation_and_the_negatives() {
+    let served = serve().await;
+    served.run("s3_boto3.py").await;
+    served.stop_with_no_chunks_left().await;
+}
+
+/// Flexible checksums, Content-MD5, payload hashes, presigned URLs, clock skew,
+/// virtual-host style and the front's bounds (s3_protocol.py), each with its negatives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_edges_are_checked_with_their_negatives() {
+    let served = serve().await;
+    served.run("s3_protocol.py").await;
+    served.stop_with_no_chunks_left().await;
 }

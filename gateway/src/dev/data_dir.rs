@@ -6,7 +6,8 @@
 //!   meta/node.json                  the manifest, written last (0600)
 //!   meta/lock                       held (flock) while a node uses the dir
 //!   tls/ca/ca.crt ca.key crl.pem    the cluster CA (key 0600)
-//!   tls/server/server.crt .key      the node's certificate (SANs localhost, 127.0.0.1, ::1)
+//!   tls/server/server.crt .key      the node's certificate (SANs localhost, *.localhost,
+//!                                   127.0.0.1, ::1)
 //!   tls/clients/node/               a client with the server role (node-to-node, the bench)
 //!   tls/clients/tenant-dev/         a workload of tenant org `dev`
 //!   devices/dev0.img                the preallocated device file, one shard per reactor
@@ -425,7 +426,9 @@ fn make_node(layout: &Layout, plan: &Plan) -> Result<Manifest, DevError> {
         Validity::days_from_now(CA_VALIDITY_DEFAULT_DAYS),
     )?;
     let leaf = Validity::days_from_now(LEAF_VALIDITY_DEFAULT_DAYS);
-    let mut server_names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(str::to_owned).into();
+    // `*.localhost`: virtual-host style S3 requests name `<bucket>.localhost`.
+    let mut server_names: Vec<String> =
+        ["localhost", "*.localhost", "127.0.0.1", "::1"].map(str::to_owned).into();
     if !plan.fabric_ip.is_loopback() && !plan.fabric_ip.is_unspecified() {
         server_names.push(plan.fabric_ip.to_string());
     }

@@ -9,7 +9,8 @@
 //! - Tenant org `dev` (cross-tenant dedup) and one S3 access key for its workload `dev`:
 //!   the key's id is kept in `meta/s3-access-key`, its secret only sealed in the metadata,
 //!   and both are printed at each start (it is a development node).
-//! - The S3 front end over the engine the chunk service uses. Every signed request is
+//! - The S3 front end over the engine the chunk service uses, path style on `localhost`
+//!   and `127.0.0.1`, virtual-host style on `<bucket>.localhost`. Every signed request is
 //!   recorded as a data access of its tenant, and every unknown access key as an
 //!   authentication failure (rate-limited), in the key manager's audit log (`crate::audit`).
 //! - The gRPC front end (`crate::grpc`) over the same object layer, credentials and audit
@@ -43,11 +44,12 @@ use zeroize::Zeroizing;
 
 use super::DevError;
 use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
-use crate::constants::DEV_TENANT_ORG;
+use crate::constants::{DEV_S3_DOMAIN, DEV_TENANT_ORG};
 use crate::grpc::{GrpcFront, GrpcServer};
 use crate::objects::{ObjectConfig, ObjectStore};
 use crate::reseal::{ResealConfig, ResealCounters, ResealTask};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
+use crate::s3_front::{VirtualHosts, configure};
 
 /// Longest a stop waits for the audit writer to empty its queue.
 const AUDIT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -240,6 +242,8 @@ async fn start_rest(
     builder
         .set_auth(AuditedAuth::new(CredentialAuth(Arc::clone(&credentials)), Arc::clone(&audit)));
     builder.set_access(AuditAccess::new(Arc::clone(&credentials), Arc::clone(&audit)));
+    // Path style on localhost and 127.0.0.1, virtual-host style on <bucket>.localhost.
+    configure(&mut builder, VirtualHosts::new([DEV_S3_DOMAIN]));
     let tokio_listener = |listener: std::net::TcpListener| {
         listener.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(listener)
