@@ -357,6 +357,9 @@ impl<S> std::fmt::Debug for AuditAccess<S> {
 #[async_trait::async_trait]
 impl<S: KeyStoreBackend + Send + 'static> S3Access for AuditAccess<S> {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        if let Some(slot) = cx.extensions_mut().get::<crate::s3_front::OpSlot>().cloned() {
+            slot.set(cx.s3_op().name());
+        }
         let Some(credentials) = cx.credentials() else {
             return Err(s3s::s3_error!(AccessDenied, "anonymous requests are not served"));
         };

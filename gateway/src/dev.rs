@@ -194,6 +194,7 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
         }
     };
     let meta = started.dir.layout.root().join("meta");
+    let metrics = Arc::new(Metrics::new());
     let listeners = front::FrontListeners { s3: s3_listener, grpc: grpc_listener };
     let device = started.dir.layout.device();
     let front = runtime.block_on(front::start(
@@ -202,6 +203,7 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
         &started.tls,
         listeners,
         &device,
+        Arc::clone(&metrics),
     ));
     let front = match front {
         Ok(front) => front,
@@ -221,7 +223,6 @@ pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> 
         let _ = started.engine.shutdown();
         return Err(error);
     }
-    let metrics = Arc::new(Metrics::new());
     let service = Arc::new(MeteredHandler::new(
         Arc::clone(&metrics),
         Arc::new(ChunkService::new(

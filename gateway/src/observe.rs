@@ -59,6 +59,19 @@ struct OpLabels {
     op: &'static str,
 }
 
+/// An S3 operation (s3s's name; `none` for a request answered before one was known: by
+/// the front's bounds or the signature check) and the HTTP status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct S3RequestLabels {
+    op: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct S3OpLabels {
+    op: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     op: &'static str,
@@ -110,7 +123,16 @@ pub struct Metrics {
     connections: Family<ConnectionLabels, Gauge>,
     raft: RaftGauges,
     reseal: Family<ResealLabels, Gauge>,
+    s3: S3Families,
     scrapes: Counter,
+}
+
+/// The S3 front end's requests, counted as they are answered.
+struct S3Families {
+    requests: Family<S3RequestLabels, Counter>,
+    latency: Family<S3OpLabels, Histogram, fn() -> Histogram>,
+    bytes_in: Family<S3OpLabels, Counter>,
+    bytes_out: Family<S3OpLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +224,33 @@ impl Metrics {
         );
         let scrapes = Counter::default();
         registry.register("metrics_scrapes", "Scrapes of this endpoint", scrapes.clone());
+        let s3 = S3Families {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+        };
+        let s3_registry = registry.sub_registry_with_prefix("s3");
+        s3_registry.register(
+            "requests",
+            "S3 requests answered, by operation and HTTP status",
+            s3.requests.clone(),
+        );
+        s3_registry.register(
+            "request_seconds",
+            "Time from a request's headers to its response's, by operation",
+            s3.latency.clone(),
+        );
+        s3_registry.register(
+            "request_bytes",
+            "Request body bytes declared, by operation",
+            s3.bytes_in.clone(),
+        );
+        s3_registry.register(
+            "response_bytes",
+            "Response body bytes of known length, by operation",
+            s3.bytes_out.clone(),
+        );
         let raft = RaftGauges::default();
         let metadata = registry.sub_registry_with_prefix("raft");
         for (name, help, gauge) in [
@@ -232,6 +281,7 @@ impl Metrics {
             connections,
             raft,
             reseal,
+            s3,
             scrapes,
         }
     }
@@ -250,6 +300,16 @@ impl Metrics {
         self.latency.get_or_create(&op).observe(seconds);
         self.bytes_in.get_or_create(&op).inc_by(bytes_in);
         self.bytes_out.get_or_create(&op).inc_by(bytes_out);
+    }
+
+    /// Counts one answered S3 request (`crate::s3_front::Bounded` calls it).
+    pub fn record_s3(&self, op: &str, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
+        let labels = S3RequestLabels { op: op.to_owned(), status: status.to_string() };
+        self.s3.requests.get_or_create(&labels).inc();
+        let op = S3OpLabels { op: labels.op };
+        self.s3.latency.get_or_create(&op).observe(seconds);
+        self.s3.bytes_in.get_or_create(&op).inc_by(bytes_in);
+        self.s3.bytes_out.get_or_create(&op).inc_by(bytes_out);
     }
 
     /// Reads the sources and renders the whole registry in the OpenMetrics text format.

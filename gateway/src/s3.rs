@@ -1325,7 +1325,26 @@ impl S3Server {
         service: s3s::service::S3Service,
         limits: S3Limits,
     ) -> std::io::Result<S3Server> {
-        let service = Bounded::new(service, limits);
+        S3Server::serve(listener, tls, Bounded::new(service, limits))
+    }
+
+    /// As [`Self::start`], counting every answer in `metrics` (by operation and status;
+    /// the operation is named by an access hook that fills `crate::s3_front::OpSlot`, as
+    /// `crate::audit::AuditAccess` does).
+    pub fn start_metered(
+        listener: tokio::net::TcpListener,
+        tls: &kiseki_security::TlsContext,
+        service: s3s::service::S3Service,
+        metrics: Arc<crate::observe::Metrics>,
+    ) -> std::io::Result<S3Server> {
+        S3Server::serve(listener, tls, Bounded::new(service, S3Limits::default()).metered(metrics))
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        tls: &kiseki_security::TlsContext,
+        service: Bounded<s3s::service::S3Service>,
+    ) -> std::io::Result<S3Server> {
         let config = tls.https_server_config().map_err(std::io::Error::other)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let local_addr = listener.local_addr()?;

@@ -18,10 +18,15 @@
 //! - [`configure`] puts both hooks' settings on a service builder: the clock skew `s3s`
 //!   allows a signed request ([`S3_CLOCK_SKEW_MAX_SECS`]) and the virtual-host domains.
 //!
+//! - [`OpSlot`]: with metrics on, [`Bounded`] hands each request a slot the access hook
+//!   (`crate::audit::AuditAccess`) fills with the S3 operation's name, and counts the
+//!   answer under it (`crate::observe::Metrics::record_s3`).
+//!
 //! Header sizes and the TLS handshake are bounded where the connection is served
 //! (`crate::s3::S3Server`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use hyper::body::Bytes;
 use hyper::http;
@@ -32,6 +37,7 @@ use crate::constants::{
     S3_BODY_BUDGET_BYTES, S3_CLOCK_SKEW_MAX_SECS, S3_OBJECT_MAX_BYTES, S3_PART_MAX_BYTES,
     S3_PRESIGNED_EXPIRES_MAX_SECS, S3_REQUESTS_MAX,
 };
+use crate::observe::Metrics;
 
 /// The bounds [`Bounded`] enforces.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +80,7 @@ pub struct Bounded<S> {
     requests: Arc<tokio::sync::Semaphore>,
     /// One permit per [`BUDGET_UNIT_BYTES`] of declared body held by a request.
     body_budget: Arc<tokio::sync::Semaphore>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The unit the body budget is counted in: 64 KiB, so that a budget of any size fits a
@@ -88,7 +95,24 @@ impl<S> Bounded<S> {
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         let body_budget = Arc::new(tokio::sync::Semaphore::new(units));
-        Bounded { inner, limits, requests, body_budget }
+        Bounded { inner, limits, requests, body_budget, metrics: None }
+    }
+
+    /// Counts every answer in `metrics`, by operation and status.
+    pub fn metered(mut self, metrics: Arc<Metrics>) -> Bounded<S> {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// The S3 operation a request turned out to be, once the access hook knows it.
+#[derive(Clone, Debug, Default)]
+pub struct OpSlot(Arc<OnceLock<String>>);
+
+impl OpSlot {
+    /// Names the request's operation (the first name given stays).
+    pub fn set(&self, op: &str) {
+        let _ = self.0.set(op.to_owned());
     }
 }
 
@@ -103,7 +127,36 @@ where
     type Error = HttpError;
     type Future = BoxFuture<Result<HttpResponse, HttpError>>;
 
-    fn call(&self, request: http::Request<B>) -> Self::Future {
+    fn call(&self, mut request: http::Request<B>) -> Self::Future {
+        let Some(metrics) = self.metrics.clone() else {
+            return self.bounded(request);
+        };
+        let started = Instant::now();
+        let slot = OpSlot::default();
+        request.extensions_mut().insert(slot.clone());
+        let declared = declared_length(&request).unwrap_or(0);
+        let response = self.bounded(request);
+        Box::pin(async move {
+            let response = response.await;
+            if let Ok(response) = &response {
+                // No operation named: the bounds or the signature check answered first.
+                let op = slot.0.get().map_or("none", String::as_str);
+                let sent = hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0);
+                let seconds = started.elapsed().as_secs_f64();
+                metrics.record_s3(op, response.status().as_u16(), seconds, declared, sent);
+            }
+            response
+        })
+    }
+}
+
+impl<S> Bounded<S> {
+    /// The bounds alone; see the module's notes.
+    fn bounded<B>(&self, request: http::Request<B>) -> BoxFuture<Result<HttpResponse, HttpError>>
+    where
+        S: hyper::service::Service<http::Request<B>, Response = HttpResponse, Error = HttpError>,
+        S::Future: Send + 'static,
+    {
         let body_bytes = match check_request(&request, &self.limits) {
             Ok(body_bytes) => body_bytes,
             Err(refusal) => return Box::pin(std::future::ready(error_response(refusal))),
@@ -142,6 +195,12 @@ fn slow_down(why: &'static str) -> S3Error {
 
 /// What [`Bounded`] refuses from a request's head alone; otherwise the body bytes it will
 /// hold: its declared length, or the largest allowed for a body of undeclared length.
+/// The body length a request declares, for the byte counts.
+fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
+    let value = request.headers().get(http::header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.trim().parse().ok()
+}
+
 fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<u64> {
     if let Some(query) = request.uri().query() {
         check_presigned_expiry(query)?;

@@ -759,6 +759,20 @@ fn dev_serves_s3_with_the_printed_key_and_keeps_objects_and_keys_across_a_restar
                  response = connection.getresponse()\n\
                  print(response.status, response.read().decode())";
     assert_eq!(boto3(&node.printed, &ca, hosts).trim(), "hello kiseki\n200 hello kiseki");
+    // Each answer counted by operation and status since this start: four whole GETs, one
+    // ranged; no bucket or key in any label.
+    let (status, metrics) = http_get(admin_addr(&node.printed), "GET", "/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "kiseki_s3_requests_total{op=\"GetObject\",status=\"200\"} 4",
+        "kiseki_s3_requests_total{op=\"GetObject\",status=\"206\"} 1",
+        "kiseki_s3_request_seconds_count{op=\"GetObject\"} 5",
+        "kiseki_s3_response_bytes_total{op=\"GetObject\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle:?} not in:\n{metrics}");
+    }
+    let labelled = metrics.lines().any(|line| line.contains("keep") || line.contains("small"));
+    assert!(!labelled, "a bucket or key in the metrics:\n{metrics}");
     let (status, rest) = node.terminate();
     assert_eq!(status.code(), Some(0), "{rest}");
 }

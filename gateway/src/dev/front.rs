@@ -47,6 +47,7 @@ use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
 use crate::constants::{DEV_S3_DOMAIN, DEV_TENANT_ORG};
 use crate::grpc::{GrpcFront, GrpcServer};
 use crate::objects::{ObjectConfig, ObjectStore};
+use crate::observe::Metrics;
 use crate::reseal::{ResealConfig, ResealCounters, ResealTask};
 use crate::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
 use crate::s3_front::{VirtualHosts, configure};
@@ -121,17 +122,19 @@ fn metadata(reason: String) -> DevError {
 }
 
 /// Starts the metadata group, the key manager, the dev tenant and its key, and the S3 and
-/// gRPC front ends on `listeners`; `device` is the device file storage admin reports.
+/// gRPC front ends on `listeners`; `device` is the device file storage admin reports, and
+/// S3 requests are counted in `metrics`.
 pub(super) async fn start(
     meta: &Path,
     engine: EngineHandle,
     tls: &TlsContext,
     listeners: FrontListeners,
     device: &Path,
+    metrics: Arc<Metrics>,
 ) -> Result<Front, DevError> {
     let group =
         Arc::new(start_single(meta).await.map_err(|e| metadata(format!("metadata group: {e}")))?);
-    match start_rest(meta, &group, engine, tls, listeners, device).await {
+    match start_rest(meta, &group, engine, tls, listeners, device, metrics).await {
         Ok(Rest { s3, grpc, audit_writer, reseal, access_key, secret }) => Ok(Front {
             group,
             s3,
@@ -166,6 +169,7 @@ async fn start_rest(
     tls: &TlsContext,
     listeners: FrontListeners,
     device: &Path,
+    metrics: Arc<Metrics>,
 ) -> Result<Rest, DevError> {
     let root_path = root_key_path(meta);
     if !root_path.exists() {
@@ -249,7 +253,8 @@ async fn start_rest(
         tokio::net::TcpListener::from_std(listener)
     };
     let listener = tokio_listener(listeners.s3).map_err(DevError::Runtime)?;
-    let s3 = S3Server::start(listener, tls, builder.build()).map_err(DevError::Runtime)?;
+    let s3 = S3Server::start_metered(listener, tls, builder.build(), metrics)
+        .map_err(DevError::Runtime)?;
 
     // The key service, on a key manager of its own over the same store and root key.
     let role_files =
