@@ -12,10 +12,11 @@
 //! grace), stop the engine (each reactor completes what it accepted; every acknowledged
 //! put is already durable), return `Ok`.
 //!
-//! What it does not do: encrypt or decrypt (clients seal their chunks; the node stores
-//! envelopes), keep tenant references across restarts (the chunk service holds them in
-//! memory until consensus keeps them: after a restart a tenant sees none of its older
-//! chunks, a node identity sees all), or renew certificates.
+//! What it does not do: renew certificates, or keep the fabric chunk service's tenant
+//! references across restarts (that service stores envelopes its clients sealed and holds
+//! their references in memory: after a restart a tenant sees none of the chunks it put
+//! there, a node identity sees all). Objects written through S3 or gRPC are sealed by the
+//! node and their manifests kept in the metadata group, so they survive restarts.
 //!
 //! Output: what a user reads goes to `out` (stdout); progress of the slow first-start step
 //! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere.

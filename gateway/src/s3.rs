@@ -360,6 +360,15 @@ impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
     }
 
     /// The tenant of a signed request; anonymous requests are refused.
+    /// Ok if `tenant` has `bucket`; NoSuchBucket, or AccessDenied for another tenant's.
+    async fn own_bucket(&self, tenant: TenantId, bucket: &str) -> S3Result<()> {
+        match self.objects.bucket_exists(tenant, bucket).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
+            Err(error) => Err(object_error(error)),
+        }
+    }
+
     async fn tenant<T>(&self, request: &S3Request<T>) -> S3Result<TenantId> {
         let Some(credentials) = &request.credentials else {
             return Err(s3_error!(AccessDenied, "anonymous requests are not served"));
@@ -422,11 +431,8 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
         let tenant = self.tenant(&req).await?;
-        match self.objects.bucket_exists(tenant, &req.input.bucket).await {
-            Ok(true) => Ok(S3Response::new(HeadBucketOutput::default())),
-            Ok(false) => Err(object_error(self.objects.absent_bucket(&req.input.bucket).await)),
-            Err(error) => Err(object_error(error)),
-        }
+        self.own_bucket(tenant, &req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
     async fn put_object(
@@ -670,13 +676,9 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let tenant = self.tenant(&req).await?;
-        let bucket = &req.input.bucket;
-        match self.objects.bucket_exists(tenant, bucket).await {
-            // One region; S3 shows us-east-1 as an empty constraint.
-            Ok(true) => Ok(S3Response::new(GetBucketLocationOutput::default())),
-            Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
-            Err(error) => Err(object_error(error)),
-        }
+        self.own_bucket(tenant, &req.input.bucket).await?;
+        // One region; S3 shows us-east-1 as an empty constraint.
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
     async fn get_bucket_versioning(
@@ -684,14 +686,10 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
         let tenant = self.tenant(&req).await?;
-        let bucket = &req.input.bucket;
-        match self.objects.bucket_exists(tenant, bucket).await {
-            // Versioning was never enabled: S3 answers with no status at all (rclone and
-            // other sync tools ask before deleting).
-            Ok(true) => Ok(S3Response::new(GetBucketVersioningOutput::default())),
-            Ok(false) => Err(object_error(self.objects.absent_bucket(bucket).await)),
-            Err(error) => Err(object_error(error)),
-        }
+        self.own_bucket(tenant, &req.input.bucket).await?;
+        // Versioning was never enabled: S3 answers with no status at all (rclone and other
+        // sync tools ask before deleting).
+        Ok(S3Response::new(GetBucketVersioningOutput::default()))
     }
 
     async fn copy_object(
@@ -755,11 +753,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
             return Err(s3_error!(MalformedXML, "1 to 1000 keys in one DeleteObjects"));
         }
         // The bucket is checked once: another tenant's bucket fails the whole request.
-        match self.objects.bucket_exists(tenant, &input.bucket).await {
-            Ok(true) => {}
-            Ok(false) => return Err(object_error(self.objects.absent_bucket(&input.bucket).await)),
-            Err(error) => return Err(object_error(error)),
-        }
+        self.own_bucket(tenant, &input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
         for identifier in identifiers {
