@@ -180,12 +180,7 @@ impl EngineHandle {
         max: usize,
     ) -> Result<Vec<ChunkId>, EngineError> {
         let max = max.clamp(1, LIST_CHUNK_IDS_MAX);
-        let mut replies = Vec::with_capacity(self.lanes.len());
-        for lane in self.lanes.iter() {
-            let (reply, receiver) = oneshot::channel();
-            lane.send(Command::List { after, max, reply })?;
-            replies.push(receiver);
-        }
+        let replies = self.ask_every_shard(|reply| Command::List { after, max, reply })?;
         let mut lists = Vec::with_capacity(replies.len());
         for receiver in replies {
             lists.push(receiver.await.map_err(|_| EngineError::Stopped)?);
@@ -195,12 +190,7 @@ impl EngineHandle {
 
     /// Each shard's counters, in shard order.
     pub async fn stats(&self) -> Result<Vec<Stats>, EngineError> {
-        let mut replies = Vec::with_capacity(self.lanes.len());
-        for lane in self.lanes.iter() {
-            let (reply, receiver) = oneshot::channel();
-            lane.send(Command::Stats { reply })?;
-            replies.push(receiver);
-        }
+        let replies = self.ask_every_shard(|reply| Command::Stats { reply })?;
         let mut stats = Vec::with_capacity(replies.len());
         for receiver in replies {
             stats.push(receiver.await.map_err(|_| EngineError::Stopped)?);
@@ -242,23 +232,20 @@ impl EngineHandle {
         max: usize,
     ) -> Result<Vec<ChunkId>, EngineError> {
         let max = max.clamp(1, LIST_CHUNK_IDS_MAX);
-        let mut lists = Vec::with_capacity(self.lanes.len());
-        for lane in self.lanes.iter() {
-            let (reply, receiver) = oneshot::channel();
-            lane.send(Command::List { after, max, reply })?;
-            lists.push(receiver.blocking_recv().map_err(|_| EngineError::Stopped)?);
-        }
+        let replies = self.ask_every_shard(|reply| Command::List { after, max, reply })?;
+        let lists = replies
+            .into_iter()
+            .map(|receiver| receiver.blocking_recv().map_err(|_| EngineError::Stopped))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(merge_smallest(lists, max))
     }
 
     pub fn stats_blocking(&self) -> Result<Vec<Stats>, EngineError> {
-        let mut stats = Vec::with_capacity(self.lanes.len());
-        for lane in self.lanes.iter() {
-            let (reply, receiver) = oneshot::channel();
-            lane.send(Command::Stats { reply })?;
-            stats.push(receiver.blocking_recv().map_err(|_| EngineError::Stopped)?);
-        }
-        Ok(stats)
+        let replies = self.ask_every_shard(|reply| Command::Stats { reply })?;
+        replies
+            .into_iter()
+            .map(|receiver| receiver.blocking_recv().map_err(|_| EngineError::Stopped))
+            .collect()
     }
 
     /// Queues a get and returns its reply receiver without waiting (for pipelining callers
@@ -273,6 +260,19 @@ impl EngineHandle {
     /// The shard a chunk belongs to.
     pub fn shard_of(&self, chunk_id: &ChunkId) -> usize {
         shard_of(chunk_id, self.lanes.len())
+    }
+
+    /// Sends every shard the command `command` makes around a reply channel, all before
+    /// any answer is awaited (the shards work at once); the replies come in shard order.
+    fn ask_every_shard<T>(
+        &self,
+        command: impl Fn(oneshot::Sender<T>) -> Command,
+    ) -> Result<Vec<oneshot::Receiver<T>>, EngineError> {
+        let ask = |lane: &Lane| {
+            let (reply, receiver) = oneshot::channel();
+            lane.send(command(reply)).map(|()| receiver)
+        };
+        self.lanes.iter().map(ask).collect()
     }
 
     fn call<T>(

@@ -274,7 +274,9 @@ fn dropped_entry(kind: AuditKind, count: u64) -> AuditEntry {
     }
 }
 
-fn now_unix_s() -> u64 {
+/// Seconds since the Unix epoch (0 for a clock before it), as audit records and
+/// authorization decisions take time.
+pub(crate) fn now_unix_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 

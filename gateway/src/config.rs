@@ -10,8 +10,10 @@
 //!
 //! A loaded configuration is checked before anything starts ([`NodeConfig::check`]): files
 //! that must exist do, addresses parse, sizes have units, peers are `ID=ADDR` with ids
-//! other than the node's own. Every error names the field and where its value came from
-//! (the file and key, or the variable), so an operator can fix it without reading code.
+//! other than the node's own. A value that does not read (a wrong type, an unknown key)
+//! is reported with the file and key or the variable it came from; a value that reads but
+//! is not valid, with its field and that field's variable. Either way an operator can fix
+//! it without reading code.
 
 use std::collections::BTreeMap;
 use std::fmt;

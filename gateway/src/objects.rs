@@ -973,8 +973,8 @@ pub(crate) fn consensus_error(error: ConsensusError) -> ObjectError {
     }
 }
 
-/// Why a (conditional) put was refused: a failed condition, a key the condition needed, or
-/// the bucket (`absent`, worked out by the caller).
+/// An engine refusal as the object layer reports it: full queues or devices are
+/// Unavailable (retry), a missing or corrupt chunk an integrity error.
 fn engine_error(error: EngineError) -> ObjectError {
     match error {
         EngineError::Integrity { .. } => ObjectError::Integrity(error.to_string()),

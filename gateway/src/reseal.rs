@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -268,19 +268,14 @@ pub fn load_state(meta: &Path) -> Result<Option<ResealState>, ResealStateError> 
 /// the directory synced.
 pub fn save_state(meta: &Path, state: &ResealState) -> Result<(), ResealStateError> {
     let path = meta.join(STATE_FILE);
-    let temporary = meta.join(format!("{STATE_FILE}.new"));
-    let io = |source| ResealStateError::Io { path: path.clone(), source };
     let text = serde_json::to_string_pretty(state).expect("the state serializes");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(io)?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
-    fs::rename(&temporary, &path).map_err(io)?;
-    fs::File::open(meta).and_then(|dir| dir.sync_all()).map_err(io)
+    kiseki_security::replace_file_atomically(&path, text.as_bytes(), 0o600).map_err(|error| {
+        let source = match error {
+            kiseki_security::PkiError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        };
+        ResealStateError::Io { path, source }
+    })
 }
 
 /// Whether an operator paused the pass.

@@ -359,7 +359,6 @@ impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
         Ok(listing)
     }
 
-    /// The tenant of a signed request; anonymous requests are refused.
     /// Ok if `tenant` has `bucket`; NoSuchBucket, or AccessDenied for another tenant's.
     async fn own_bucket(&self, tenant: TenantId, bucket: &str) -> S3Result<()> {
         match self.objects.bucket_exists(tenant, bucket).await {
@@ -369,6 +368,7 @@ impl<S: KeyStoreBackend + Send + 'static> KisekiS3<S> {
         }
     }
 
+    /// The tenant of a signed request; anonymous requests are refused.
     async fn tenant<T>(&self, request: &S3Request<T>) -> S3Result<TenantId> {
         let Some(credentials) = &request.credentials else {
             return Err(s3_error!(AccessDenied, "anonymous requests are not served"));

@@ -140,10 +140,15 @@ where
             let response = response.await;
             if let Ok(response) = &response {
                 // No operation named: the bounds or the signature check answered first.
-                let op = slot.0.get().map_or("none", String::as_str);
+                // A body counts only once an operation was reached: a refused request's
+                // declared length was never read.
+                let (op, read) = match slot.0.get() {
+                    Some(op) => (op.as_str(), declared),
+                    None => ("none", 0),
+                };
                 let sent = hyper::body::Body::size_hint(response.body()).exact().unwrap_or(0);
                 let seconds = started.elapsed().as_secs_f64();
-                metrics.record_s3(op, response.status().as_u16(), seconds, declared, sent);
+                metrics.record_s3(op, response.status().as_u16(), seconds, read, sent);
             }
             response
         })
@@ -193,14 +198,19 @@ fn slow_down(why: &'static str) -> S3Error {
     S3Error::with_message(S3ErrorCode::SlowDown, why)
 }
 
-/// What [`Bounded`] refuses from a request's head alone; otherwise the body bytes it will
-/// hold: its declared length, or the largest allowed for a body of undeclared length.
-/// The body length a request declares, for the byte counts.
-fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
-    let value = request.headers().get(http::header::CONTENT_LENGTH)?;
-    value.to_str().ok()?.trim().parse().ok()
+/// A length header's value; `None` if absent or not a number (an unparsable length is
+/// `s3s`'s, or hyper's, to refuse with its own error).
+fn header_length(headers: &http::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// The body length a request declares, for the byte counts.
+fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
+    header_length(request.headers(), http::header::CONTENT_LENGTH.as_str())
+}
+
+/// What [`Bounded`] refuses from a request's head alone; otherwise the body bytes it will
+/// hold: its declared length, or the largest allowed for a body of undeclared length.
 fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<u64> {
     if let Some(query) = request.uri().query() {
         check_presigned_expiry(query)?;
@@ -217,19 +227,19 @@ fn check_request<B>(request: &http::Request<B>, limits: &S3Limits) -> S3Result<u
              Please use AWS4-HMAC-SHA256.",
         ));
     }
-    let mut body_bytes = 0;
-    for name in [http::header::CONTENT_LENGTH.as_str(), "x-amz-decoded-content-length"] {
-        let Some(value) = headers.get(name) else { continue };
-        // An unparsable length is `s3s`'s (or hyper's) to refuse with its own error.
-        let declared = value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limits.body_max_bytes) {
-            return Err(S3Error::with_message(
-                S3ErrorCode::EntityTooLarge,
-                "the body is larger than this server takes in one request",
-            ));
-        }
-        body_bytes = body_bytes.max(declared.unwrap_or(0));
+    let sent = header_length(headers, http::header::CONTENT_LENGTH.as_str());
+    // An aws-chunked body's Content-Length counts its chunk framing too: the object is the
+    // decoded length, which is what the bound is on.
+    let decoded = header_length(headers, "x-amz-decoded-content-length");
+    if decoded.or(sent).is_some_and(|length| length > limits.body_max_bytes) {
+        return Err(S3Error::with_message(
+            S3ErrorCode::EntityTooLarge,
+            "the body is larger than this server takes in one request",
+        ));
     }
+    // What the request holds while it is read: framing included, but never more than the
+    // whole budget (so a body within the bound always gets in on an idle front).
+    let mut body_bytes = sent.unwrap_or(0).max(decoded.unwrap_or(0)).min(limits.body_budget_bytes);
     let undeclared = !headers.contains_key(http::header::CONTENT_LENGTH)
         && headers.contains_key(http::header::TRANSFER_ENCODING);
     if undeclared {

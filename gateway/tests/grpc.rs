@@ -6,13 +6,14 @@
 //! audit export behave per role; a revoked certificate is refused after a CRL reload
 //! without a restart.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::node::start_single;
-use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
-use kiseki_engine::{DeviceIds, Engine, FormatOptions, OpenOptions, Shard};
+use kiseki_engine::Engine;
 use kiseki_gateway::grpc::methods::METHODS;
 use kiseki_gateway::grpc::{GrpcFront, GrpcServer};
 use kiseki_gateway::objects::{ObjectConfig, ObjectStore};
@@ -36,8 +37,8 @@ use kiseki_proto::keys::Empty as KeyEmpty;
 use kiseki_proto::keys::key_service_client::KeyServiceClient;
 use kiseki_security::authz::{Authorizer, KesPolicies, RoleFiles};
 use kiseki_security::keymanager::{
-    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyManagerConfig, KeyService,
-    LocalRootKey, MemoryKeyStore, MemoryLocking, NoRetentionHolds, SystemClock, tenant_of_org,
+    AuditEntry, AuditKind, AuditLog, AuditOutcome, KeyManager, KeyService, MemoryKeyStore,
+    NoRetentionHolds, tenant_of_org,
 };
 use kiseki_security::{
     CRL_FILE, CertificateAuthority, IssueRequest, OrgId, Role, SubjectAltName, TlsBuilder,
@@ -45,27 +46,12 @@ use kiseki_security::{
 };
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use zeroize::Zeroizing;
 
-const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
 /// Small chunks, so a 2.5 MiB object has forty of them.
 const CHUNK: usize = 64 << 10;
 
 /// Every identity the walk calls with: its directory name and role.
 const WHO: [&str; 7] = ["ops", "sre", "acme-admin", "acme-app", "node", "keyserver", "cgc"];
-
-fn open_memory_shard() -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
-    let options = DeviceOptions {
-        queue_depth: 64,
-        buffer_count: 32,
-        buffer_size_bytes: 128 << 10,
-        ..DeviceOptions::default()
-    };
-    let mut device = MemoryDevice::new(96 << 20, &options).unwrap();
-    let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
-    Shard::format(&mut device, &format)?;
-    Shard::open(device, &OpenOptions::default())
-}
 
 fn issue(ca: &CertificateAuthority, dir: &Path, name: &str, role: Role, sans: &[&str]) {
     let request = IssueRequest {
@@ -134,8 +120,9 @@ impl Node {
 
         std::fs::create_dir_all(d.join("meta")).unwrap();
         let group = Arc::new(start_single(&d.join("meta")).await.unwrap());
-        let engine = Engine::start(1, Arc::new(|_| open_memory_shard())).unwrap();
-        let keys = Arc::new(Mutex::new(key_manager(9)));
+        let engine =
+            Engine::start(1, Arc::new(|_| common::memory_shard(96 << 20, 32, 128 << 10))).unwrap();
+        let keys = Arc::new(Mutex::new(common::key_manager(9)));
         keys.lock().unwrap().init_cluster().unwrap();
         let config =
             ObjectConfig { chunk_size_bytes: CHUNK, inline_max_bytes: 4096, ..Default::default() };
@@ -150,7 +137,7 @@ impl Node {
         let credentials = Arc::new(S3Credentials::new(Arc::clone(&group), Arc::clone(&keys)));
 
         // A key service of its own (another key manager) mounted beside the front.
-        let mut service_keys = key_manager(7);
+        let mut service_keys = common::key_manager(7);
         service_keys.init_cluster().unwrap();
         let key_service = KeyService::new(
             service_keys,
@@ -184,16 +171,6 @@ impl Node {
     async fn channel(&self, name: &str) -> Channel {
         channel(&self.path, name, self.port()).await.unwrap()
     }
-}
-
-fn key_manager(seed: u8) -> KeyManager<MemoryKeyStore> {
-    let root =
-        LocalRootKey::from_bytes("test", &Zeroizing::new([seed; 32]), MemoryLocking::BestEffort)
-            .unwrap();
-    let mut config = KeyManagerConfig::default();
-    config.memory_locking = MemoryLocking::BestEffort;
-    config.non_dumpable = false;
-    KeyManager::new(Box::new(root), MemoryKeyStore::new(), config, Arc::new(SystemClock)).unwrap()
 }
 
 /// acme-admin is its tenant's admin by the scope file; nobody else is anyone's.

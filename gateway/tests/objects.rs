@@ -4,23 +4,18 @@
 //! tenants kept apart, a shredded tenant's objects refused, and no body or user metadata
 //! in the metadata file.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kiseki_consensus::MetadataGroup;
 use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::node::start_single;
-use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
-use kiseki_engine::{DeviceIds, Engine, EngineHandle, FormatOptions, OpenOptions, Shard};
+use kiseki_engine::{Engine, EngineHandle};
 use kiseki_gateway::objects::{ObjectConfig, ObjectError, ObjectStore, UserMetadata};
 use kiseki_security::TenantId;
-use kiseki_security::keymanager::{
-    KeyManager, KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, NoRetentionHolds,
-    SystemClock,
-};
-use zeroize::Zeroizing;
-
-const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
+use kiseki_security::keymanager::{KeyManager, MemoryKeyStore, NoRetentionHolds};
 
 /// Small chunks so that a few KiB make a many-chunk object.
 const CHUNK: usize = 1000;
@@ -45,16 +40,9 @@ impl Fixture {
         let group = start_single(dir.path()).await.expect("a one-member metadata group");
         let group = Arc::new(group);
 
-        let open = move |_| open_memory_shard(32 << 20, buffers);
+        let open = move |_| common::memory_shard(32 << 20, buffers, 64 << 10);
         let engine = Engine::start(1, Arc::new(open)).unwrap();
-        let root = Zeroizing::new([7u8; 32]);
-        let root = LocalRootKey::from_bytes("test", &root, MemoryLocking::BestEffort).unwrap();
-        let mut config = KeyManagerConfig::default();
-        config.memory_locking = MemoryLocking::BestEffort;
-        config.non_dumpable = false;
-        let mut keys =
-            KeyManager::new(Box::new(root), MemoryKeyStore::new(), config, Arc::new(SystemClock))
-                .unwrap();
+        let mut keys = common::key_manager(7);
         keys.init_cluster().unwrap();
         let keys = Arc::new(Mutex::new(keys));
         let store = ObjectStore::new(
@@ -81,22 +69,6 @@ impl Drop for Fixture {
             engine.shutdown().unwrap();
         }
     }
-}
-
-fn open_memory_shard(
-    size_bytes: u64,
-    buffer_count: u32,
-) -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
-    let options = DeviceOptions {
-        queue_depth: 64,
-        buffer_count,
-        buffer_size_bytes: 64 << 10,
-        ..DeviceOptions::default()
-    };
-    let mut device = MemoryDevice::new(size_bytes, &options).unwrap();
-    let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
-    Shard::format(&mut device, &format)?;
-    Shard::open(device, &OpenOptions::default())
 }
 
 fn tenant(n: u8) -> TenantId {

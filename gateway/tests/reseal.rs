@@ -6,6 +6,8 @@
 //! shredded tenant's (counted unreadable, not moved), epoch 1 is retired, and every object
 //! still reads with the same bytes. Retiring is refused until the pass is done.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,36 +15,16 @@ use std::time::{Duration, Instant};
 
 use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::node::start_single;
-use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
-use kiseki_engine::{DeviceIds, Engine, EngineHandle, FormatOptions, OpenOptions, Shard};
+use kiseki_engine::{Engine, EngineHandle};
 use kiseki_gateway::objects::{ObjectConfig, ObjectError, ObjectStore, UserMetadata};
 use kiseki_gateway::reseal::{
     self, PHASE_DONE, PHASE_PAUSED, ResealConfig, ResealCounters, ResealTask,
 };
-use kiseki_security::keymanager::{
-    KeyManager, KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, NoRetentionHolds,
-    SystemClock,
-};
+use kiseki_security::keymanager::NoRetentionHolds;
 use kiseki_security::{Envelope, Tenancy, TenantId};
-use zeroize::Zeroizing;
-
-const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
 
 /// Small chunks, so a few KiB make many chunks and the pass many batches.
 const CHUNK: usize = 1000;
-
-fn open_memory_shard() -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
-    let options = DeviceOptions {
-        queue_depth: 64,
-        buffer_count: 32,
-        buffer_size_bytes: 64 << 10,
-        ..DeviceOptions::default()
-    };
-    let mut device = MemoryDevice::new(32 << 20, &options).unwrap();
-    let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
-    Shard::format(&mut device, &format)?;
-    Shard::open(device, &OpenOptions::default())
-}
 
 /// Bucket names are global: one per tenant.
 fn bucket(tenant: TenantId) -> String {
@@ -91,16 +73,9 @@ async fn rotate_reseal_with_a_pause_and_a_restart_then_retire_and_every_object_r
     let meta = dir.path().join("meta");
     std::fs::create_dir(&meta).unwrap();
     let group = Arc::new(start_single(dir.path()).await.unwrap());
-    let engine = Engine::start(2, Arc::new(|_| open_memory_shard())).unwrap();
-    let root =
-        LocalRootKey::from_bytes("test", &Zeroizing::new([7u8; 32]), MemoryLocking::BestEffort)
-            .unwrap();
-    let mut key_config = KeyManagerConfig::default();
-    key_config.memory_locking = MemoryLocking::BestEffort;
-    key_config.non_dumpable = false;
-    let mut keys =
-        KeyManager::new(Box::new(root), MemoryKeyStore::new(), key_config, Arc::new(SystemClock))
-            .unwrap();
+    let engine =
+        Engine::start(2, Arc::new(|_| common::memory_shard(32 << 20, 32, 64 << 10))).unwrap();
+    let mut keys = common::key_manager(7);
     keys.init_cluster().unwrap();
     let keys = Arc::new(Mutex::new(keys));
     let objects = ObjectStore::new(

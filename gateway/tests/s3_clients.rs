@@ -6,42 +6,24 @@
 //! hashes, presigned URLs, clock skew, virtual-host style, bounds). boto3 comes from scripts/test.sh. At the end every chunk
 //! reference must have been given back.
 
+mod common;
+
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use kiseki_consensus::command::DedupMode;
 use kiseki_consensus::node::start_single;
-use kiseki_devices::{MemoryDevice, OpenOptions as DeviceOptions};
-use kiseki_engine::{DeviceIds, Engine, FormatOptions, OpenOptions, Shard};
+use kiseki_engine::Engine;
 use kiseki_gateway::objects::{ObjectConfig, ObjectStore};
 use kiseki_gateway::s3::{CredentialAuth, KisekiS3, S3Credentials, S3Server};
 use kiseki_gateway::s3_front::{VirtualHosts, configure};
-use kiseki_security::keymanager::{
-    KeyManager, KeyManagerConfig, LocalRootKey, MemoryKeyStore, MemoryLocking, SystemClock,
-};
 use kiseki_security::{
     CRL_FILE, CertificateAuthority, IssueRequest, Role, SubjectAltName, TenantId, TlsBuilder,
     TlsPaths, Validity,
 };
-use zeroize::Zeroizing;
-
-const IDS: DeviceIds = DeviceIds { cluster_id: [1; 16], node_id: [2; 16], device_id: [3; 16] };
 
 /// Small chunks, so the client's 3-chunk object and its ranges cross chunk boundaries.
 const CHUNK: usize = 64 << 10;
-
-fn open_memory_shard() -> Result<Shard<MemoryDevice>, kiseki_engine::EngineError> {
-    let options = DeviceOptions {
-        queue_depth: 64,
-        buffer_count: 32,
-        buffer_size_bytes: 128 << 10,
-        ..DeviceOptions::default()
-    };
-    let mut device = MemoryDevice::new(192 << 20, &options).unwrap();
-    let format = FormatOptions { ids: IDS, region_offset_bytes: 0, region_size_bytes: None };
-    Shard::format(&mut device, &format)?;
-    Shard::open(device, &OpenOptions::default())
-}
 
 /// A test S3 server, its engine and the environment the client scripts read.
 struct Served {
@@ -87,15 +69,9 @@ async fn serve() -> Served {
     // Metadata, engine, keys.
     let group = start_single(dir.path()).await.expect("a one-member metadata group");
     let group = Arc::new(group);
-    let engine = Engine::start(1, Arc::new(|_| open_memory_shard())).unwrap();
-    let root = Zeroizing::new([9u8; 32]);
-    let root = LocalRootKey::from_bytes("test", &root, MemoryLocking::BestEffort).unwrap();
-    let mut key_config = KeyManagerConfig::default();
-    key_config.memory_locking = MemoryLocking::BestEffort;
-    key_config.non_dumpable = false;
-    let mut keys =
-        KeyManager::new(Box::new(root), MemoryKeyStore::new(), key_config, Arc::new(SystemClock))
-            .unwrap();
+    let engine =
+        Engine::start(1, Arc::new(|_| common::memory_shard(192 << 20, 32, 128 << 10))).unwrap();
+    let mut keys = common::key_manager(9);
     keys.init_cluster().unwrap();
     let keys = Arc::new(Mutex::new(keys));
     let objects = Arc::new(ObjectStore::new(

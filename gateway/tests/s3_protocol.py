@@ -438,6 +438,10 @@ def raw_exchange(request, tls=True, read_timeout=10):
     return received
 
 
+# The same exchange with a small header is answered (so an empty answer below is the
+# server's refusal, not a TLS failure of this client).
+small = raw_exchange(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: a\r\n\r\n")
+assert small.startswith(b"HTTP/1.1 "), small[:100]
 # A header over the server's 64 KiB: refused (431) or the connection closed, never served.
 big = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * (100 << 10) + b"\r\n\r\n"
 answer = raw_exchange(big)

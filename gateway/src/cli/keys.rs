@@ -16,12 +16,12 @@
 //! store, until SIGINT or SIGTERM. While it runs, the commands above cannot open the
 //! store; its clients make the same calls over gRPC.
 
+use crate::audit::now_unix_s;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use kiseki_consensus::MetadataGroup;
@@ -602,10 +602,6 @@ fn parse_org(text: &str) -> Result<OrgId, CliError> {
 
 fn key_error(error: kiseki_security::keymanager::KeyManagerError) -> CliError {
     CliError::Keys(error.to_string())
-}
-
-fn now_unix_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
 #[cfg(test)]

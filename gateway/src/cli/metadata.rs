@@ -78,7 +78,7 @@ pub(super) struct MetadataArgs {
     #[arg(long, value_name = "ADDR")]
     advertise: Option<SocketAddr>,
     /// Another voter of the cluster, as ID=IP:PORT; repeat for each.
-    #[arg(long = "peer", value_name = "ID=ADDR", value_parser = parse_peer)]
+    #[arg(long = "peer", value_name = "ID=ADDR", value_parser = crate::config::parse_peer)]
     peers: Vec<(u64, SocketAddr)>,
     /// The node's state: redb files under DIR/meta, made on the first start.
     #[arg(long, value_name = "DIR")]
@@ -307,19 +307,6 @@ async fn log_leader_changes(raft: kiseki_consensus::Raft, node_id: u64) {
     }
 }
 
-fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
-    let (id, addr) =
-        text.split_once('=').ok_or_else(|| format!("{text:?}: write a peer as ID=IP:PORT"))?;
-    let id: u64 = id
-        .parse()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| format!("{text:?}: the id must be a number from 1"))?;
-    let addr: SocketAddr =
-        addr.parse().map_err(|_| format!("{text:?}: {addr:?} is not IP:PORT"))?;
-    Ok((id, addr))
-}
-
 impl fmt::Display for MetadataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -356,7 +343,7 @@ impl MetadataError {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_peer;
+    use crate::config::parse_peer;
 
     #[test]
     fn peers_read_as_id_equals_address() {

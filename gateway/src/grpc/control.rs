@@ -19,7 +19,7 @@ use kiseki_proto::control::{
     RequestAccessRequest, S3Credential, Tenant, TenantName,
 };
 use kiseki_security::authz::{
-    AccessRequest, Audited, Authorizer, GrantError, GrantScope, ObjectType, Permission,
+    AccessRequest, Audited, Authorizer, Caller, GrantError, GrantScope, ObjectType, Permission,
     RequestState, Target,
 };
 use kiseki_security::keymanager::{AuditKind, KeyStoreBackend, tenant_of_org};
@@ -40,6 +40,11 @@ impl<S: KeyStoreBackend + Send + 'static> ControlApi<S> {
         self.0.gate.authorizer().write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// For reads of the grants: authorization decisions on every service go on meanwhile.
+    fn authorizer_read(&self) -> std::sync::RwLockReadGuard<'_, Authorizer> {
+        self.0.gate.authorizer().read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Records a grant step's own audit event and turns its result into a status.
     fn audited<T>(&self, step: Audited<T>) -> Result<T, Status> {
         if let Some(audit) = self.0.gate.audit() {
@@ -48,11 +53,28 @@ impl<S: KeyStoreBackend + Send + 'static> ControlApi<S> {
         step.result.map_err(grant_status)
     }
 
+    /// Approves or denies (`decide`) the access request the call names, authorized on that
+    /// request's tenant.
+    fn decide_access(
+        &self,
+        request: &Request<AccessRequestId>,
+        method: &methods::Method,
+        decide: fn(&mut Authorizer, u64, &Caller, u64) -> Audited<()>,
+    ) -> Result<Response<Empty>, Status> {
+        let id = request.get_ref().id;
+        let caller = self.0.gate.caller(request)?;
+        let target = self.request_target(id, caller.org());
+        let allowed = self.0.gate.decide(caller, method, Some(&id.to_string()), target)?;
+        let step = decide(&mut self.authorizer(), id, &allowed.caller, now_unix_s());
+        self.audited(step)?;
+        Ok(Response::new(Empty {}))
+    }
+
     /// The tenant of access request `id` (the target its decision is authorized on); for
     /// an unknown id the caller's own tenant (or the cluster, which no decision admits),
     /// so a probe of ids learns nothing.
     fn request_target(&self, id: u64, caller_org: Option<&OrgId>) -> Target {
-        let authorizer = self.authorizer();
+        let authorizer = self.authorizer_read();
         match authorizer.grants().request_by_id(id) {
             Some(request) => Target::Tenant(request.scope.org.clone()),
             None => caller_org.cloned().map_or(Target::Cluster, Target::Tenant),
@@ -212,7 +234,7 @@ impl<S: KeyStoreBackend + Send + 'static> ControlService for ControlApi<S> {
         let now = now_unix_s();
         let step = self.authorizer().request_access(&allowed.caller, scope, duration_s, now);
         let id = self.audited(step)?;
-        let authorizer = self.authorizer();
+        let authorizer = self.authorizer_read();
         let stored = authorizer
             .grants()
             .request_by_id(id)
@@ -224,28 +246,14 @@ impl<S: KeyStoreBackend + Send + 'static> ControlService for ControlApi<S> {
         &self,
         request: Request<AccessRequestId>,
     ) -> Result<Response<Empty>, Status> {
-        let id = request.get_ref().id;
-        let caller = self.0.gate.caller(&request)?;
-        let target = self.request_target(id, caller.org());
-        let method = &methods::APPROVE_ACCESS;
-        let allowed = self.0.gate.check_on(&request, method, Some(&id.to_string()), target)?;
-        let step = self.authorizer().approve_access(id, &allowed.caller, now_unix_s());
-        self.audited(step)?;
-        Ok(Response::new(Empty {}))
+        self.decide_access(&request, &methods::APPROVE_ACCESS, Authorizer::approve_access)
     }
 
     async fn deny_access(
         &self,
         request: Request<AccessRequestId>,
     ) -> Result<Response<Empty>, Status> {
-        let id = request.get_ref().id;
-        let caller = self.0.gate.caller(&request)?;
-        let target = self.request_target(id, caller.org());
-        let method = &methods::DENY_ACCESS;
-        let allowed = self.0.gate.check_on(&request, method, Some(&id.to_string()), target)?;
-        let step = self.authorizer().deny_access(id, &allowed.caller, now_unix_s());
-        self.audited(step)?;
-        Ok(Response::new(Empty {}))
+        self.decide_access(&request, &methods::DENY_ACCESS, Authorizer::deny_access)
     }
 
     async fn list_access_requests(
@@ -253,7 +261,7 @@ impl<S: KeyStoreBackend + Send + 'static> ControlService for ControlApi<S> {
         request: Request<ListAccessRequestsRequest>,
     ) -> Result<Response<ListAccessRequestsReply>, Status> {
         let allowed = self.0.gate.check(&request, &methods::LIST_ACCESS_REQUESTS, None, None)?;
-        let authorizer = self.authorizer();
+        let authorizer = self.authorizer_read();
         let requests = authorizer
             .grants()
             .requests()
@@ -272,7 +280,7 @@ impl<S: KeyStoreBackend + Send + 'static> ControlApi<S> {
     /// Whether the tenant opted out of cross-tenant dedup; `None` for no such tenant.
     async fn tenant_isolated(&self, tenant: TenantId) -> Result<Option<bool>, Status> {
         let view = self.0.front.meta.read().await.map_err(unavailable)?;
-        let record = view.tenant(&MetaTenantId(*tenant.as_bytes())).map_err(unavailable)?;
+        let record = view.tenant(&crate::objects::meta_tenant(tenant)).map_err(unavailable)?;
         Ok(record.map(|record| record.dedup == DedupMode::Isolated))
     }
 }

@@ -13,7 +13,6 @@
 //! they act on.
 
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiseki_security::authz::{Api, Argument, Authorizer, Caller, Target};
 use kiseki_security::keymanager::AuditKind;
@@ -242,7 +241,8 @@ impl Gate {
         self.decide(caller, method, argument, target)
     }
 
-    fn decide(
+    /// As [`Gate::check_on`], for a caller already known.
+    pub fn decide(
         &self,
         caller: Caller,
         method: &Method,
@@ -255,8 +255,14 @@ impl Gate {
         drop(authorizer);
         let allowed = decision.is_allowed();
         if let Some(audit) = &self.audit {
-            let data = matches!(method.api, Api::ObjectGet | Api::ObjectPut | Api::ObjectDelete)
-                || matches!(method.api, Api::ObjectList | Api::ChunkGet);
+            let data = matches!(
+                method.api,
+                Api::ObjectGet
+                    | Api::ObjectPut
+                    | Api::ObjectDelete
+                    | Api::ObjectList
+                    | Api::ChunkGet
+            );
             let kind = match (allowed, data) {
                 (true, true) => AuditKind::DataAccess,
                 (false, _) => AuditKind::AuthFailure,
@@ -312,17 +318,17 @@ fn target(rule: TargetOf, caller: &Caller, named_org: Option<&str>) -> Result<Ta
 
 /// `/v1/<api>/<op>[/<argument>]`: the argument only where the API takes one.
 fn api_path(api: Api, argument: Option<&str>) -> String {
-    match (api.spec().argument, argument) {
-        (Argument::None, _) | (Argument::OptionalName, None) => api.path_prefix(),
-        (_, Some(argument)) => format!("{}/{argument}", api.path_prefix()),
-        // A required argument missing: the authorizer refuses the bare path.
-        (_, None) => api.path_prefix(),
+    // Without an argument (or for an API that takes none) the bare path: the authorizer
+    // refuses it where an argument is required.
+    match argument {
+        Some(argument) if api.spec().argument != Argument::None => {
+            format!("{}/{argument}", api.path_prefix())
+        }
+        _ => api.path_prefix(),
     }
 }
 
-pub(crate) fn now_unix_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
-}
+pub(crate) use crate::audit::now_unix_s;
 
 #[cfg(test)]
 mod tests {
