@@ -13,7 +13,9 @@
 # recovers the shard, checks every logged chunk is there with its logged reference count,
 # and reads every stored chunk back against its expected bytes.
 #
-# Environment: KISEKI_CRASH_DIR, where the device file goes (default target/ of the repo;
+# Environment: KISEKI_CRASH_PROFILE, the cargo profile the writer is built with (default
+# dev: the build `cargo test` already made, so CI compiles nothing more; `release` kills it
+# among more writes per run); KISEKI_CRASH_DIR, where the device file goes (default target/ of the repo;
 # it must take O_DIRECT, so not a tmpfs before Linux 6.6); KISEKI_CRASH_SEED, the first
 # writer seed (default: random). On a loss the script exits 1 and keeps the device file and
 # ack log for a post-mortem.
@@ -28,11 +30,20 @@ early_kill_ms_min=1
 early_kill_ms_max=15
 first_seed=${KISEKI_CRASH_SEED:-$((RANDOM * 32768 + RANDOM))}
 
-echo "crash-test: building the writer (release)"
-cargo build --release --quiet -p kiseki-engine --example crash_writer
+profile=${KISEKI_CRASH_PROFILE:-dev}
+case "$profile" in
+dev) profile_dir=debug ;;
+release) profile_dir=release ;;
+*)
+    echo "crash-test: KISEKI_CRASH_PROFILE must be dev or release, not '$profile'" >&2
+    exit 2
+    ;;
+esac
+echo "crash-test: building the writer (profile $profile)"
+cargo build --profile "$profile" --quiet -p kiseki-engine --example crash_writer
 target_dir=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
     grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)}
-writer="$target_dir/release/examples/crash_writer"
+writer="$target_dir/$profile_dir/examples/crash_writer"
 
 parent=${KISEKI_CRASH_DIR:-$PWD/target}
 mkdir -p "$parent"

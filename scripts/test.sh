@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step is stamped with the seconds since the start, so a slow CI run shows where.
+step() { printf '\n==> [%4d s] %s\n' "$SECONDS" "$*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
 apt_updated=0
@@ -98,4 +99,4 @@ step "engine crash test: a writer killed with SIGKILL, then recovery and verific
 scripts/crash-test.sh 20
 
 echo
-echo "scripts/test.sh: all checks passed"
+echo "scripts/test.sh: all checks passed in $SECONDS s"
