@@ -119,7 +119,7 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Serves `front` on `listener` (TLS 1.3, client certificates of the CA and CRL
     /// `tls` holds, HTTP/2) on the current runtime.
-    pub fn start<S: KeyStoreBackend + Send + 'static>(
+    pub fn start<S: KeyStoreBackend + Clone + Send + 'static>(
         listener: TcpListener,
         tls: &TlsContext,
         front: GrpcFront<S>,
@@ -207,7 +207,7 @@ fn accept_tls(
 }
 
 /// Serves every service on `incoming` until `shutdown` resolves, then drains.
-async fn serve<S: KeyStoreBackend + Send + 'static>(
+async fn serve<S: KeyStoreBackend + Clone + Send + 'static>(
     incoming: Incoming,
     tls: TlsContext,
     front: GrpcFront<S>,

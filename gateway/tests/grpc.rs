@@ -557,6 +557,27 @@ async fn control_grants_audit_export_and_a_revoked_certificate() {
     assert_eq!(granted.org, "acme");
     let outside = ops.list_s3_credentials(ListS3CredentialsRequest {}).await;
     assert_eq!(outside.unwrap_err().code(), Code::PermissionDenied);
+    // A denial is acme's admin's alone as well: another tenant cannot deny acme's request
+    // (nor learn whether it exists), and a denied request stays denied.
+    let request = RequestAccessRequest {
+        org: "acme".into(),
+        objects: vec!["TenantConfig".into()],
+        read: true,
+        write: true,
+        duration_s: 60,
+    };
+    let second = ops.request_access(request).await.unwrap().into_inner();
+    let second_id = AccessRequestId { id: second.id };
+    let refused = globex.deny_access(second_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = ops.deny_access(second_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    admin.deny_access(second_id).await.unwrap();
+    let seen = admin.list_access_requests(ListAccessRequestsRequest {}).await.unwrap();
+    let states: Vec<(u64, String)> =
+        seen.into_inner().requests.into_iter().map(|r| (r.id, r.state)).collect();
+    assert!(states.contains(&(second.id, "denied".to_owned())), "{states:?}");
+    assert_eq!(admin.approve_access(second_id).await.unwrap_err().code(), Code::FailedPrecondition);
 
     // Audit export: acme's admin gets acme's records, not globex's; the cluster admin gets
     // system records only and a count of the rest.

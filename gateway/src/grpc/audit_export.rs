@@ -2,8 +2,10 @@
 //! ([`AuditLog::export_tenant`] for a tenant, [`AuditLog::cluster_view`] for the system),
 //! each record's MAC and place checked as it is read.
 //!
-//! The read takes the key manager's lock (its root key and store hold the log) on a
-//! blocking thread, for the length of one read of the log; the answer streams in batches.
+//! The read runs on a blocking thread over the key manager's root sealer and a clone of its
+//! store (a handle on the metadata group), taken under the manager's lock and used after it
+//! is let go: a long log does not hold up the puts and gets that need keys meanwhile. The
+//! answer streams in batches.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ pub(crate) struct AuditApi<S>(pub(crate) Arc<Shared<S>>);
 type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportReply, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: KeyStoreBackend + Send + 'static> AuditService for AuditApi<S> {
+impl<S: KeyStoreBackend + Clone + Send + 'static> AuditService for AuditApi<S> {
     type ExportStream = ExportStream;
 
     async fn export(
@@ -39,14 +41,15 @@ impl<S: KeyStoreBackend + Send + 'static> AuditService for AuditApi<S> {
             Target::Cluster => None,
             Target::Tenant(org) => Some(tenant_of_org(org)),
         };
-        let keys = Arc::clone(&self.0.front.keys);
-        let read = tokio::task::spawn_blocking(move || {
-            let keys = crate::objects::lock(&keys);
-            match tenant {
-                Some(tenant) => AuditLog::export_tenant(keys.root(), keys.store(), tenant)
-                    .map(|records| (records, 0)),
-                None => AuditLog::cluster_view(keys.root(), keys.store()),
+        let (root, store) = {
+            let keys = crate::objects::lock(&self.0.front.keys);
+            (keys.root_shared(), keys.store().clone())
+        };
+        let read = tokio::task::spawn_blocking(move || match tenant {
+            Some(tenant) => {
+                AuditLog::export_tenant(root.as_ref(), &store, tenant).map(|records| (records, 0))
             }
+            None => AuditLog::cluster_view(root.as_ref(), &store),
         })
         .await
         .map_err(|_| Status::internal("the audit read failed"))?;

@@ -127,7 +127,9 @@ struct CachedKey {
 
 /// The key manager of one node; see the module documentation.
 pub struct KeyManager<S> {
-    root: Box<dyn RootSealer>,
+    /// Shared, so a long read of the store (an audit export) can run without this manager's
+    /// lock: see [`KeyManager::root_shared`].
+    root: Arc<dyn RootSealer>,
     store: S,
     config: KeyManagerConfig,
     clock: Arc<dyn Clock>,
@@ -147,6 +149,7 @@ impl<S: KeyStoreBackend> KeyManager<S> {
         if config.non_dumpable {
             make_process_non_dumpable()?;
         }
+        let root = Arc::from(root);
         Ok(KeyManager { root, store, config, clock, cache: HashMap::new(), cache_wipes: 0 })
     }
 
@@ -160,6 +163,12 @@ impl<S: KeyStoreBackend> KeyManager<S> {
 
     pub fn root(&self) -> &dyn RootSealer {
         self.root.as_ref()
+    }
+
+    /// The root sealer, to use after this manager's lock is let go: with a clone of the
+    /// store it reads the audit log while puts and gets keep taking keys.
+    pub fn root_shared(&self) -> Arc<dyn RootSealer> {
+        Arc::clone(&self.root)
     }
 
     /// The root sealer and the store at once (what the audit log appends with).
