@@ -39,11 +39,9 @@ mod control;
 mod data;
 pub mod methods;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use kiseki_consensus::MetadataGroup;
 use kiseki_engine::EngineHandle;
@@ -56,23 +54,19 @@ use kiseki_security::TlsContext;
 use kiseki_security::authz::Authorizer;
 use kiseki_security::keymanager::{KeyManager, KeyService, KeyStoreBackend};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{Semaphore, watch};
 use tonic_health::ServingStatus;
 
 use crate::audit::AuditSink;
 use crate::constants::{
-    GRPC_ACCEPTED_QUEUE, GRPC_BODY_CALLS_MAX, GRPC_BODY_PIECE_BYTES, GRPC_DRAIN_TIMEOUT_SECS,
-    GRPC_HANDSHAKE_TIMEOUT_SECS, GRPC_HANDSHAKES_MAX, GRPC_MESSAGE_MAX_BYTES,
-    GRPC_OBJECT_MAX_BYTES, GRPC_STREAMS_PER_CONNECTION_MAX,
+    GRPC_BODY_CALLS_MAX, GRPC_BODY_PIECE_BYTES, GRPC_MESSAGE_MAX_BYTES, GRPC_OBJECT_MAX_BYTES,
+    GRPC_STREAMS_PER_CONNECTION_MAX,
 };
+use crate::grpc_tls::{Incoming, OnHandshake, accept_tls, serve_until_stopped};
 use crate::keys_grpc::GrpcKeyService;
 use crate::objects::ObjectStore;
 use crate::s3::S3Credentials;
 use methods::Gate;
-
-/// The pause after a failed accept (no descriptor left, say) before the next one.
-const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// What the front serves from: one node's object layer, credentials, keys, metadata
 /// group and engine, and its authorizer.
@@ -112,7 +106,7 @@ pub(crate) struct Shared<S> {
 #[derive(Debug)]
 pub struct GrpcServer {
     local_addr: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<io::Result<()>>,
 }
 
@@ -125,13 +119,16 @@ impl GrpcServer {
         front: GrpcFront<S>,
     ) -> io::Result<GrpcServer> {
         let local_addr = listener.local_addr()?;
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        let shutdown = async move {
-            let mut stopping = stopping;
-            let _ = stopping.wait_for(|stopped| *stopped).await;
-        };
-        let incoming = accept_tls(listener, tls, front.audit.clone())?;
-        let task = tokio::spawn(serve(incoming, tls.clone(), front, shutdown));
+        let (stop, stopping) = watch::channel(false);
+        let audit = front.audit.clone();
+        let on_handshake: OnHandshake = Arc::new(move |outcome, remote| {
+            if let Some(audit) = &audit {
+                audit.handshake(outcome.as_ref().map_err(String::as_str), &remote.to_string());
+            }
+            Box::pin(std::future::ready(()))
+        });
+        let incoming = accept_tls(listener, tls, on_handshake)?;
+        let task = tokio::spawn(serve(incoming, tls.clone(), front, stopping));
         Ok(GrpcServer { local_addr, stop, task })
     }
 
@@ -140,7 +137,7 @@ impl GrpcServer {
     }
 
     /// Stops accepting, lets calls in flight finish, and waits at most
-    /// [`GRPC_DRAIN_TIMEOUT_SECS`] for connected clients to hang up.
+    /// [`GRPC_DRAIN_TIMEOUT_SECS`](crate::constants::GRPC_DRAIN_TIMEOUT_SECS) for connected clients to hang up.
     pub async fn shutdown(self) -> io::Result<()> {
         let _ = self.stop.send(true);
         match self.task.await {
@@ -150,68 +147,12 @@ impl GrpcServer {
     }
 }
 
-/// Handshaken connections, and the task that accepts them.
-struct Incoming {
-    streams: mpsc::Receiver<io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
-    accept_loop: tokio::task::JoinHandle<()>,
-}
-
-/// Accepts TCP connections and runs their TLS handshakes (at most
-/// [`GRPC_HANDSHAKES_MAX`] at once, each within [`GRPC_HANDSHAKE_TIMEOUT_SECS`]); a peer
-/// whose certificate the CA and CRL refuse reaches nothing. Each outcome is audited.
-fn accept_tls(
-    listener: TcpListener,
-    tls: &TlsContext,
-    audit: Option<Arc<AuditSink>>,
-) -> io::Result<Incoming> {
-    let mut config = tls.server_config().map_err(io::Error::other)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let (accepted, streams) = mpsc::channel(GRPC_ACCEPTED_QUEUE);
-    let handshakes = Arc::new(Semaphore::new(GRPC_HANDSHAKES_MAX));
-    let tls = tls.clone();
-    let timeout = Duration::from_secs(GRPC_HANDSHAKE_TIMEOUT_SECS);
-    let accept_loop = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
-            let Ok((tcp, remote)) = listener.accept().await else {
-                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, accepted, tls) = (acceptor.clone(), accepted.clone(), tls.clone());
-            let audit = audit.clone();
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
-                drop(permit);
-                let (stream, outcome) = match handshake {
-                    Ok(Ok(stream)) => {
-                        let caller =
-                            methods::caller_of(&tls, stream.get_ref().1.peer_certificates())
-                                .map_err(|status| status.message().to_owned());
-                        (Some(stream), caller)
-                    }
-                    Ok(Err(error)) => (None, Err(error.to_string())),
-                    Err(_) => (None, Err("handshake timed out".to_owned())),
-                };
-                if let Some(audit) = &audit {
-                    audit.handshake(outcome.as_ref().map_err(String::as_str), &remote.to_string());
-                }
-                if let (Some(stream), Ok(_)) = (stream, outcome) {
-                    let _ = accepted.send(Ok(stream)).await;
-                }
-            });
-        }
-    });
-    Ok(Incoming { streams, accept_loop })
-}
-
-/// Serves every service on `incoming` until `shutdown` resolves, then drains.
+/// Serves every service on `incoming` until `stopping` turns true, then drains.
 async fn serve<S: KeyStoreBackend + Clone + Send + 'static>(
     incoming: Incoming,
     tls: TlsContext,
     front: GrpcFront<S>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let gate = Gate::new(tls.clone(), Arc::clone(&front.authorizer), front.audit.clone());
     let key_service = front.key_service.clone();
@@ -244,17 +185,16 @@ async fn serve<S: KeyStoreBackend + Clone + Send + 'static>(
             .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES)
     });
 
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // Health says NOT_SERVING as soon as the stop begins, before the drain.
     let reporter = health_reporter.clone();
+    let mut stop_seen = stopping.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        let _ = stop_seen.wait_for(|stopped| *stopped).await;
         for name in names {
             reporter.set_service_status(name, ServingStatus::NotServing).await;
         }
-        let _ = stop.send(true);
     });
-    let (mut for_server, mut for_drain) = (stopping.clone(), stopping);
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION_MAX))
         .add_service(
             DataServiceServer::new(data::DataApi(Arc::clone(&shared)))
@@ -279,23 +219,8 @@ async fn serve<S: KeyStoreBackend + Clone + Send + 'static>(
         .add_optional_service(keys)
         .add_service(health)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(incoming.streams),
-            async move {
-                let _ = for_server.wait_for(|stopped| *stopped).await;
-            },
-        );
-    let drain_limit = async move {
-        let _ = for_drain.wait_for(|stopped| *stopped).await;
-        tokio::time::sleep(Duration::from_secs(GRPC_DRAIN_TIMEOUT_SECS)).await;
-    };
-    let result = tokio::select! {
-        served = server => served.map_err(io::Error::other),
-        () = drain_limit => Ok(()),
-    };
-    incoming.accept_loop.abort();
-    result
+        .add_service(reflection_v1alpha);
+    serve_until_stopped(router, incoming, stopping).await
 }
 
 /// The wire status of an object-layer error: little for the caller (STYLE 12), the rest

@@ -8,14 +8,13 @@
 //! audits it and runs it. The [`KeyService`] is synchronous (its store may block on the
 //! consensus group), so each call runs on a blocking thread.
 //!
-//! Bounds: handshakes time out after [`HANDSHAKE_TIMEOUT`], at most
-//! [`HANDSHAKES_MAX`] run at once, and at most [`ACCEPTED_QUEUE`] finished handshakes wait
-//! for the server; tonic bounds each call's message size (4 MiB by default).
+//! Bounds: the handshakes and the drain of every gRPC listener (`crate::grpc_tls`); tonic
+//! bounds each call's message size (4 MiB by default).
 
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiseki_proto::keys::key_service_client::KeyServiceClient;
 use kiseki_proto::keys::key_service_server::{KeyService as KeyServiceApi, KeyServiceServer};
@@ -32,26 +31,13 @@ use kiseki_security::keymanager::{
     ServiceError,
 };
 use kiseki_security::{TlsContext, TlsPaths};
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use crate::audit::RateLimited;
-
-/// A handshake that takes longer is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; more connections wait in the listen backlog.
-pub const HANDSHAKES_MAX: usize = 64;
-/// Finished handshakes waiting for the HTTP/2 server.
-pub const ACCEPTED_QUEUE: usize = 64;
-/// How long a shutdown waits for connected clients to hang up.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// The pause after a failed accept (no descriptor left, say) before the next one.
-const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+use crate::grpc_tls::{OnHandshake, accept_tls, caller_of_request, serve_until_stopped};
 
 /// Failed handshakes recorded in the audit log per second, and in a burst; the rest are
 /// counted into the next recorded one.
@@ -78,15 +64,7 @@ impl<S: KeyStoreBackend + Send + 'static> GrpcKeyService<S> {
 
     /// The caller behind a request: its verified certificate chain's identity.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let certs =
-            request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let identity = self
-            .tls
-            .peer_identity(Some(certs.as_slice()))
-            .map_err(|_| Status::unauthenticated("client certificate gives no identity"))?;
-        let name = identity.common_name().unwrap_or("");
-        Caller::new(name, &identity.kes_identity().to_string(), identity.role().cloned())
-            .map_err(|_| Status::unauthenticated("client certificate gives no identity"))
+        caller_of_request(&self.tls, request)
     }
 
     async fn call<T>(
@@ -106,17 +84,6 @@ impl<S: KeyStoreBackend + Send + 'static> GrpcKeyService<S> {
         .map_err(|_| Status::internal("key service task failed"))?;
         outcome.map_err(status)
     }
-}
-
-/// The caller a verified certificate chain names.
-fn caller_of(
-    tls: &TlsContext,
-    chain: Option<&[CertificateDer<'static>]>,
-) -> Result<Caller, String> {
-    let identity = tls.peer_identity(chain).map_err(|error| error.to_string())?;
-    let name = identity.common_name().unwrap_or("");
-    Caller::new(name, &identity.kes_identity().to_string(), identity.role().cloned())
-        .map_err(|error| error.to_string())
 }
 
 /// Records a handshake's outcome in the audit log (on a blocking thread: the store may
@@ -418,92 +385,45 @@ impl<S: KeyStoreBackend + Send + 'static> KeyServiceApi for GrpcKeyService<S> {
 }
 
 /// Serves the key service on `listener` until `shutdown` resolves: TLS 1.3 with client
-/// certificates verified against the CA and the CRL in force, HTTP/2 (ALPN `h2`).
+/// certificates verified against the CA and the CRL in force, HTTP/2 (ALPN `h2`). Every
+/// admitted handshake is audited (it is a client of the key service); failed ones at a
+/// bounded rate, so a flood of bad handshakes cannot flood the log.
 pub async fn serve<S: KeyStoreBackend + Send + 'static>(
     listener: TcpListener,
     tls: TlsContext,
     service: Arc<Mutex<KeyService<S>>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), io::Error> {
-    let mut config = tls.server_config().map_err(io::Error::other)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE);
-    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
-    let (audit_service, audit_tls) = (Arc::clone(&service), tls.clone());
     let failures = Arc::new(RateLimited::new(
         HANDSHAKE_FAILURES_AUDITED_PER_S,
         HANDSHAKE_FAILURES_AUDITED_BURST,
     ));
-    let accept_loop = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else { return };
-            let Ok((tcp, remote)) = listener.accept().await else {
-                // Out of descriptors, say: back off rather than spin.
-                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
-                continue;
-            };
-            let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
-            let (service, tls) = (Arc::clone(&audit_service), audit_tls.clone());
-            let failures = Arc::clone(&failures);
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
-                let (stream, outcome) = match handshake {
-                    Ok(Ok(stream)) => {
-                        let caller = caller_of(&tls, stream.get_ref().1.peer_certificates());
-                        (Some(stream), caller)
+    let audited = Arc::clone(&service);
+    let on_handshake: OnHandshake = Arc::new(move |outcome, remote| {
+        let (service, failures) = (Arc::clone(&audited), Arc::clone(&failures));
+        Box::pin(async move {
+            match outcome {
+                Ok(caller) => audit_handshake(service, Ok(&caller), remote).await,
+                Err(why) => match failures.admit() {
+                    Some(0) => audit_handshake(service, Err(&why), remote).await,
+                    Some(left_out) => {
+                        let why = format!("{why} ({left_out} earlier failures not recorded)");
+                        audit_handshake(service, Err(&why), remote).await;
                     }
-                    Ok(Err(error)) => (None, Err(error.to_string())),
-                    Err(_) => (None, Err("handshake timed out".to_owned())),
-                };
-                // Every success is recorded (it is a client of the key service); failures
-                // at a bounded rate, so a flood of bad handshakes cannot flood the log.
-                match &outcome {
-                    Ok(caller) => audit_handshake(service, Ok(caller), remote).await,
-                    Err(why) => match failures.admit() {
-                        Some(0) => audit_handshake(service, Err(why), remote).await,
-                        Some(left_out) => {
-                            let why = format!("{why} ({left_out} earlier failures not recorded)");
-                            audit_handshake(service, Err(&why), remote).await;
-                        }
-                        None => {}
-                    },
-                }
-                // A refused peer reaches nothing of the service.
-                if let (Some(stream), Ok(_)) = (stream, outcome) {
-                    let _ = accepted.send(Ok::<_, io::Error>(stream)).await;
-                }
-            });
-        }
+                    None => {}
+                },
+            }
+        })
     });
-    let grpc = GrpcKeyService::new(service, tls);
-    // Shutdown: stop accepting, let calls in flight finish, but wait for idle clients to
-    // hang up for at most DRAIN_TIMEOUT.
+    let incoming = accept_tls(listener, &tls, on_handshake)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
     });
-    let (mut for_server, mut for_drain) = (stopping.clone(), stopping);
-    let server = tonic::transport::Server::builder()
-        .add_service(KeyServiceServer::new(grpc))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(incoming),
-            async move {
-                let _ = for_server.wait_for(|stopped| *stopped).await;
-            },
-        );
-    let drain_limit = async move {
-        let _ = for_drain.wait_for(|stopped| *stopped).await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let result = tokio::select! {
-        served = server => served.map_err(io::Error::other),
-        () = drain_limit => Ok(()),
-    };
-    accept_loop.abort();
-    result
+    let router = tonic::transport::Server::builder()
+        .add_service(KeyServiceServer::new(GrpcKeyService::new(service, tls)));
+    serve_until_stopped(router, incoming, stopping).await
 }
 
 #[cfg(test)]

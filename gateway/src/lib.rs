@@ -38,6 +38,7 @@ pub mod config;
 pub mod constants;
 pub mod dev;
 pub mod grpc;
+mod grpc_tls;
 pub mod jwks_https;
 pub mod keys_grpc;
 pub mod multipart;

@@ -17,7 +17,6 @@ use std::sync::{Arc, RwLock};
 use kiseki_security::authz::{Api, Argument, Authorizer, Caller, Target};
 use kiseki_security::keymanager::AuditKind;
 use kiseki_security::{OrgId, TlsContext};
-use rustls_pki_types::CertificateDer;
 use tonic::Status;
 
 use crate::audit::AuditSink;
@@ -208,8 +207,7 @@ impl Gate {
 
     /// The caller of `request`, from its certificate alone.
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        let certs = request.peer_certs();
-        caller_of(&self.tls, certs.as_deref().map(Vec::as_slice))
+        crate::grpc_tls::caller_of_request(&self.tls, request)
     }
 
     /// Authorizes one call of `method` with `argument` (the path's last segment) and the
@@ -275,21 +273,6 @@ impl Gate {
         }
         Ok(Allowed { caller, target })
     }
-}
-
-/// The caller behind `certs` (the verified chain the handshake kept): its common name,
-/// key identity and the role its certificate gives.
-pub fn caller_of(
-    tls: &TlsContext,
-    certs: Option<&[CertificateDer<'static>]>,
-) -> Result<Caller, Status> {
-    let certs = certs.ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let identity = tls
-        .peer_identity(Some(certs))
-        .map_err(|_| Status::unauthenticated("client certificate gives no identity"))?;
-    let name = identity.common_name().unwrap_or("");
-    Caller::new(name, &identity.kes_identity().to_string(), identity.role().cloned())
-        .map_err(|_| Status::unauthenticated("client certificate gives no identity"))
 }
 
 /// The request's target, by the method's rule.

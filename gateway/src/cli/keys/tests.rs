@@ -311,7 +311,10 @@ fn the_keyserver_serves_grpc_on_the_nodes_store_until_told_to_stop() {
     let (result, out) = server.join().unwrap();
     assert_eq!(result, Ok(()), "{out}");
     assert!(out.contains("key service listening on") && out.contains("stopped"), "{out}");
-    assert!(stopping.elapsed() < crate::keys_grpc::DRAIN_TIMEOUT * 2);
+    assert!(
+        stopping.elapsed()
+            < std::time::Duration::from_secs(crate::constants::GRPC_DRAIN_TIMEOUT_SECS) * 2
+    );
     drop(runtime);
     // The rotation went through consensus into the node's store, audited.
     assert!(ok(&["keys", "status", "--data-dir", &data]).contains("[1, 2]"));
