@@ -32,7 +32,8 @@
 //! - the weight function is part of the cluster's format: changing it moves every chunk;
 //! - a placement lists R distinct nodes, 1 <= R <= `REPLICAS_MAX`;
 //! - `put` returns `Ok` only with at least W acknowledgements in hand; a put that failed
-//!   with an unknown outcome counts as not acknowledged.
+//!   with an unknown outcome counts as not acknowledged;
+//! - `release` sends each replica one release at most (a release is not idempotent).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -90,7 +91,9 @@ pub enum ReplicationError {
     NoLiveNodes,
     /// R or W is out of bounds.
     BadConfig { reason: &'static str },
-    /// Fewer than `required` of the `targets` nodes acknowledged the write.
+    /// Fewer than `required` of the `targets` nodes acknowledged the write. Every target
+    /// had answered: `acked` names each node that stored the chunk, `failures` the others
+    /// (an unknown outcome among them may have stored it too).
     TooFewAcks {
         chunk_id: ChunkId,
         targets: usize,

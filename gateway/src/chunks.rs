@@ -7,7 +7,8 @@
 //!
 //! [`Chunks::Replicated`] stores through [`ReplicatedChunks`]: a [`Replicator`] over a fixed
 //! list of chunk-service nodes taken from configuration (no membership service yet: a node
-//! that is down stays in the list, and the selector's breaker answers for it):
+//! that is down stays in the list, its chunks are not placed elsewhere, and the selector's
+//! breaker answers for it, so a write whose placement names it needs W of the others):
 //! - put: the envelope goes to its R nodes (rendezvous placement) and returns once W of
 //!   them acknowledged it durable, so a manifest naming the chunk is committed only after
 //!   that. A put that missed its quorum has heard from every replica; it gives back the
