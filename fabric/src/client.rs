@@ -1,5 +1,5 @@
 //! The chunk client: the library API the gateway, the bench and HPC clients use to put,
-//! get and look up chunks on one node over the fabric.
+//! get, look up and release chunks on one node over the fabric.
 //!
 //! What it does: encodes chunk-service requests (`kiseki_proto::ChunkRequest`), sends them
 //! through the [`FabricSelector`], and turns every response status and transport failure
@@ -28,7 +28,7 @@ use kiseki_security::{ChunkId, Envelope, OrgId};
 use crate::selector::{FabricSelector, SelectorError};
 use crate::transport::{Endpoint, FabricRequest, FabricResponse, SharedBytes};
 
-/// Puts, gets and looks up chunks on one node at a time. Cheap to clone.
+/// Puts, gets, looks up and releases chunks on one node at a time. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ChunkClient {
     selector: Arc<FabricSelector>,
@@ -138,6 +138,25 @@ impl ChunkClient {
             unreachable!("a has-chunks answer decodes as a bitmap")
         };
         Ok((0..chunk_ids.len()).map(|index| bitmap.holds(index)).collect())
+    }
+
+    /// Drops one reference to `chunk_id` on `peer`, on behalf of `tenant` as the put it
+    /// undoes named it (a tenant caller's own org; for a node, the org it put for, or
+    /// none). `NotFound` when the node holds no such reference for the caller. Never sent
+    /// twice by this layer: a release is not idempotent.
+    pub async fn release_chunk(
+        &self,
+        peer: &Endpoint,
+        tenant: Option<&OrgId>,
+        chunk_id: &ChunkId,
+    ) -> Result<(), ClientError> {
+        let request =
+            ChunkRequest::Release { tenant: tenant_ref(tenant), chunk_id: *chunk_id.as_bytes() };
+        let response = self.send(peer, request).await?;
+        let payload = ok_payload(peer, Op::ReleaseChunk, response)?;
+        ChunkResponse::decode(Op::ReleaseChunk, &payload, 0)
+            .map_err(|error| protocol_error(peer, error))?;
+        Ok(())
     }
 
     /// A round trip with an empty payload: liveness, and the selector's breaker probe.
@@ -319,6 +338,10 @@ mod tests {
         assert_eq!(client.has_chunks(&a, None, &ids).await.unwrap(), [true, false, true]);
         assert_eq!(client.has_chunks(&a, None, &[]).await.unwrap(), Vec::<bool>::new());
         client.ping(&a).await.unwrap();
+        client.release_chunk(&a, Some(&org()), &stored.chunk_id()).await.unwrap();
+        assert_eq!(nodes["a"].references(&stored.chunk_id()), 0, "the one reference dropped");
+        let error = client.release_chunk(&a, None, &stored.chunk_id()).await.unwrap_err();
+        assert_eq!(error, ClientError::NotFound { peer: "a".into() }, "nothing left to drop");
     }
 
     #[tokio::test]
@@ -434,6 +457,8 @@ mod tests {
         assert!(matches!(error, ClientError::Protocol { .. }), "{error:?}");
         let error = client.put_chunk(&endpoint("n"), None, &Arc::new(envelope(b"y"))).await;
         let error = error.unwrap_err();
+        assert!(matches!(error, ClientError::Protocol { .. }), "{error:?}");
+        let error = client.release_chunk(&endpoint("n"), None, &ids[0]).await.unwrap_err();
         assert!(matches!(error, ClientError::Protocol { .. }), "{error:?}");
     }
 }

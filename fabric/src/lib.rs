@@ -12,9 +12,10 @@
 //!   says so and is not offered.
 //! - the FabricSelector: per peer, RDMA when both ends have it and it is healthy, else TCP;
 //!   a circuit breaker per (peer, transport).
-//! - the chunk service: a node serves `put_chunk`/`get_chunk`/`has_chunks` from its
-//!   `EngineHandle`, checking the caller's role and tenant; clients (gateway, bench, HPC
-//!   clients) use the same library API; replicated writes over R nodes.
+//! - the chunk service: a node serves `put_chunk`/`get_chunk`/`has_chunks`/`release_chunk`
+//!   from its `EngineHandle`, checking the caller's role and tenant; clients (gateway,
+//!   bench, HPC clients) use the same library API; replicated writes over R nodes, and
+//!   releases to them.
 //!
 //! What it does not do: encryption of chunks (they arrive sealed and leave sealed; the
 //! fabric never holds a chunk key), or placement decisions beyond rendezvous hashing over
@@ -54,7 +55,9 @@ pub use connection::{
 };
 pub use kiseki_security::clock::{Clock, ManualClock, SystemClock};
 pub use metrics::{FabricMetricsSnapshot, TransportMetricsSnapshot};
-pub use replication::{Replicated, ReplicationConfig, ReplicationError, Replicator, placement};
+pub use replication::{
+    Released, Replicated, ReplicationConfig, ReplicationError, Replicator, placement,
+};
 pub use selector::{FabricSelector, PeerHealth, SelectorError};
 pub use service::{ChunkService, TenantRefs, engine_status};
 pub use tcp::{ServerStartError, TcpConfig, TcpServer, TcpServerConfig, TcpTransport};

@@ -1,5 +1,6 @@
 //! Replicated chunks: placement by rendezvous hashing, writes acknowledged after W of R
-//! durable puts, reads that fall back from replica to replica.
+//! durable puts, reads that fall back from replica to replica, releases sent to every
+//! replica.
 //!
 //! What it does:
 //! - [`placement`]: the R nodes of a chunk are the R live nodes with the highest weight
@@ -7,21 +8,32 @@
 //!   set computes the same nodes, with no table to share, and a node leaving or joining
 //!   moves only the chunks it held or now gets.
 //! - [`Replicator::put`]: sends the envelope to the R nodes concurrently and returns once W
-//!   acknowledged it (default: a majority of R), or fails naming how many did. Puts still
-//!   running at that point finish in the background; their failures are logged.
+//!   acknowledged it (default: a majority of R); puts still running at that point finish
+//!   in the background, their failures logged. A put that cannot reach W fails only after
+//!   every replica answered (the transport's request timeout bounds the wait), naming the
+//!   nodes that did store it, so that its caller can give those references back before
+//!   a straggler lands.
 //! - [`Replicator::get`]: tries the R nodes in placement order, healthy ones (breakers
 //!   closed) first, and falls back to the next on any error, an integrity failure
 //!   included.
+//! - [`Replicator::release`]: drops one reference on each of the R nodes concurrently and
+//!   waits for all of them. A node that answers `NotFound` holds no reference (its put
+//!   never landed, or a release already went through) and counts as released; the call
+//!   fails only if no node released. A node that failed keeps its reference: space, not
+//!   data, is lost until a sweep collects it.
 //!
 //! What it does not do: repair (a get that fell back past a bad replica does not rewrite
 //! it; the scrubber and repair service will), rebalancing after the live set changes, or
-//! look for a chunk beyond its R current nodes.
+//! look for a chunk beyond its R current nodes. Nor does it order a release after a put
+//! still running in the background on a straggling replica: a release that reaches that
+//! node first answers `NotFound` and the put then lands, leaving a reference behind.
 //!
 //! Invariants:
 //! - the weight function is part of the cluster's format: changing it moves every chunk;
 //! - a placement lists R distinct nodes, 1 <= R <= `REPLICAS_MAX`;
 //! - `put` returns `Ok` only with at least W acknowledgements in hand; a put that failed
-//!   with an unknown outcome counts as not acknowledged.
+//!   with an unknown outcome counts as not acknowledged;
+//! - `release` sends each replica one release at most (a release is not idempotent).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -61,6 +73,16 @@ pub struct Replicated {
     pub acked: Vec<String>,
 }
 
+/// A release that reached at least one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub chunk_id: ChunkId,
+    /// The nodes that dropped a reference or held none (`NotFound`), in placement order.
+    pub released: Vec<String>,
+    /// The nodes that failed otherwise, each with its error: they keep their reference.
+    pub failures: Vec<(String, ClientError)>,
+}
+
 /// Why a replicated operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -69,7 +91,9 @@ pub enum ReplicationError {
     NoLiveNodes,
     /// R or W is out of bounds.
     BadConfig { reason: &'static str },
-    /// Fewer than `required` of the `targets` nodes acknowledged the write.
+    /// Fewer than `required` of the `targets` nodes acknowledged the write. Every target
+    /// had answered: `acked` names each node that stored the chunk, `failures` the others
+    /// (an unknown outcome among them may have stored it too).
     TooFewAcks {
         chunk_id: ChunkId,
         targets: usize,
@@ -81,6 +105,8 @@ pub enum ReplicationError {
     NotFound { chunk_id: ChunkId },
     /// No replica returned the chunk; each one's error, in the order tried.
     AllReplicasFailed { chunk_id: ChunkId, failures: Vec<(String, ClientError)> },
+    /// No replica released the chunk; each one's error, in placement order.
+    ReleaseFailed { chunk_id: ChunkId, failures: Vec<(String, ClientError)> },
 }
 
 /// The nodes of `chunk_id` among `live`: the `replicas` distinct nodes with the highest
@@ -153,10 +179,10 @@ impl Replicator {
         placement(chunk_id, live, self.replica_count(live.len()))
     }
 
-    /// Stores `envelope` on its R nodes among `live`; returns once W acknowledged it. Must
-    /// run inside a tokio runtime (each replica's put is a task, so the ones still running
-    /// when the quorum is reached finish in the background). Every replica's request
-    /// shares the one envelope.
+    /// Stores `envelope` on its R nodes among `live`; returns once W acknowledged it, or,
+    /// failing, once every replica answered. Must run inside a tokio runtime (each
+    /// replica's put is a task, so the ones still running when the quorum is reached
+    /// finish in the background). Every replica's request shares the one envelope.
     pub async fn put(
         &self,
         live: &[Endpoint],
@@ -198,10 +224,6 @@ impl Replicator {
                 let targets = targets.into_iter().map(|target| target.node).collect();
                 return Ok(Replicated { chunk_id, targets, acked });
             }
-            let pending = targets.len() - acked.len() - failures.len();
-            if acked.len() + pending < required {
-                break;
-            }
         }
         Err(ReplicationError::TooFewAcks {
             chunk_id,
@@ -240,6 +262,58 @@ impl Replicator {
             return Err(ReplicationError::NotFound { chunk_id: *chunk_id });
         }
         Err(ReplicationError::AllReplicasFailed { chunk_id: *chunk_id, failures })
+    }
+
+    /// Drops one reference to `chunk_id` on each of its R nodes among `live`, on behalf of
+    /// `tenant` as the put named it, and waits for every answer. Must run inside a tokio
+    /// runtime: each replica's release is a task, so a caller that stops waiting does not
+    /// stop a release already sent.
+    pub async fn release(
+        &self,
+        live: &[Endpoint],
+        tenant: Option<&OrgId>,
+        chunk_id: &ChunkId,
+    ) -> Result<Released, ReplicationError> {
+        let targets = self.placement(chunk_id, live);
+        if targets.is_empty() {
+            return Err(ReplicationError::NoLiveNodes);
+        }
+        let tasks: Vec<_> = targets
+            .iter()
+            .map(|target| {
+                let (client, target) = (self.client.clone(), (*target).clone());
+                let (tenant, chunk_id) = (tenant.cloned(), *chunk_id);
+                tokio::spawn(async move {
+                    let result = client.release_chunk(&target, tenant.as_ref(), &chunk_id).await;
+                    (target.node, result)
+                })
+            })
+            .collect();
+        let mut released = Vec::with_capacity(tasks.len());
+        let mut failures = Vec::new();
+        for (task, target) in tasks.into_iter().zip(&targets) {
+            match task.await {
+                Ok((node, Ok(()) | Err(ClientError::NotFound { .. }))) => released.push(node),
+                Ok((node, Err(error))) => {
+                    tracing::warn!(%node, chunk = %chunk_id, %error, "replica release failed");
+                    failures.push((node, error));
+                }
+                // The task panicked: a bug, which the runtime has reported; the reference
+                // on that node is as unknown as after a lost connection.
+                Err(_) => {
+                    let node = target.node.clone();
+                    let error = ClientError::Internal {
+                        peer: node.clone(),
+                        message: "the release task failed".to_owned(),
+                    };
+                    failures.push((node, error));
+                }
+            }
+        }
+        if released.is_empty() {
+            return Err(ReplicationError::ReleaseFailed { chunk_id: *chunk_id, failures });
+        }
+        Ok(Released { chunk_id: *chunk_id, released, failures })
     }
 }
 
@@ -285,6 +359,10 @@ impl fmt::Display for ReplicationError {
                 write!(f, "chunk {chunk_id}: no replica returned it")?;
                 write_failures(f, failures)
             }
+            ReplicationError::ReleaseFailed { chunk_id, failures } => {
+                write!(f, "chunk {chunk_id}: no replica released it")?;
+                write_failures(f, failures)
+            }
         }
     }
 }
@@ -305,9 +383,10 @@ mod tests {
 
     use super::*;
     use crate::breaker::BreakerConfig;
-    use crate::selector::FabricSelector;
+    use crate::selector::{FabricSelector, SelectorError};
     use crate::testing::{
-        Fault, Nodes, ScriptedTransport, connect_refused, endpoint, envelope, nodes,
+        Fault, Nodes, ScriptedTransport, connect_refused, connection_lost, endpoint, envelope,
+        nodes,
     };
     use crate::transport::TransportKind;
 
@@ -521,6 +600,90 @@ mod tests {
         tcp.fail("a", Fault::Refuse(connect_refused("a")));
         let error = replicator.get(&live, None, &id).await.unwrap_err();
         assert!(matches!(error, ReplicationError::AllReplicasFailed { .. }), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_release_reaches_every_replica_and_counts_absent_ones_as_released() {
+        let nodes = nodes(&["a", "b", "c", "d"]);
+        let (replicator, _) = replicator(&nodes, ReplicationConfig::default());
+        let live = endpoints(&["a", "b", "c", "d"]);
+        let chunk = envelope(b"released everywhere");
+        let id = chunk.chunk_id();
+        let order = names(&replicator.placement(&id, &live));
+        // Two of its three replicas hold it; the third never got the put.
+        nodes[&order[0]].insert_raw(&id, chunk.as_bytes().to_vec());
+        nodes[&order[1]].insert_raw(&id, chunk.as_bytes().to_vec());
+        let outsider = live.iter().find(|e| !order.contains(&e.node)).unwrap();
+        nodes[&outsider.node].insert_raw(&id, chunk.as_bytes().to_vec());
+
+        let released = replicator.release(&live, None, &id).await.unwrap();
+        assert_eq!(released.released, order, "all three, in placement order");
+        assert!(released.failures.is_empty());
+        assert_eq!(held_by(&nodes, &id), 1, "only the node outside the placement keeps it");
+        assert_eq!(nodes[&outsider.node].references(&id), 1);
+    }
+
+    #[tokio::test]
+    async fn a_release_with_a_replica_down_releases_the_others_and_says_which_failed() {
+        let nodes = nodes(&["a", "b", "c"]);
+        let (replicator, tcp) = replicator(&nodes, ReplicationConfig::default());
+        let live = endpoints(&["a", "b", "c"]);
+        let chunk = envelope(b"one replica down");
+        let id = chunk.chunk_id();
+        replicator.put(&live, None, &Arc::new(chunk)).await.unwrap();
+        tokio::task::yield_now().await;
+        tcp.fail("b", Fault::Refuse(connect_refused("b")));
+        let released = replicator.release(&live, None, &id).await.unwrap();
+        assert_eq!(released.released.len(), 2, "{released:?}");
+        assert_eq!(released.failures.len(), 1);
+        assert_eq!(released.failures[0].0, "b");
+        assert_eq!(nodes["b"].references(&id), 1, "the node that failed keeps its reference");
+
+        // With every replica down, the release fails and says so.
+        tcp.fail("a", Fault::Refuse(connect_refused("a")));
+        tcp.fail("c", Fault::Refuse(connect_refused("c")));
+        let error = replicator.release(&live, None, &id).await.unwrap_err();
+        let ReplicationError::ReleaseFailed { failures, .. } = &error else { panic!("{error:?}") };
+        assert_eq!(failures.len(), 3);
+        assert!(error.to_string().contains("no replica released it"), "{error}");
+        let error = replicator.release(&[], None, &id).await.unwrap_err();
+        assert_eq!(error, ReplicationError::NoLiveNodes);
+    }
+
+    #[tokio::test]
+    async fn a_release_that_may_have_landed_is_not_sent_again_over_tcp() {
+        let nodes = nodes(&["a"]);
+        let tcp = ScriptedTransport::new(TransportKind::Tcp, nodes.clone());
+        let rdma = ScriptedTransport::new(TransportKind::Rdma, nodes.clone());
+        let selector = FabricSelector::new(tcp.clone(), BreakerConfig::default())
+            .unwrap()
+            .with_rdma(rdma.clone());
+        selector.set_peer_rdma("a", true);
+        let client = ChunkClient::new(Arc::new(selector));
+        let replicator = Replicator::new(client, ReplicationConfig::default()).unwrap();
+        let live = endpoints(&["a"]);
+        let chunk = Arc::new(envelope(b"twice referenced"));
+        let id = chunk.chunk_id();
+        replicator.put(&live, None, &chunk).await.unwrap();
+        replicator.put(&live, None, &chunk).await.unwrap();
+        assert_eq!(nodes["a"].references(&id), 2);
+
+        rdma.fail("a", Fault::LoseAfterDelivery(connection_lost("a")));
+        let error = replicator.release(&live, None, &id).await.unwrap_err();
+        let ReplicationError::ReleaseFailed { failures, .. } = &error else { panic!("{error:?}") };
+        let unknown = |error: &ClientError| {
+            matches!(
+                error,
+                ClientError::Fabric(SelectorError::OutcomeUnknown {
+                    op: kiseki_proto::Op::ReleaseChunk,
+                    kind: TransportKind::Rdma,
+                    ..
+                })
+            )
+        };
+        assert!(unknown(&failures[0].1), "{failures:?}");
+        assert_eq!((rdma.calls(), tcp.calls()), (3, 0), "a release is never sent twice");
+        assert_eq!(nodes["a"].references(&id), 1, "the one delivery dropped one reference");
     }
 
     #[test]

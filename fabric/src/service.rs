@@ -1,17 +1,18 @@
-//! The chunk service: a node answers `PutChunk`, `GetChunk`, `HasChunks` and `Ping` from
-//! its [`EngineHandle`], deciding first who may ask; and `RdmaSetup`, which connects an
-//! RDMA queue pair for the caller.
+//! The chunk service: a node answers `PutChunk`, `GetChunk`, `HasChunks`, `ReleaseChunk`
+//! and `Ping` from its [`EngineHandle`], deciding first who may ask; and `RdmaSetup`, which
+//! connects an RDMA queue pair for the caller.
 //!
 //! Who may ask, by the role of the peer's verified certificate:
-//! - a storage node (`kiseki-server`) may do everything: it replicates, repairs and reads
-//!   for the tenants whose requests it already authorized. Its calls are authorized as
-//!   `/v1/replica/replicate/<chunk id>` (put) and `/v1/replica/repair/<chunk id>` (get and
-//!   has) on the cluster;
+//! - a storage node (`kiseki-server`) may do everything: it replicates, repairs, reads and
+//!   releases for the tenants whose requests it already authorized (the gateway storing S3
+//!   and gRPC objects is such a node). Its calls are authorized as
+//!   `/v1/replica/replicate/<chunk id>` (put and release) and
+//!   `/v1/replica/repair/<chunk id>` (get and has) on the cluster;
 //! - a tenant workload (`tenant-{org}` or a SPIFFE workload) may act only for its own org:
-//!   its request must name that org as the tenant, authorized as `/v1/chunk/put/<id>` and
-//!   `/v1/chunk/get/<id>` on the tenant (has-chunks is a read of existence, authorized
-//!   once per batch as `/v1/chunk/get/has`); and it may read, or learn of, only chunks its
-//!   org references;
+//!   its request must name that org as the tenant, authorized as `/v1/chunk/put/<id>` (put
+//!   and release: both write the org's references) and `/v1/chunk/get/<id>` on the tenant
+//!   (has-chunks is a read of existence, authorized once per batch as
+//!   `/v1/chunk/get/has`); and it may read, or learn of, only chunks its org references;
 //! - every other role (cluster admin, SRE, key server, certificate-granting, none) is
 //!   denied everything, Ping included.
 //!
@@ -19,19 +20,37 @@
 //! policy files apply); every decision goes to the log as an audit event (target
 //! `kiseki::audit`: denials at warn, allowed calls at debug, since this is the data path).
 //!
-//! Tenant references: chunks are shared across tenants by dedup, so a put by a tenant, or
-//! by a node on a tenant's behalf, records a reference (org, chunk id) in a per-node
-//! [`TenantRefs`] index, and a tenant's get and has consult it. An unreferenced chunk
-//! answers exactly like an absent one: the same status (`NotFound`), the same payload, a 0
-//! bit in a has-chunks bitmap, and without asking the engine. The index is the stand-in
-//! until the consensus issue keeps references; it is bounded ([`TenantRefs::new`]), and a
-//! put whose reference does not fit is refused as `Unavailable` before it is stored.
+//! References: every put that lands adds one reference to the chunk in the engine, and a
+//! release drops one (the engine frees the chunk at zero). Chunks are shared across tenants
+//! by dedup, so a put naming a tenant also records who holds that reference in a per-node
+//! [`TenantRefs`] index: (org, chunk id), counted apart for the org's own workloads and for
+//! nodes acting for the org. A tenant's get and has consult it: an org may see a chunk
+//! while it holds a reference of either kind. An unreferenced chunk answers exactly like
+//! an absent one: the same status (`NotFound`), the same payload, a 0 bit in a has-chunks
+//! bitmap, and without asking the engine. The index is the stand-in until the consensus
+//! issue keeps references; it is bounded ([`TenantRefs::new`]), and a put whose reference
+//! does not fit is refused as `Unavailable` before it is stored.
+//!
+//! Releases: a caller releases only a reference it holds.
+//! - A tenant workload releases one of the references its org's workloads put: none held
+//!   (another org's chunk, one only a node put for the org, an absent one) is `NotFound`,
+//!   the same shape as an absent chunk, without asking the engine. So a workload cannot
+//!   drop what another org, or the gateway on its own org's behalf, keeps.
+//! - A node holds the references nodes put; it is trusted for the cluster as for every
+//!   other op. A release naming an org drops one of that org's node-held references from
+//!   the index if there is one, and one engine reference in any case: the index lives in
+//!   memory and is empty after a restart, while the engine's references are durable. A
+//!   release naming no tenant drops an engine reference only (as a put naming none adds
+//!   one only there).
+//! - The index entry is taken before the engine is asked and given back if the engine
+//!   fails (busy, unavailable), so a failed release changes nothing; an engine `NotFound`
+//!   answers `NotFound` and leaves the entry dropped (no engine reference was behind it).
 //!
 //! What it does not do: open or check envelopes beyond their format (the engine holds no
-//! key and neither does the fabric), release chunks (no op yet), or prove that a tenant
-//! putting chunk id X knows X's plaintext: with cross-tenant dedup, a tenant that learns a
-//! shared chunk's id can claim a reference to it. Tenants that opt out of cross-tenant
-//! dedup get HMAC chunk ids, which no other tenant can compute.
+//! key and neither does the fabric), or prove that a tenant putting chunk id X knows X's
+//! plaintext: with cross-tenant dedup, a tenant that learns a shared chunk's id can claim a
+//! reference to it. Tenants that opt out of cross-tenant dedup get HMAC chunk ids, which
+//! no other tenant can compute.
 //!
 //! RDMA setup: the caller sends its 48-byte queue-pair record over TCP+mTLS, so the queue
 //! pair is connected to the certificate's holder. The same role rule applies (nodes and
@@ -99,19 +118,31 @@ struct RefTable {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct RefCount {
-    /// Puts that succeeded: the org may see the chunk while this is above zero.
-    committed: u64,
-    /// Puts under way: they hold the entry's place, and show nothing.
+    /// Puts by the org's own workloads that succeeded, less their releases.
+    by_tenant: u64,
+    /// Puts by nodes acting for the org that succeeded, less their releases.
+    by_node: u64,
+    /// Puts and releases under way: they hold the entry's place, and show nothing.
     pending: u32,
 }
 
-/// A reference being recorded: committed after the put succeeds, dropped otherwise.
+/// Who holds a reference in the index: the org's own workloads, or nodes acting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Tenant,
+    Node,
+}
+
+/// A reference change under way (a put being recorded, or a release taking one): it holds
+/// its entry's place until it ends, and when it ends the holder's count goes up by one if
+/// `count_on_end` (a put that succeeded; a release that failed, giving its reference back).
 #[derive(Debug)]
-struct RefReservation<'a> {
+struct PendingRef<'a> {
     refs: &'a TenantRefs,
     org: String,
     chunk_id: ChunkId,
-    committed: bool,
+    holder: Holder,
+    count_on_end: bool,
 }
 
 /// Who is asking, by certificate role.
@@ -119,6 +150,15 @@ struct RefReservation<'a> {
 enum Asker {
     Node,
     Tenant(OrgId),
+}
+
+impl Asker {
+    fn holder(&self) -> Holder {
+        match self {
+            Asker::Node => Holder::Node,
+            Asker::Tenant(_) => Holder::Tenant,
+        }
+    }
 }
 
 impl ChunkService {
@@ -173,6 +213,7 @@ impl ChunkService {
             Op::Ping => FabricResponse::new(Status::Ok, Vec::new()),
             Op::PutChunk => self.put(peer, &asker, request.payload).await,
             Op::GetChunk | Op::HasChunks => self.read(peer, &asker, request).await,
+            Op::ReleaseChunk => self.release(peer, &asker, &request.payload).await,
             Op::RdmaSetup => self.rdma_setup(peer, &asker, &request.payload),
             // Served by the metadata node's own listener, never by the chunk service.
             Op::Raft => bad_request(peer, request.op, &"not a chunk-service op"),
@@ -235,7 +276,7 @@ impl ChunkService {
         }
         let reservation = match tenant {
             None => None,
-            Some(org) => match self.refs.reserve(org, chunk_id) {
+            Some(org) => match self.refs.reserve(org, chunk_id, asker.holder()) {
                 Some(reservation) => Some(reservation),
                 None => {
                     tracing::warn!(%peer, "tenant reference index full; put refused");
@@ -246,11 +287,49 @@ impl ChunkService {
         match self.engine.put(envelope).await {
             Ok(()) => {
                 if let Some(reservation) = reservation {
-                    reservation.commit();
+                    reservation.settle(true);
                 }
                 FabricResponse::new(Status::Ok, Vec::new())
             }
             Err(error) => engine_failure(peer, Op::PutChunk, &chunk_id, &error),
+        }
+    }
+
+    /// Drops one reference the caller holds; see the module's notes on releases.
+    async fn release(&self, peer: &Peer, asker: &Asker, payload: &[u8]) -> FabricResponse {
+        let (tenant, chunk_id) = match ChunkRequest::decode(Op::ReleaseChunk, payload) {
+            Ok(ChunkRequest::Release { tenant, chunk_id }) => (tenant.as_str(), chunk_id),
+            Ok(_) => unreachable!("a release payload decodes as a release"),
+            Err(error) => return bad_request(peer, Op::ReleaseChunk, &error),
+        };
+        let argument = hex(&chunk_id);
+        if let Err(denied) = self.authorize(peer, asker, Op::ReleaseChunk, tenant, &argument) {
+            return denied;
+        }
+        let taken = tenant.and_then(|org| self.refs.take(org, chunk_id, asker.holder()));
+        if taken.is_none() && matches!(asker, Asker::Tenant(_)) {
+            // Authorized, so the request named the caller's own org: it holds no reference.
+            tracing::debug!(%peer, chunk = %argument, "release of a reference not held");
+            return status_response(Status::NotFound);
+        }
+        match self.engine.release(chunk_id).await {
+            Ok(()) => {
+                if let Some(taken) = taken {
+                    taken.settle(false);
+                }
+                tracing::debug!(target: "kiseki::audit", %peer, chunk = %argument, "released");
+                FabricResponse::new(Status::Ok, Vec::new())
+            }
+            Err(error) => {
+                // No engine reference behind the entry: it stays dropped. Any other failure
+                // gives the reference back (the drop of `taken` counts it again).
+                if let Some(taken) = taken
+                    && matches!(error, EngineError::NotFound { .. })
+                {
+                    taken.settle(false);
+                }
+                engine_failure(peer, Op::ReleaseChunk, &chunk_id, &error)
+            }
         }
     }
 
@@ -274,7 +353,9 @@ impl ChunkService {
                 }
                 self.has(peer, asker, &decoded).await
             }
-            ChunkRequest::Put { .. } => unreachable!("reads decode as gets or has"),
+            ChunkRequest::Put { .. } | ChunkRequest::Release { .. } => {
+                unreachable!("reads decode as gets or has")
+            }
         }
     }
 
@@ -329,8 +410,7 @@ impl ChunkService {
         let denied = || status_response(Status::Denied);
         let (api, target) = match asker {
             Asker::Node => {
-                let api =
-                    if op == Op::PutChunk { Api::ReplicaReplicate } else { Api::ReplicaRepair };
+                let api = if writes(op) { Api::ReplicaReplicate } else { Api::ReplicaRepair };
                 (api, Target::Cluster)
             }
             Asker::Tenant(own) => {
@@ -345,7 +425,7 @@ impl ChunkService {
                     );
                     return Err(denied());
                 };
-                let api = if op == Op::PutChunk { Api::ChunkPut } else { Api::ChunkGet };
+                let api = if writes(op) { Api::ChunkPut } else { Api::ChunkGet };
                 (api, Target::Tenant(org))
             }
         };
@@ -364,11 +444,12 @@ impl ChunkService {
             &target,
             unix_now_s(),
         );
+        let op = op.name();
         if decision.is_allowed() {
-            tracing::debug!(target: "kiseki::audit", %peer, event = %decision.audit_event());
+            tracing::debug!(target: "kiseki::audit", %peer, op, event = %decision.audit_event());
             Ok(())
         } else {
-            tracing::warn!(target: "kiseki::audit", %peer, event = %decision.audit_event());
+            tracing::warn!(target: "kiseki::audit", %peer, op, event = %decision.audit_event());
             Err(denied())
         }
     }
@@ -423,10 +504,12 @@ impl TenantRefs {
         self.count(org, chunk_id) > 0
     }
 
-    /// How many successful puts of `chunk_id` `org` has made.
+    /// How many successful puts of `chunk_id` for `org` (by its workloads or by nodes)
+    /// are not released.
     pub fn count(&self, org: &str, chunk_id: &ChunkId) -> u64 {
         let table = self.lock();
-        table.by_org.get(org).and_then(|chunks| chunks.get(chunk_id)).map_or(0, |c| c.committed)
+        let count = table.by_org.get(org).and_then(|chunks| chunks.get(chunk_id));
+        count.map_or(0, |count| count.by_tenant.saturating_add(count.by_node))
     }
 
     /// (org, chunk) pairs held, pending ones included.
@@ -438,8 +521,9 @@ impl TenantRefs {
         self.len() == 0
     }
 
-    /// Holds a place for a reference of `org` to `chunk_id`; `None` if the index is full.
-    fn reserve(&self, org: &str, chunk_id: ChunkId) -> Option<RefReservation<'_>> {
+    /// Holds a place for a reference of `org` to `chunk_id` held by `holder`, counted once
+    /// the put succeeds ([`PendingRef::settle`]); `None` if the index is full.
+    fn reserve(&self, org: &str, chunk_id: ChunkId, holder: Holder) -> Option<PendingRef<'_>> {
         let mut table = self.lock();
         let exists = table.by_org.get(org).is_some_and(|chunks| chunks.contains_key(&chunk_id));
         if !exists {
@@ -450,21 +534,46 @@ impl TenantRefs {
         }
         let count = table.by_org.entry(org.to_owned()).or_default().entry(chunk_id).or_default();
         count.pending = count.pending.checked_add(1)?;
-        Some(RefReservation { refs: self, org: org.to_owned(), chunk_id, committed: false })
+        let org = org.to_owned();
+        Some(PendingRef { refs: self, org, chunk_id, holder, count_on_end: false })
     }
 
-    /// Ends a reservation: counts it if `committed`, and drops an entry left with nothing.
-    fn finish(&self, org: &str, chunk_id: &ChunkId, committed: bool) {
+    /// Takes one reference of `org` to `chunk_id` held by `holder`, for a release: given
+    /// back unless the release settles it as done; `None` if `holder` holds none.
+    fn take(&self, org: &str, chunk_id: ChunkId, holder: Holder) -> Option<PendingRef<'_>> {
+        let mut table = self.lock();
+        let count = table.by_org.get_mut(org)?.get_mut(&chunk_id)?;
+        let held = match holder {
+            Holder::Tenant => &mut count.by_tenant,
+            Holder::Node => &mut count.by_node,
+        };
+        if *held == 0 {
+            return None;
+        }
+        let pending = count.pending.checked_add(1)?;
+        *held -= 1;
+        count.pending = pending;
+        let org = org.to_owned();
+        Some(PendingRef { refs: self, org, chunk_id, holder, count_on_end: true })
+    }
+
+    /// Ends a change under way: counts one reference for `holder` if `count`, and drops an
+    /// entry left with nothing.
+    fn finish(&self, org: &str, chunk_id: &ChunkId, holder: Holder, count: bool) {
         let mut table = self.lock();
         let table = &mut *table;
         let Some(chunks) = table.by_org.get_mut(org) else { return };
-        let Some(count) = chunks.get_mut(chunk_id) else { return };
-        assert!(count.pending > 0, "a reservation ends that was made");
-        count.pending -= 1;
-        if committed {
-            count.committed = count.committed.saturating_add(1);
+        let Some(entry) = chunks.get_mut(chunk_id) else { return };
+        assert!(entry.pending > 0, "a change ends that was begun");
+        entry.pending -= 1;
+        if count {
+            let held = match holder {
+                Holder::Tenant => &mut entry.by_tenant,
+                Holder::Node => &mut entry.by_node,
+            };
+            *held = held.saturating_add(1);
         }
-        if count.pending == 0 && count.committed == 0 {
+        if entry.pending == 0 && entry.by_tenant == 0 && entry.by_node == 0 {
             chunks.remove(chunk_id);
             table.entries -= 1;
             if chunks.is_empty() {
@@ -478,16 +587,25 @@ impl TenantRefs {
     }
 }
 
-impl RefReservation<'_> {
-    fn commit(mut self) {
-        self.committed = true;
+impl PendingRef<'_> {
+    /// Ends the change now: the holder's count goes up by one if `count` (so a put that
+    /// succeeded settles with `true`, a release that went through with `false`). A change
+    /// dropped unsettled ends as its kind's failure: a put counts nothing, a release gives
+    /// its reference back.
+    fn settle(mut self, count: bool) {
+        self.count_on_end = count;
     }
 }
 
-impl Drop for RefReservation<'_> {
+impl Drop for PendingRef<'_> {
     fn drop(&mut self) {
-        self.refs.finish(&self.org, &self.chunk_id, self.committed);
+        self.refs.finish(&self.org, &self.chunk_id, self.holder, self.count_on_end);
     }
+}
+
+/// Whether `op` changes references (and is authorized as a write).
+fn writes(op: Op) -> bool {
+    matches!(op, Op::PutChunk | Op::ReleaseChunk)
 }
 
 /// The status an engine error gives the remote caller.
@@ -551,19 +669,40 @@ mod tests {
     fn references_count_only_committed_puts_and_are_bounded() {
         let refs = TenantRefs::new(2);
         let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        let pending = refs.reserve("acme", a).unwrap();
+        let pending = refs.reserve("acme", a, Holder::Tenant).unwrap();
         assert!(!refs.contains("acme", &a), "a pending put shows nothing");
-        pending.commit();
+        pending.settle(true);
         assert!(refs.contains("acme", &a));
         assert!(!refs.contains("other", &a), "references are per org");
-        refs.reserve("acme", a).unwrap().commit();
-        assert_eq!(refs.count("acme", &a), 2);
-        drop(refs.reserve("acme", b).unwrap());
+        refs.reserve("acme", a, Holder::Node).unwrap().settle(true);
+        assert_eq!(refs.count("acme", &a), 2, "a workload's and a node's");
+        drop(refs.reserve("acme", b, Holder::Tenant).unwrap());
         assert!(!refs.contains("acme", &b), "a failed put leaves no reference");
         assert_eq!(refs.len(), 1, "and no entry");
-        refs.reserve("zeta", b).unwrap().commit();
-        assert!(refs.reserve("acme", c).is_none(), "full");
-        assert!(refs.reserve("acme", a).is_some(), "an existing pair still counts when full");
+        refs.reserve("zeta", b, Holder::Tenant).unwrap().settle(true);
+        assert!(refs.reserve("acme", c, Holder::Tenant).is_none(), "full");
+        assert!(refs.reserve("acme", a, Holder::Tenant).is_some(), "an existing pair counts");
+    }
+
+    #[test]
+    fn a_release_takes_only_what_its_holder_holds_and_gives_it_back_on_failure() {
+        let refs = TenantRefs::new(8);
+        let a = [1u8; 32];
+        refs.reserve("acme", a, Holder::Node).unwrap().settle(true);
+        assert!(refs.take("acme", a, Holder::Tenant).is_none(), "a node's, not a workload's");
+        assert!(refs.take("zeta", a, Holder::Node).is_none(), "acme's, not zeta's");
+        assert!(refs.take("acme", [2; 32], Holder::Node).is_none(), "no such chunk");
+
+        let taken = refs.take("acme", a, Holder::Node).unwrap();
+        assert!(!refs.contains("acme", &a), "taken while the release runs");
+        assert_eq!(refs.len(), 1, "the entry keeps its place");
+        assert!(refs.take("acme", a, Holder::Node).is_none(), "one reference, taken once");
+        drop(taken);
+        assert_eq!(refs.count("acme", &a), 1, "a failed release gives it back");
+
+        refs.take("acme", a, Holder::Node).unwrap().settle(false);
+        assert_eq!(refs.count("acme", &a), 0, "a release that went through");
+        assert!(refs.is_empty(), "and the entry is gone");
     }
 
     #[test]

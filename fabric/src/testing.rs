@@ -64,6 +64,16 @@ impl MemoryNode {
                 HasChunksBitmap::encode_into(held.into_iter(), &mut payload);
                 ok(payload)
             }
+            ChunkRequest::Release { chunk_id, .. } => {
+                let Some((_, refs)) = chunks.get_mut(&chunk_id) else {
+                    return FabricResponse::new(Status::NotFound, Vec::new());
+                };
+                *refs -= 1;
+                if *refs == 0 {
+                    chunks.remove(&chunk_id);
+                }
+                ok(Vec::new())
+            }
         }
     }
 }

@@ -246,6 +246,10 @@ pub(crate) fn object_status(error: crate::objects::ObjectError) -> tonic::Status
             tracing::warn!(%why, "grpc: the object layer is unavailable");
             Status::unavailable("unavailable; retry later")
         }
+        E::QuorumNotReached { acked, required } => {
+            tracing::warn!(acked, required, "grpc: too few replicas acknowledged a write");
+            Status::unavailable("too few storage nodes are available; retry later")
+        }
         E::Integrity(why) => {
             tracing::error!(%why, "grpc: an integrity failure");
             Status::data_loss("integrity check failed")

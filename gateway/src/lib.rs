@@ -16,7 +16,8 @@
 //!
 //! [`observe`] is what an operator watches: Prometheus metrics and the health probes.
 //! [`objects`] is the object layer under the S3 front end, [`s3`]; [`multipart`] adds
-//! multipart uploads to it.
+//! multipart uploads to it; [`chunks`] is where it keeps chunks: this node's engine, or R
+//! nodes through the fabric.
 //!
 //! [`grpc`] is the gRPC front end: the data path for HPC clients, storage admin, the
 //! control plane, audit export and the key service on one mTLS listener, each method
@@ -33,6 +34,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod chunks;
 pub mod cli;
 pub mod config;
 pub mod constants;

@@ -1,26 +1,29 @@
 //! The object layer under the S3 front end: objects cut into chunks, sealed at the
-//! gateway, stored in the engine, and named by manifests committed through Raft.
+//! gateway, stored in this node's engine or replicated through the fabric ([`Chunks`]),
+//! and named by manifests committed through Raft.
 //!
 //! A put cuts the body into chunks of [`ObjectConfig::chunk_size_bytes`]; each gets its
 //! id (SHA-256, or HMAC under the tenant's id key for an isolated tenant), its DEK from the
 //! current master-key epoch (and the tenant secret when isolated), and is sealed and put
-//! into the engine, which counts a second put of the same id as a second reference. Then
+//! into the chunk store, which counts a second put of the same id as a second reference
+//! (replicated: on W of its R nodes before the put goes on, see [`crate::chunks`]). Then
 //! the manifest (chunk ids and sizes, the MD5 ETag, the user metadata sealed under the
 //! tenant's KEK) is committed. A body of at most [`ObjectConfig::inline_max_bytes`] is
 //! sealed under the KEK and kept in the manifest itself (no chunk). A get reads the
 //! manifest from a linearizable view, then only the chunks a range covers.
 //!
 //! Overwrites and deletes release the chunks of the manifest the committed command
-//! unlinked (`Applied::Replaced`), so each reference is released once whoever races. A
-//! copy within a tenant names the source's chunks again and takes one more reference on
-//! each (the engine counts a second put of a stored envelope as one); multipart uploads
-//! are in [`crate::multipart`].
+//! unlinked (`Applied::Replaced`), so each reference is released once whoever races
+//! (replicated: on every replica of the chunk). A copy within a tenant names the source's
+//! chunks again and takes one more reference on each (a second put of a stored envelope
+//! counts as one); multipart uploads are in [`crate::multipart`].
 //!
-//! What it does not do yet: replicate chunks to other nodes (one node's engine), stream
-//! (a body is in memory, bounded by the caller), or collect chunks a crash left between
-//! their put and the manifest's commit (they stay referenced until a sweep exists).
+//! What it does not do yet: stream (a body is in memory, bounded by the caller), collect
+//! chunks a crash left between their put and the manifest's commit, or references a
+//! replica kept because it was down when they were released (both stay referenced until a
+//! sweep exists), or find chunk nodes by itself (replicated chunks go to a fixed list).
 //!
-//! Invariants: no plaintext byte of a body or of user metadata reaches the engine or the
+//! Invariants: no plaintext byte of a body or of user metadata reaches a chunk store or the
 //! metadata log unsealed; errors carry no bucket or object names. Bucket names and object
 //! keys themselves are plaintext in the metadata (listings need their order): DESIGN.md
 //! wants names sealed too, which an order-preserving scheme would have to give; not yet.
@@ -34,11 +37,13 @@ use kiseki_consensus::command::{
     Sealed, TenantId as MetaTenantId,
 };
 use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, PRECONDITION_FAILED, Rejection};
-use kiseki_engine::{EngineError, EngineHandle};
+use kiseki_engine::EngineHandle;
 use kiseki_security::keymanager::{KeyManager, KeyManagerError, KeyStoreBackend};
 use kiseki_security::{ChunkId, Dek, Envelope, SealParams, TenantId, TenantKey, TenantSecret};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
+
+use crate::chunks::Chunks;
 
 /// How objects are cut and kept.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +52,10 @@ pub struct ObjectConfig {
     pub chunk_size_bytes: usize,
     /// Bodies up to this size are sealed into the manifest instead of a chunk.
     pub inline_max_bytes: usize,
-    /// Chunk puts and gets this node's requests have in the engine at once; more wait
-    /// their turn. Kept under the engine's free I/O buffers, which a busy engine would
-    /// otherwise answer with `Busy` (503 SlowDown to an S3 client).
+    /// Chunk puts and gets this node's requests have in the engine (or, replicated, in
+    /// the fabric) at once; more wait their turn. Kept under the engine's free I/O
+    /// buffers, which a busy engine would otherwise answer with `Busy` (503 SlowDown to an
+    /// S3 client).
     pub engine_ops_max: usize,
 }
 
@@ -188,8 +194,14 @@ pub enum ObjectError {
     TooManyUploads,
     /// The tenant's keys were crypto-shredded: nothing of it opens again.
     TenantKeysDestroyed,
-    /// The node cannot take it now (a full queue, a device over its critical level).
+    /// The node cannot take it now (a full queue, a device over its critical level, no
+    /// replica of a chunk answering).
     Unavailable(String),
+    /// Fewer replicas than the write quorum acknowledged a chunk: nothing was committed.
+    QuorumNotReached {
+        acked: usize,
+        required: usize,
+    },
     /// A stored chunk failed its checksum or its tag.
     Integrity(String),
     Internal(String),
@@ -220,6 +232,9 @@ impl fmt::Display for ObjectError {
             ObjectError::TooManyUploads => f.write_str("too many open uploads"),
             ObjectError::TenantKeysDestroyed => f.write_str("tenant keys destroyed"),
             ObjectError::Unavailable(why) => write!(f, "unavailable: {why}"),
+            ObjectError::QuorumNotReached { acked, required } => {
+                write!(f, "{acked} of the {required} replicas a write needs acknowledged it")
+            }
             ObjectError::Integrity(why) => write!(f, "integrity: {why}"),
             ObjectError::Internal(why) => write!(f, "internal: {why}"),
         }
@@ -234,8 +249,8 @@ pub const OBJECT_KEY_MAX_BYTES: usize = 1024;
 /// The object layer of one node; see the module's notes.
 pub struct ObjectStore<S> {
     pub(crate) meta: Arc<MetadataGroup>,
-    engine: EngineHandle,
-    /// One permit per engine operation in flight; see [`ObjectConfig::engine_ops_max`].
+    chunks: Chunks,
+    /// One permit per chunk operation in flight; see [`ObjectConfig::engine_ops_max`].
     engine_slots: tokio::sync::Semaphore,
     keys: Arc<Mutex<KeyManager<S>>>,
     config: ObjectConfig,
@@ -254,15 +269,32 @@ enum Tenancy {
 }
 
 impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
+    /// An object store keeping its chunks in this node's `engine`.
     pub fn new(
         meta: Arc<MetadataGroup>,
         engine: EngineHandle,
         keys: Arc<Mutex<KeyManager<S>>>,
         config: ObjectConfig,
     ) -> ObjectStore<S> {
+        ObjectStore::with_chunks(meta, Chunks::Local(engine), keys, config)
+    }
+
+    /// An object store keeping its chunks in `chunks`: this node's engine, or replicated
+    /// over the fabric ([`Chunks::Replicated`]).
+    pub fn with_chunks(
+        meta: Arc<MetadataGroup>,
+        chunks: Chunks,
+        keys: Arc<Mutex<KeyManager<S>>>,
+        config: ObjectConfig,
+    ) -> ObjectStore<S> {
         assert!(config.chunk_size_bytes > 0, "chunks hold at least a byte");
         let engine_slots = tokio::sync::Semaphore::new(config.engine_ops_max.max(1));
-        ObjectStore { meta, engine, engine_slots, keys, config }
+        ObjectStore { meta, chunks, engine_slots, keys, config }
+    }
+
+    /// Where this store keeps its chunks.
+    pub fn chunks(&self) -> &Chunks {
+        &self.chunks
     }
 
     /// Creates a tenant: its record, then its first KEK (and secret, when isolated).
@@ -522,8 +554,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
 
     /// Copies `source` (bucket, key) to `target` within the tenant, with the source's user
     /// metadata or `replace`; returns the copy's metadata. A chunked body is not read: the
-    /// copy's manifest names the same chunks, each given one more reference in the engine
-    /// (a put of the stored envelope, which the engine counts as a reference). An inline
+    /// copy's manifest names the same chunks, each given one more reference in the chunk
+    /// store (a put of the stored envelope, which counts as a reference). An inline
     /// body is opened and sealed again, bound to its new name. The copy keeps the source's
     /// ETag (its bytes are the same; S3 computes a copy's anew). `source_check` sees the
     /// source's metadata from the read the copy is made from (S3's copy-source
@@ -598,17 +630,17 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         Ok(result)
     }
 
-    /// Adds one engine reference to each chunk (all or none: a failure gives back those
-    /// already added).
+    /// Adds one reference to each chunk (all or none: a failure gives back those already
+    /// added).
     async fn add_refs(&self, chunks: &[ChunkRef]) -> Result<(), ObjectError> {
         for (done, chunk) in chunks.iter().enumerate() {
-            let added = match self.engine_get(chunk.id.0).await {
-                Ok(envelope) => self.engine_put(envelope).await,
+            let added = match self.chunk_get(chunk.id.0).await {
+                Ok(envelope) => self.chunk_put(envelope).await,
                 Err(error) => Err(error),
             };
             if let Err(error) = added {
                 self.release_refs(&chunks[..done]).await;
-                return Err(engine_error(error));
+                return Err(error);
             }
         }
         Ok(())
@@ -671,9 +703,9 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 id: MetaChunkId(*envelope.chunk_id().as_bytes()),
                 size_bytes: plaintext.len() as u32,
             };
-            if let Err(error) = self.engine_put(envelope).await {
+            if let Err(error) = self.chunk_put(envelope).await {
                 self.release_refs(&stored).await;
-                return Err(engine_error(error));
+                return Err(error);
             }
             stored.push(chunk);
         }
@@ -701,7 +733,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
                 tenancy = Some(self.tenancy(tenant).await?);
             }
             let id = ChunkId::from_bytes(chunk.id.0);
-            let envelope = self.engine_get(chunk.id.0).await.map_err(engine_error)?;
+            let envelope = self.chunk_get(chunk.id.0).await?;
             let master = self.key_manager().master_key(envelope.key_epoch()).map_err(key_error)?;
             let secret = match tenancy.as_ref().expect("set above") {
                 Tenancy::Shared => None,
@@ -718,16 +750,22 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         Ok(bytes)
     }
 
-    /// The engine's put, once one of this node's engine slots is free.
-    async fn engine_put(&self, envelope: Envelope) -> Result<(), EngineError> {
-        let _slot = self.engine_slots.acquire().await.map_err(|_| EngineError::Stopped)?;
-        self.engine.put(envelope).await
+    /// The chunk store's put, once one of this node's chunk slots is free.
+    async fn chunk_put(&self, envelope: Envelope) -> Result<(), ObjectError> {
+        let _slot = self.chunk_slot().await?;
+        self.chunks.put(envelope).await
     }
 
-    /// The engine's get, once one of this node's engine slots is free.
-    async fn engine_get(&self, id: [u8; 32]) -> Result<Envelope, EngineError> {
-        let _slot = self.engine_slots.acquire().await.map_err(|_| EngineError::Stopped)?;
-        self.engine.get(id).await
+    /// The chunk store's get, once one of this node's chunk slots is free.
+    async fn chunk_get(&self, id: [u8; 32]) -> Result<Envelope, ObjectError> {
+        let _slot = self.chunk_slot().await?;
+        self.chunks.get(id).await
+    }
+
+    async fn chunk_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ObjectError> {
+        // The semaphore is never closed; a closed one would mean the store is going away.
+        let closed = |_| ObjectError::Unavailable("the object store is closing".to_owned());
+        self.engine_slots.acquire().await.map_err(closed)
     }
 
     pub(crate) async fn release_chunks(&self, manifest: &Manifest) {
@@ -740,7 +778,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     /// data, is lost), so it is logged, not returned.
     pub(crate) async fn release_refs(&self, chunks: &[ChunkRef]) {
         for chunk in chunks {
-            if let Err(error) = self.engine.release(chunk.id.0).await {
+            if let Err(error) = self.chunks.release(chunk.id.0).await {
                 tracing::warn!(%error, "releasing a chunk reference failed; its space stays in use");
             }
         }
@@ -970,23 +1008,5 @@ pub(crate) fn consensus_error(error: ConsensusError) -> ObjectError {
             ObjectError::Internal(format!("metadata refused: {rejection}"))
         }
         other => ObjectError::Unavailable(format!("metadata: {other}")),
-    }
-}
-
-/// An engine refusal as the object layer reports it: full queues or devices are
-/// Unavailable (retry), a missing or corrupt chunk an integrity error.
-fn engine_error(error: EngineError) -> ObjectError {
-    match error {
-        EngineError::Integrity { .. } => ObjectError::Integrity(error.to_string()),
-        EngineError::Busy { .. }
-        | EngineError::CapacityCritical { .. }
-        | EngineError::NoSpace { .. }
-        | EngineError::IndexFull { .. }
-        | EngineError::DeviceNotWritable { .. }
-        | EngineError::Stopped => ObjectError::Unavailable(error.to_string()),
-        EngineError::NotFound { .. } => {
-            ObjectError::Integrity(format!("a chunk of the object is missing: {error}"))
-        }
-        other => ObjectError::Internal(other.to_string()),
     }
 }

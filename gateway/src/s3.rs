@@ -1278,6 +1278,10 @@ fn object_error(error: ObjectError) -> S3Error {
             tracing::warn!(%why, "S3 request refused: unavailable");
             s3_error!(SlowDown)
         }
+        ObjectError::QuorumNotReached { acked, required } => {
+            tracing::warn!(acked, required, "S3 write refused: too few replicas acknowledged");
+            s3_error!(ServiceUnavailable, "too few storage nodes are available; retry later")
+        }
         ObjectError::Integrity(why) => {
             tracing::error!(%why, "S3 request failed an integrity check");
             s3_error!(InternalError)
@@ -1410,5 +1414,19 @@ async fn accept_loop(
                 tracing::debug!(%error, "S3: connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_write_quorum_is_a_503_that_names_nothing_stored() {
+        let error = object_error(ObjectError::QuorumNotReached { acked: 1, required: 2 });
+        assert_eq!(error.code(), &S3ErrorCode::ServiceUnavailable);
+        assert_eq!(error.code().status_code().map(|status| status.as_u16()), Some(503));
+        let message = error.message().unwrap_or_default();
+        assert!(message.contains("retry later") && !message.contains('1'), "{message}");
     }
 }

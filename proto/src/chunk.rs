@@ -1,4 +1,4 @@
-//! Payloads of the chunk service: put, get and has-chunks, and their answers.
+//! Payloads of the chunk service: put, get, has-chunks and release, and their answers.
 //!
 //! Byte maps (little-endian):
 //!
@@ -9,15 +9,17 @@
 //! GetChunk        1+n  32        chunk_id
 //! HasChunks       1+n  4         count        1..=HAS_CHUNKS_IDS_MAX
 //!                 5+n  32*count  chunk_ids
+//! ReleaseChunk    1+n  32        chunk_id     the chunk one reference of is dropped
 //!
 //! responses     Ok PutChunk: empty; Ok GetChunk: the envelope; Ok HasChunks: a bitmap of
-//!               ceil(count / 8) bytes, bit i (LSB first) set when id i is held; any other
-//!               status: an optional UTF-8 message of at most ERROR_MESSAGE_MAX_BYTES.
+//!               ceil(count / 8) bytes, bit i (LSB first) set when id i is held; Ok
+//!               ReleaseChunk: empty; any other status: an optional UTF-8 message of at
+//!               most ERROR_MESSAGE_MAX_BYTES.
 //! ```
 //!
 //! The tenant names on whose behalf the request runs: a tenant caller's must be its own
 //! org (the server checks it against the certificate), a storage node's may name the tenant
-//! it replicates for, or none.
+//! it replicates for, or none. A release names the same tenant the put it undoes named.
 
 use std::fmt;
 
@@ -36,6 +38,7 @@ pub enum ChunkRequest<'a> {
     Put { tenant: TenantRef<'a>, envelope: &'a [u8] },
     Get { tenant: TenantRef<'a>, chunk_id: [u8; 32] },
     Has { tenant: TenantRef<'a>, chunk_ids: &'a [u8] },
+    Release { tenant: TenantRef<'a>, chunk_id: [u8; 32] },
 }
 
 /// A successful answer's payload.
@@ -44,6 +47,7 @@ pub enum ChunkResponse<'a> {
     Put,
     Get { envelope: &'a [u8] },
     Has(HasChunksBitmap<'a>),
+    Release,
 }
 
 /// Which of the asked chunk ids a node holds.
@@ -116,6 +120,7 @@ impl<'a> ChunkRequest<'a> {
             ChunkRequest::Put { .. } => Op::PutChunk,
             ChunkRequest::Get { .. } => Op::GetChunk,
             ChunkRequest::Has { .. } => Op::HasChunks,
+            ChunkRequest::Release { .. } => Op::ReleaseChunk,
         }
     }
 
@@ -123,7 +128,8 @@ impl<'a> ChunkRequest<'a> {
         match self {
             ChunkRequest::Put { tenant, .. }
             | ChunkRequest::Get { tenant, .. }
-            | ChunkRequest::Has { tenant, .. } => *tenant,
+            | ChunkRequest::Has { tenant, .. }
+            | ChunkRequest::Release { tenant, .. } => *tenant,
         }
     }
 
@@ -132,7 +138,9 @@ impl<'a> ChunkRequest<'a> {
         self.tenant().encode_into(out);
         match self {
             ChunkRequest::Put { envelope, .. } => out.extend_from_slice(envelope),
-            ChunkRequest::Get { chunk_id, .. } => out.extend_from_slice(chunk_id),
+            ChunkRequest::Get { chunk_id, .. } | ChunkRequest::Release { chunk_id, .. } => {
+                out.extend_from_slice(chunk_id)
+            }
             ChunkRequest::Has { chunk_ids, .. } => {
                 let count = (chunk_ids.len() / CHUNK_ID_BYTES) as u32;
                 out.extend_from_slice(&count.to_le_bytes());
@@ -146,7 +154,7 @@ impl<'a> ChunkRequest<'a> {
         self.tenant().encoded_len()
             + match self {
                 ChunkRequest::Put { envelope, .. } => envelope.len(),
-                ChunkRequest::Get { .. } => CHUNK_ID_BYTES,
+                ChunkRequest::Get { .. } | ChunkRequest::Release { .. } => CHUNK_ID_BYTES,
                 ChunkRequest::Has { chunk_ids, .. } => 4 + chunk_ids.len(),
             }
     }
@@ -160,6 +168,10 @@ impl<'a> ChunkRequest<'a> {
             Op::GetChunk => {
                 let chunk_id = exact::<CHUNK_ID_BYTES>(body, payload.len() - body.len())?;
                 Ok(ChunkRequest::Get { tenant, chunk_id })
+            }
+            Op::ReleaseChunk => {
+                let chunk_id = exact::<CHUNK_ID_BYTES>(body, payload.len() - body.len())?;
+                Ok(ChunkRequest::Release { tenant, chunk_id })
             }
             Op::HasChunks => {
                 let head = payload.len() - body.len();
@@ -202,6 +214,8 @@ impl<'a> ChunkResponse<'a> {
             Op::PutChunk => Err(PayloadError::TrailingBytes { extra_bytes: payload.len() }),
             Op::GetChunk if payload.is_empty() => Err(PayloadError::EmptyEnvelope),
             Op::GetChunk => Ok(ChunkResponse::Get { envelope: payload }),
+            Op::ReleaseChunk if payload.is_empty() => Ok(ChunkResponse::Release),
+            Op::ReleaseChunk => Err(PayloadError::TrailingBytes { extra_bytes: payload.len() }),
             Op::HasChunks => {
                 let needed = asked.div_ceil(8);
                 if payload.len() < needed {
@@ -332,6 +346,8 @@ mod tests {
             ChunkRequest::Put { tenant: TenantRef::NONE, envelope: b"x" },
             ChunkRequest::Get { tenant: acme, chunk_id: [7; 32] },
             ChunkRequest::Has { tenant: TenantRef::NONE, chunk_ids: &ids },
+            ChunkRequest::Release { tenant: acme, chunk_id: [9; 32] },
+            ChunkRequest::Release { tenant: TenantRef::NONE, chunk_id: [0; 32] },
         ];
         for request in requests {
             let payload = encode(&request);
@@ -368,6 +384,35 @@ mod tests {
         has.extend([0; 32]);
         assert!(matches!(ChunkRequest::decode(Op::HasChunks, &has), Err(Truncated { .. })));
         assert_eq!(ChunkRequest::decode(Op::Ping, &[0]), Err(NotAChunkOp { op: Op::Ping }));
+    }
+
+    #[test]
+    fn malformed_releases_are_refused() {
+        use PayloadError::*;
+        fn release(payload: &[u8]) -> Result<ChunkRequest<'_>, PayloadError> {
+            ChunkRequest::decode(Op::ReleaseChunk, payload)
+        }
+        assert_eq!(release(&[]), Err(Truncated { needed_bytes: 1, len_bytes: 0 }));
+        assert_eq!(release(&[0]), Err(Truncated { needed_bytes: 33, len_bytes: 1 }));
+        let mut short = vec![0u8];
+        short.extend([1; 31]);
+        assert_eq!(release(&short), Err(Truncated { needed_bytes: 33, len_bytes: 32 }));
+        let mut long = vec![0u8];
+        long.extend([1; 33]);
+        assert_eq!(release(&long), Err(TrailingBytes { extra_bytes: 1 }));
+        let mut bad_tenant = vec![4u8];
+        bad_tenant.extend(b"AC/E");
+        bad_tenant.extend([1; 32]);
+        assert_eq!(release(&bad_tenant), Err(BadTenant));
+        let mut cut_tenant = vec![9u8];
+        cut_tenant.extend(b"acme");
+        assert!(matches!(release(&cut_tenant), Err(Truncated { .. })));
+        // The answer to a release is empty.
+        assert_eq!(ChunkResponse::decode(Op::ReleaseChunk, &[], 0), Ok(ChunkResponse::Release));
+        assert_eq!(
+            ChunkResponse::decode(Op::ReleaseChunk, &[0], 0),
+            Err(TrailingBytes { extra_bytes: 1 })
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!      4    2 version        1
 //!      6    1 kind           1 = request, 2 = response
 //!      7    1 op             what the request asks (see `Op`); echoed in its response:
-//!                            1 ping, 2 put chunk, 3 get chunk, 4 has chunks, 5 RDMA setup
+//!                            1 ping, 2 put chunk, 3 get chunk, 4 has chunks, 5 RDMA setup,
+//!                            6 Raft, 7 release chunk
 //!      8    8 request_id     chosen by the requester, unique among its requests in flight
 //!     16    4 payload_len    bytes following the header
 //!     20    2 status         0 in requests; the outcome in responses (see `Status`)
@@ -61,6 +62,9 @@ pub enum Op {
     /// A Raft RPC of a metadata group (payload: `kiseki_consensus`'s RPC bytes, which carry
     /// their own versioned header and shard). Raft tolerates a repeated vote or append.
     Raft,
+    /// Drop one reference to a chunk (payload: `ChunkRequest::Release`, a tenant and a
+    /// chunk id). Not idempotent: each release that lands drops a reference.
+    ReleaseChunk,
 }
 
 impl Op {
@@ -73,6 +77,7 @@ impl Op {
             Op::HasChunks => "has_chunks",
             Op::RdmaSetup => "rdma_setup",
             Op::Raft => "raft",
+            Op::ReleaseChunk => "release_chunk",
         }
     }
 }
@@ -229,8 +234,15 @@ impl FrameHeader {
 }
 
 impl Op {
-    pub const ALL: [Op; 6] =
-        [Op::Ping, Op::PutChunk, Op::GetChunk, Op::HasChunks, Op::RdmaSetup, Op::Raft];
+    pub const ALL: [Op; 7] = [
+        Op::Ping,
+        Op::PutChunk,
+        Op::GetChunk,
+        Op::HasChunks,
+        Op::RdmaSetup,
+        Op::Raft,
+        Op::ReleaseChunk,
+    ];
 
     pub fn code(self) -> u8 {
         match self {
@@ -240,6 +252,7 @@ impl Op {
             Op::HasChunks => 4,
             Op::RdmaSetup => 5,
             Op::Raft => 6,
+            Op::ReleaseChunk => 7,
         }
     }
 
@@ -248,10 +261,11 @@ impl Op {
     }
 
     /// Whether repeating the request cannot change the outcome (so a selector may retry it
-    /// on another transport after a failure). A put adds a reference each time it lands;
-    /// an RDMA setup creates a queue pair on the node each time it lands.
+    /// on another transport after a failure). A put adds a reference each time it lands,
+    /// a release drops one; an RDMA setup creates a queue pair on the node each time it
+    /// lands.
     pub fn is_idempotent(self) -> bool {
-        !matches!(self, Op::PutChunk | Op::RdmaSetup)
+        !matches!(self, Op::PutChunk | Op::RdmaSetup | Op::ReleaseChunk)
     }
 }
 
@@ -374,21 +388,25 @@ mod tests {
     #[test]
     fn op_codes_round_trip_and_are_distinct() {
         let expected = [(Op::Ping, 1), (Op::PutChunk, 2), (Op::GetChunk, 3)];
-        let expected =
-            expected.into_iter().chain([(Op::HasChunks, 4), (Op::RdmaSetup, 5), (Op::Raft, 6)]);
+        let expected = expected.into_iter().chain([
+            (Op::HasChunks, 4),
+            (Op::RdmaSetup, 5),
+            (Op::Raft, 6),
+            (Op::ReleaseChunk, 7),
+        ]);
         for (op, code) in expected {
             assert_eq!(op.code(), code, "{op:?}");
             assert_eq!(Op::from_code(code), Some(op));
         }
         assert_eq!(Op::from_code(0), None);
-        assert_eq!(Op::from_code(7), None);
+        assert_eq!(Op::from_code(8), None);
         let header = FrameHeader::request(Op::RdmaSetup, 11, 48);
         assert_eq!(header.encode()[7], 5);
         assert_eq!(FrameHeader::decode(&header.encode(), MAX), Ok(header));
     }
 
     #[test]
-    fn only_puts_and_rdma_setups_are_not_idempotent() {
+    fn only_puts_releases_and_rdma_setups_are_not_idempotent() {
         let retryable: Vec<Op> = Op::ALL.into_iter().filter(|op| op.is_idempotent()).collect();
         assert_eq!(retryable, [Op::Ping, Op::GetChunk, Op::HasChunks, Op::Raft]);
     }

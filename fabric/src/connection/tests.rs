@@ -38,7 +38,7 @@ impl Handler for TestHandler {
                     FabricResponse::new(Status::Ok, request.payload)
                 }
                 Op::GetChunk => panic!("the test handler panics on GetChunk"),
-                Op::RdmaSetup | Op::Raft => {
+                Op::RdmaSetup | Op::Raft | Op::ReleaseChunk => {
                     unreachable!("no connection test sends {:?}", request.op)
                 }
             };

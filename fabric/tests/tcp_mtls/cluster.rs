@@ -1,7 +1,7 @@
 //! Three nodes on 127.0.0.1, 127.0.0.2 and 127.0.0.3, each an engine behind the chunk
 //! service on a real TCP+mTLS listener, and a client replicating over them with R=3/W=2:
 //! writes and reads work, keep working after one node is shut down, and fail clearly when
-//! too few nodes are left for the write quorum.
+//! too few nodes are left for the write quorum; releases reach every replica.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +42,28 @@ fn replicator(cluster: &Cluster, role: Role, name: &str) -> Replicator {
     let selector = FabricSelector::new(tcp, BreakerConfig::default()).expect("selector");
     let config = ReplicationConfig { replicas: Some(3), write_quorum: Some(2) };
     Replicator::new(ChunkClient::new(Arc::new(selector)), config).expect("replicator")
+}
+
+/// Chunks `running`'s engine holds.
+async fn chunks_held(running: &RunningNode) -> u64 {
+    let handle = running.node.engine.as_ref().unwrap().handle();
+    handle.stats().await.unwrap().iter().map(|stats| stats.chunks).sum()
+}
+
+/// Waits until every node holds `expected` chunks (a put's last replica may land after
+/// the put returned).
+async fn settle(nodes: &[RunningNode], expected: u64) {
+    for running in nodes {
+        let mut held = 0;
+        for _ in 0..400 {
+            held = chunks_held(running).await;
+            if held == expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(held, expected, "{} holds {held} chunks", running.endpoint.node);
+    }
 }
 
 fn envelope(key: u64) -> Envelope {
@@ -117,6 +139,57 @@ async fn three_nodes_replicate_and_survive_one_loss() {
         }
         other => panic!("expected TooFewAcks, got {other:?}"),
     }
+    for running in nodes {
+        running.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_reaches_every_replica_and_survives_one_loss() {
+    let cluster = Cluster::new("Test Cluster CA");
+    let mut nodes = Vec::new();
+    for index in 1..=3 {
+        nodes.push(start_node(&cluster, index).await);
+    }
+    let live: Vec<Endpoint> = nodes.iter().map(|n| n.endpoint.clone()).collect();
+    let acme = OrgId::parse("acme").unwrap();
+    // The gateway: a node identity storing for a tenant.
+    let gateway = replicator(&cluster, Role::Server, "gateway");
+    let stored: Vec<Arc<Envelope>> = (0..4).map(|key| Arc::new(envelope(300 + key))).collect();
+    for envelope in &stored {
+        gateway.put(&live, Some(&acme), envelope).await.expect("put");
+    }
+    settle(&nodes, 4).await;
+
+    let released = gateway.release(&live, Some(&acme), &stored[0].chunk_id()).await.unwrap();
+    assert_eq!(released.released.len(), 3, "{released:?}");
+    assert!(released.failures.is_empty());
+    settle(&nodes, 3).await;
+    for running in &nodes {
+        assert_eq!(
+            running.node.service.tenant_refs().count("acme", stored[0].chunk_id().as_bytes()),
+            0
+        );
+    }
+    // Released already everywhere: every replica answers NotFound, which counts as done.
+    let again = gateway.release(&live, Some(&acme), &stored[0].chunk_id()).await.unwrap();
+    assert_eq!(again.released.len(), 3);
+
+    // A tenant workload cannot release what the gateway stored for its org.
+    let workload = replicator(&cluster, tenant("acme"), "workload-1");
+    let refused = workload.release(&live, Some(&acme), &stored[1].chunk_id()).await.unwrap();
+    assert_eq!(refused.released.len(), 3, "NotFound on every replica: nothing it holds");
+    settle(&nodes, 3).await;
+
+    // One node down: the others release, the call says which failed.
+    let lost = nodes.remove(0);
+    lost.server.shutdown().await;
+    drop(lost.node);
+    let released = gateway.release(&live, Some(&acme), &stored[1].chunk_id()).await.unwrap();
+    assert_eq!(released.released.len(), 2, "{released:?}");
+    assert_eq!(released.failures.len(), 1);
+    assert_eq!(released.failures[0].0, "node1");
+    settle(&nodes, 2).await;
     for running in nodes {
         running.server.shutdown().await;
     }

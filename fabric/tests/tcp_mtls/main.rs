@@ -1,10 +1,10 @@
 //! The TCP transport, its server and the chunk service over real sockets on 127.0.0.1,
 //! every connection TLS 1.3 with mutual authentication through `TlsBuilder`.
 //!
-//! - round trips: put, get, has and ping between nodes;
+//! - round trips: put, get, has, release and ping between nodes;
 //! - refusals: a client certificate of another CA, a revoked one after a CRL reload, the
-//!   other tenant's chunks (answered exactly as absent ones), roles that may not use the
-//!   chunk service;
+//!   other tenant's chunks (answered exactly as absent ones, and not releasable), roles
+//!   that may not use the chunk service;
 //! - frames: an oversized frame closes its connection, is counted, and the server serves
 //!   others; malformed frames and non-TLS bytes close the connection and never panic it;
 //! - the pool: many requests multiplexed on one connection, `max_per_endpoint`, the idle
@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 
 use support::{
     Cluster, GateHandler, Node, WAIT, chunk, closed_after_sending, endpoint, eventually,
-    get_request, has_request, put_request, raw_tls, start_server, tenant, transport,
+    get_request, has_request, put_request, raw_tls, release_request, start_server, tenant,
+    transport,
 };
 
 fn ping() -> FabricRequest {
@@ -222,11 +223,102 @@ async fn roles_other_than_server_and_workload_are_denied_everything() {
             has_request(None, &[x]),
             put_request(None, &envelope),
             get_request(Some("acme"), x),
+            release_request(None, x),
+            release_request(Some("acme"), x),
         ] {
             let op = request.op;
             let denied = call(&client, &peer, request).await.expect("an answer");
             assert_eq!(denied.status, Status::Denied, "{role} {op:?}");
         }
+    }
+    assert!(node.engine.as_ref().unwrap().handle().contains(x).await.unwrap(), "not released");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_releases_only_references_its_org_put() {
+    let cluster = Cluster::new("Test Cluster CA");
+    let node = Node::start();
+    let engine = node.engine.as_ref().unwrap().handle();
+    let (server, peer) = node.serve(&cluster).await;
+    let acme = transport(&cluster.context_for(tenant("acme"), "acme-app"), TcpConfig::default());
+    let zeta = transport(&cluster.context_for(tenant("zeta"), "zeta-app"), TcpConfig::default());
+    let gateway = transport(&cluster.context_for(Role::Server, "node2"), TcpConfig::default());
+    let (x, x_envelope) = chunk(30);
+    let (y, y_envelope) = chunk(31);
+    let (never_stored, _) = chunk(32);
+    ok(&acme, &peer, put_request(Some("acme"), &x_envelope)).await;
+    // The gateway (a node) stores Y for acme: acme's workloads see it, but do not hold it.
+    ok(&gateway, &peer, put_request(Some("acme"), &y_envelope)).await;
+    let refs = node.service.tenant_refs();
+
+    // zeta cannot release acme's chunk: not by naming itself (it holds no reference, and
+    // learns no more than of an absent chunk), not by naming acme or no tenant.
+    let of_x = call(&zeta, &peer, release_request(Some("zeta"), x)).await.unwrap();
+    let of_absent = call(&zeta, &peer, release_request(Some("zeta"), never_stored)).await;
+    assert_eq!(of_x.status, Status::NotFound);
+    assert_eq!(of_x, of_absent.unwrap(), "an unreferenced chunk answers as an absent one");
+    for request in [release_request(Some("acme"), x), release_request(None, x)] {
+        let denied = call(&zeta, &peer, request).await.unwrap();
+        assert_eq!(
+            (denied.status, denied.payload.as_slice()),
+            (Status::Denied, &b"access denied"[..])
+        );
+    }
+    // acme's workload cannot release what the gateway keeps for acme.
+    let of_y = call(&acme, &peer, release_request(Some("acme"), y)).await.unwrap();
+    assert_eq!(of_y.status, Status::NotFound);
+    assert_eq!((refs.count("acme", &x), refs.count("acme", &y)), (1, 1));
+    assert!(engine.contains(x).await.unwrap() && engine.contains(y).await.unwrap());
+
+    // Each releases its own, once.
+    assert!(ok(&acme, &peer, release_request(Some("acme"), x)).await.is_empty());
+    assert!(!engine.contains(x).await.unwrap(), "its one reference is gone, and so is X");
+    assert_eq!(refs.count("acme", &x), 0);
+    let again = call(&acme, &peer, release_request(Some("acme"), x)).await.unwrap();
+    assert_eq!(again.status, Status::NotFound, "released already");
+    ok(&gateway, &peer, release_request(Some("acme"), y)).await;
+    assert!(!engine.contains(y).await.unwrap());
+    assert!(refs.is_empty(), "{} entries left", refs.len());
+    let denied = call(&acme, &peer, get_request(Some("acme"), y)).await.unwrap();
+    assert_eq!(denied.status, Status::NotFound, "released chunks are absent ones");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_an_unknown_chunk_is_not_found_and_a_bad_release_is_refused() {
+    let cluster = Cluster::new("Test Cluster CA");
+    let node = Node::start();
+    let engine = node.engine.as_ref().unwrap().handle();
+    let (server, peer) = node.serve(&cluster).await;
+    let gateway = transport(&cluster.context_for(Role::Server, "node2"), TcpConfig::default());
+    let (x, envelope) = chunk(40);
+    let (never_stored, _) = chunk(41);
+
+    for tenant in [None, Some("acme")] {
+        let missing = call(&gateway, &peer, release_request(tenant, never_stored)).await.unwrap();
+        assert_eq!(missing.status, Status::NotFound, "{tenant:?}");
+        assert_eq!(missing.payload, b"not found");
+    }
+    // Two node puts are two references: the first release leaves the chunk stored.
+    ok(&gateway, &peer, put_request(None, &envelope)).await;
+    ok(&gateway, &peer, put_request(None, &envelope)).await;
+    ok(&gateway, &peer, release_request(None, x)).await;
+    assert!(engine.contains(x).await.unwrap(), "one reference left");
+    ok(&gateway, &peer, release_request(None, x)).await;
+    assert!(!engine.contains(x).await.unwrap());
+    let missing = call(&gateway, &peer, release_request(None, x)).await.unwrap();
+    assert_eq!(missing.status, Status::NotFound, "no third reference");
+
+    // Malformed releases: a short id, a trailing byte, an invalid tenant.
+    let mut trailing = vec![0u8];
+    trailing.extend([7; 33]);
+    let mut bad_tenant = vec![2u8, b'A', b'B'];
+    bad_tenant.extend([7; 32]);
+    for payload in [vec![0u8; 9], trailing, bad_tenant] {
+        let request = FabricRequest::new(Op::ReleaseChunk, payload);
+        let refused = call(&gateway, &peer, request).await.unwrap();
+        assert_eq!(refused.status, Status::BadRequest);
     }
     server.shutdown().await;
 }

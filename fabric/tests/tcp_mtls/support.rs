@@ -284,6 +284,10 @@ pub fn has_request(tenant: Option<&str>, chunk_ids: &[[u8; 32]]) -> FabricReques
     encode(&ChunkRequest::Has { tenant: tenant_ref(tenant), chunk_ids: &ids })
 }
 
+pub fn release_request(tenant: Option<&str>, chunk_id: [u8; 32]) -> FabricRequest {
+    encode(&ChunkRequest::Release { tenant: tenant_ref(tenant), chunk_id })
+}
+
 fn tenant_ref(tenant: Option<&str>) -> TenantRef<'_> {
     tenant.map_or(TenantRef::NONE, |org| TenantRef::org(org).unwrap())
 }
