@@ -24,6 +24,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::constants::{RUN_CHUNK_SIZE_MAX_BYTES, RUN_CHUNK_SIZE_MIN_BYTES};
+
 /// The prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "KISEKI_";
 
@@ -45,6 +47,7 @@ pub const FIELDS: &[&str] = &[
     "admin_addr",
     "fabric_addr",
     "peers",
+    "init",
 ];
 
 /// Where the front ends listen unless told otherwise: loopback, as `dev` does; a
@@ -97,6 +100,11 @@ pub struct NodeConfig {
     /// list, in `KISEKI_PEERS` a comma-separated string.
     #[serde(default, deserialize_with = "peers_list", skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// With peers: make this node and its peers the metadata groups' first voters, and
+    /// make the cluster's root key, when this node's store has neither (a first start).
+    /// Give it on one node of a new cluster; a later start ignores it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub init: bool,
 }
 
 /// Values given on the command line: each one set replaces the file's and the
@@ -122,6 +130,9 @@ pub struct Overrides {
     /// Replaces the whole list when not empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// `Some(true)` (the `--init` flag) replaces the file's and the environment's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
 }
 
 /// A configuration that was checked: addresses, sizes and peers parsed.
@@ -194,6 +205,19 @@ impl NodeConfig {
         };
         let device_size_bytes = size("device_size", &self.device_size)?;
         let chunk_size_bytes = size("chunk_size", &self.chunk_size)?;
+        if let Some(chunk) = chunk_size_bytes
+            && !(RUN_CHUNK_SIZE_MIN_BYTES..=RUN_CHUNK_SIZE_MAX_BYTES).contains(&chunk)
+        {
+            return Err(invalid(
+                "chunk_size",
+                format!(
+                    "{chunk} bytes: from {} KiB to {} KiB (a chunk and its envelope fit one \
+                     engine I/O buffer)",
+                    RUN_CHUNK_SIZE_MIN_BYTES >> 10,
+                    RUN_CHUNK_SIZE_MAX_BYTES >> 10
+                ),
+            ));
+        }
         if device_size_bytes.is_none() && !self.device_path.exists() {
             return Err(invalid(
                 "device_path",
@@ -221,6 +245,25 @@ impl NodeConfig {
             if peers.insert(id, peer_addr).is_some() {
                 return Err(invalid("peers", format!("node {id} is listed twice")));
             }
+        }
+        if peers.is_empty() && self.node_id != 1 {
+            return Err(invalid(
+                "node_id",
+                format!(
+                    "{}: a node without peers is member 1 of its one-member metadata group \
+                     (as the admin subcommands open it); give node_id = 1, or the peers",
+                    self.node_id
+                ),
+            ));
+        }
+        if !peers.is_empty() && (fabric_addr.ip().is_unspecified() || fabric_addr.port() == 0) {
+            return Err(invalid(
+                "fabric_addr",
+                format!(
+                    "{fabric_addr}: peers reach this node's Raft RPCs there, so with peers it \
+                     is a specific IP and port (not 0.0.0.0 or port 0)"
+                ),
+            ));
         }
         Ok(CheckedConfig {
             config: self,
@@ -256,6 +299,10 @@ pub fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
         .parse()
         .map_err(|_| format!("{text:?}: {addr:?} is not an address like 10.0.0.2:9200"))?;
     Ok((id, addr))
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn invalid(field: &'static str, reason: String) -> ConfigError {
