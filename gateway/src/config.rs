@@ -9,8 +9,10 @@
 //! configuration and do not make a start fail.
 //!
 //! A loaded configuration is checked before anything starts ([`NodeConfig::check`]): files
-//! that must exist do, addresses parse, sizes have units, peers are `ID=ADDR` with ids
-//! other than the node's own. A value that does not read (a wrong type, an unknown key)
+//! that must exist do, addresses parse, sizes have units and `chunk_size` fits the engine,
+//! peers are `ID=ADDR` with ids other than the node's own; a node without peers is node 1
+//! (its one-member group's), and with peers its `fabric_addr` is one they can reach (a
+//! specific IP and port). `init` (`--init`) only matters with peers: see [`crate::run`]. A value that does not read (a wrong type, an unknown key)
 //! is reported with the file and key or the variable it came from; a value that reads but
 //! is not valid, with its field and that field's variable. Either way an operator can fix
 //! it without reading code.

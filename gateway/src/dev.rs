@@ -1,16 +1,18 @@
-//! `kiseki-server dev`: one node on embedded defaults: the engine (one pinned reactor and
-//! shard per core on a preallocated device file), the fabric's chunk service over TCP with
-//! TLS 1.3 and mutual authentication, a one-member metadata group with the key manager,
-//! the S3 and gRPC front ends (`front`), and Prometheus metrics with health probes on the
-//! admin address ([`crate::observe`]).
+//! `kiseki-server dev`: one node on embedded defaults, on the node runner ([`crate::node`]):
+//! the engine (one pinned reactor and shard per core on a preallocated device file), the
+//! fabric's chunk service over TCP with TLS 1.3 and mutual authentication, a one-member
+//! metadata group with the key manager, the S3 and gRPC front ends, and Prometheus metrics
+//! with health probes on the admin address ([`crate::observe`]).
 //!
-//! A start: bind the fabric and admin addresses (first, so that a port in use is refused before
-//! anything is made), open or make the data dir ([`data_dir`]), build the node's TLS
-//! context, on a first start write the device file out and format the shards, start the
-//! engine (recovering every shard), print what a user needs, and serve until SIGINT or
-//! SIGTERM. Then: stop accepting, let requests already read finish (the fabric's shutdown
-//! grace), stop the engine (each reactor completes what it accepted; every acknowledged
-//! put is already durable), return `Ok`.
+//! A start: bind the fabric, admin, S3 and gRPC addresses (first, so that a port in use is
+//! refused before anything is made), open or make the data dir ([`data_dir`]), build the
+//! node's TLS context, on a first start write the device file out and format the shards,
+//! start the engine (recovering every shard), hand it to the runner, make or find the dev
+//! tenant and its S3 key ([`tenant`]), print what a user needs (the key's secret included:
+//! it is a development node), and serve until SIGINT or SIGTERM. Then the runner stops:
+//! stop accepting, let requests already read finish (the fabric's shutdown grace), stop the
+//! engine (each reactor completes what it accepted; every acknowledged put is already
+//! durable), return `Ok`.
 //!
 //! What it does not do: renew certificates, or keep the fabric chunk service's tenant
 //! references across restarts (that service stores envelopes its clients sealed and holds
@@ -19,7 +21,8 @@
 //! node and their manifests kept in the metadata group, so they survive restarts.
 //!
 //! Output: what a user reads goes to `out` (stdout); progress of the slow first-start step
-//! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere.
+//! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere
+//! but the dev key's secret, printed on purpose.
 
 mod data_dir;
 mod tenant;
