@@ -532,7 +532,9 @@ impl From<NodeError> for DevError {
     /// The runner's errors as dev has always worded them (`what` is a flag here).
     fn from(error: NodeError) -> DevError {
         match error {
-            NodeError::Listen { what, addr, source } => DevError::Listen { flag: what, addr, source },
+            NodeError::Listen { what, addr, source } => {
+                DevError::Listen { flag: what, addr, source }
+            }
             NodeError::Metadata { reason } => DevError::Metadata { reason },
             error @ NodeError::RootKeyMissing { .. } => {
                 DevError::Metadata { reason: error.to_string() }

@@ -39,8 +39,8 @@ pub use metadata::{MemberSpec, MetadataSpec};
 pub(crate) use metadata::{initialize_groups, log_leader_changes};
 
 use std::fmt;
-use std::future::Future;
 use std::fs::{self, File, TryLockError};
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
@@ -143,16 +143,30 @@ pub struct NodeAddrs {
 pub enum NodeError {
     /// An address cannot be listened on (in use, not ours, no permission); `what` names it
     /// as the operator gave it (a flag or a configuration field).
-    Listen { what: &'static str, addr: SocketAddr, source: io::Error },
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     /// The metadata, the key manager or a front end did not start or stop.
-    Metadata { reason: String },
+    Metadata {
+        reason: String,
+    },
     /// A cluster member without the cluster's root key.
-    RootKeyMissing { path: PathBuf },
-    Io { path: PathBuf, source: io::Error },
+    RootKeyMissing {
+        path: PathBuf,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
     /// The CRL reload or the Raft RPC transport could not be set up.
     Tls(PkiError),
     /// The engine did not start, or did not stop cleanly.
-    Engine { device: PathBuf, source: EngineError },
+    Engine {
+        device: PathBuf,
+        source: EngineError,
+    },
     /// The fabric server did not start.
     Fabric(ServerStartError),
     /// The async runtime or a signal handler failed.
@@ -322,12 +336,10 @@ async fn start_parts(spec: NodeSpec, engine: &Engine) -> Result<Parts, NodeError
     let chunks = ChunkService::new(engine.handle(), Authorizer::default(), TENANT_REFS_MAX_DEFAULT);
     let service = handler::NodeHandler::new(metadata.raft_handler(), Arc::new(chunks));
     let service = Arc::new(MeteredHandler::new(Arc::clone(&metrics), Arc::new(service)));
-    let fabric = match tokio_listener(fabric)
-        .map_err(NodeError::Runtime)
-        .and_then(|listener| {
-            TcpServer::start(listener, &spec.tls, TcpServerConfig::default(), service)
-                .map_err(NodeError::Fabric)
-        }) {
+    let fabric = match tokio_listener(fabric).map_err(NodeError::Runtime).and_then(|listener| {
+        TcpServer::start(listener, &spec.tls, TcpServerConfig::default(), service)
+            .map_err(NodeError::Fabric)
+    }) {
         Ok(fabric) => fabric,
         Err(error) => {
             let _ = metadata.shutdown().await;
@@ -363,17 +375,17 @@ async fn start_parts(spec: NodeSpec, engine: &Engine) -> Result<Parts, NodeError
         metadata: Some(Arc::clone(metadata.group())),
         reseal: Some(front.reseal_counters()),
     };
-    let admin =
-        match tokio_listener(admin).and_then(|listener| AdminServer::start(listener, metrics, sources))
-        {
-            Ok(admin) => admin,
-            Err(error) => {
-                fabric.shutdown().await;
-                let _ = front.stop().await;
-                let _ = metadata.shutdown().await;
-                return Err(NodeError::Runtime(error));
-            }
-        };
+    let admin = match tokio_listener(admin)
+        .and_then(|listener| AdminServer::start(listener, metrics, sources))
+    {
+        Ok(admin) => admin,
+        Err(error) => {
+            fabric.shutdown().await;
+            let _ = front.stop().await;
+            let _ = metadata.shutdown().await;
+            return Err(NodeError::Runtime(error));
+        }
+    };
     Ok(Parts { metadata, front, fabric, admin, interrupt, terminate, _crl_poller: crl_poller })
 }
 

@@ -64,16 +64,32 @@ const MIB: u64 = 1 << 20;
 pub enum RunError {
     /// The configuration cannot work with what the node finds (exit code 2): the field to
     /// change, and why.
-    Config { field: &'static str, reason: String },
+    Config {
+        field: &'static str,
+        reason: String,
+    },
     /// Another process uses the data dir.
-    InUse { path: PathBuf },
+    InUse {
+        path: PathBuf,
+    },
     /// The manifest cannot be read as a configured node's of this build.
-    Manifest { path: PathBuf, reason: String },
+    Manifest {
+        path: PathBuf,
+        reason: String,
+    },
     /// The device belongs to another cluster, or holds a store this data dir did not make.
-    OtherCluster { device: PathBuf, reason: String },
+    OtherCluster {
+        device: PathBuf,
+        reason: String,
+    },
     /// This node's device (made on its first start) is gone.
-    DeviceMissing { device: PathBuf },
-    Io { path: PathBuf, source: io::Error },
+    DeviceMissing {
+        device: PathBuf,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Making the device file failed.
     Store(StoreFileError),
     /// The runner: an address, the engine, the metadata, the front ends.
@@ -165,7 +181,10 @@ fn cluster_id(ca_path: &Path) -> Result<String, RunError> {
 }
 
 fn tls_error(error: &PkiError) -> RunError {
-    RunError::Config { field: "ca_path, cert_path, key_path or crl_path", reason: error.to_string() }
+    RunError::Config {
+        field: "ca_path, cert_path, key_path or crl_path",
+        reason: error.to_string(),
+    }
 }
 
 /// Decides what the engine starts on; see the module's notes.
@@ -239,7 +258,9 @@ fn check_later_start(
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             return Err(RunError::DeviceMissing { device: device.clone() });
         }
-        Err(source) => return Err(RunError::Io { path: config.config.device_path.clone(), source }),
+        Err(source) => {
+            return Err(RunError::Io { path: config.config.device_path.clone(), source });
+        }
     }
     if let Some(cores) = config.config.cores
         && cores != manifest.shards
@@ -320,7 +341,8 @@ fn first_start(
     }
     let device_path =
         fs::canonicalize(path).map_err(|source| RunError::Io { path: path.clone(), source })?;
-    let random = || node::random_id().map_err(|source| RunError::Io { path: "/dev/urandom".into(), source });
+    let random =
+        || node::random_id().map_err(|source| RunError::Io { path: "/dev/urandom".into(), source });
     let (device_node_id, device_id) = (random()?, random()?);
     let manifest = Manifest::formatting(
         (cluster_id, &device_node_id, &device_id),
@@ -336,7 +358,8 @@ fn first_start(
 /// The size of a device found on a first start, in whole MiB; a `device_size` given must be
 /// that size (a node takes a device as it is).
 fn existing_size(config: &CheckedConfig, path: &Path) -> Result<u64, RunError> {
-    let metadata = fs::metadata(path).map_err(|source| RunError::Io { path: path.to_owned(), source })?;
+    let metadata =
+        fs::metadata(path).map_err(|source| RunError::Io { path: path.to_owned(), source })?;
     let kind = metadata.file_type();
     if !kind.is_file() && !kind.is_block_device() {
         return Err(RunError::Config {
@@ -366,7 +389,8 @@ fn existing_size(config: &CheckedConfig, path: &Path) -> Result<u64, RunError> {
 /// to); a partial MiB at the end is not used.
 fn device_size(path: &Path) -> Result<u64, RunError> {
     let io = |source| RunError::Io { path: path.to_owned(), source };
-    let bytes = File::open(path).and_then(|mut file| file.seek(io::SeekFrom::End(0))).map_err(io)?;
+    let bytes =
+        File::open(path).and_then(|mut file| file.seek(io::SeekFrom::End(0))).map_err(io)?;
     Ok(bytes / MIB * MIB)
 }
 
@@ -514,11 +538,9 @@ impl fmt::Display for RunError {
             RunError::Manifest { path, reason } => {
                 write!(f, "{}: not a manifest this build reads: {reason}", path.display())
             }
-            RunError::OtherCluster { device, reason } => write!(
-                f,
-                "device_path {} is refused: {reason}",
-                device.display()
-            ),
+            RunError::OtherCluster { device, reason } => {
+                write!(f, "device_path {} is refused: {reason}", device.display())
+            }
             RunError::DeviceMissing { device } => write!(
                 f,
                 "device_path {} is missing: it is this node's device, with its chunks; restore \

@@ -107,8 +107,7 @@ fn command(args: &[&str]) -> Command {
 
 /// Runs `kiseki-server` with `args` to its exit: the status, stdout and stderr.
 fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child =
-        command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
     let status = wait(&mut child);
@@ -270,7 +269,11 @@ fn run_serves_s3_from_a_config_stops_on_sigterm_and_restarts_without_reformattin
     let node = Node::start(&config);
     assert!(node.printed.contains("(first start: device formatted)"), "{}", node.printed);
     assert!(node.printed.contains("a one-member group"), "{}", node.printed);
-    assert!(!node.printed.contains(&secret) && !node.printed.contains("secret"), "{}", node.printed);
+    assert!(
+        !node.printed.contains(&secret) && !node.printed.contains("secret"),
+        "{}",
+        node.printed
+    );
     assert_eq!(fs::metadata(d.join("dev0.img")).unwrap().len(), 64 << 20);
     let put = "s3.create_bucket(Bucket='photos')\n\
                s3.put_object(Bucket='photos', Key='big', Body=body)\n\
@@ -321,8 +324,11 @@ fn refusals_of_a_formatted_device(d: &Path, pki: &Pki, config: &Path) {
     fs::create_dir(&stray).unwrap();
     let copy = write_config(&stray, pki, "node1b", "");
     let text = fs::read_to_string(&copy).unwrap();
-    fs::write(&copy, text.replace(&format!("{:?}", stray.join("dev0.img")), &format!("{device:?}")))
-        .unwrap();
+    fs::write(
+        &copy,
+        text.replace(&format!("{:?}", stray.join("dev0.img")), &format!("{device:?}")),
+    )
+    .unwrap();
     let (status, _, err) = run_to_exit(&["run", "--config", path(&copy)]);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("of this cluster") && err.contains("no record"), "{err}");
@@ -463,7 +469,9 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
             fs::create_dir(&dir).unwrap();
             let peers: Vec<String> = (1..=3)
                 .filter(|&peer| peer != id)
-                .map(|peer| format!("\"{peer}={}\"", SocketAddr::from(([127, 0, 0, 1], ports[peer - 1]))))
+                .map(|peer| {
+                    format!("\"{peer}={}\"", SocketAddr::from(([127, 0, 0, 1], ports[peer - 1])))
+                })
                 .collect();
             let extra = format!(
                 "node_id = {id}\nfabric_addr = \"127.0.0.1:{}\"\npeers = [{}]\n{}",
@@ -490,7 +498,8 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
         fs::write(meta.join("root.key"), &root_key).unwrap();
         fs::set_permissions(meta.join("root.key"), fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let mut nodes = vec![Some(first), Some(Node::start(&configs[1])), Some(Node::start(&configs[2]))];
+    let mut nodes =
+        vec![Some(first), Some(Node::start(&configs[1])), Some(Node::start(&configs[2]))];
     let running = |nodes: &[Option<Node>]| -> Vec<usize> {
         (0..nodes.len()).filter(|&index| nodes[index].is_some()).collect()
     };

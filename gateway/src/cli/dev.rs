@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::constants::{NODE_CORES_MAX, DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR};
+use crate::constants::{DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR, NODE_CORES_MAX};
 use crate::dev::{self, DevConfig, Output};
 
 pub(super) const ABOUT: &str =

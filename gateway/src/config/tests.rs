@@ -168,7 +168,10 @@ fn a_node_without_peers_is_node_1_and_init_comes_from_any_source() {
         let kept: Vec<&str> = FILE.lines().filter(|l| !l.starts_with("peers")).collect();
         jail_files(jail, &format!("{}\nnode_id = 2\n", kept.join("\n")));
         let text = error_text(load(&Overrides::default()).and_then(NodeConfig::check));
-        assert!(text.contains("node_id (KISEKI_NODE_ID)") && text.contains("without peers"), "{text}");
+        assert!(
+            text.contains("node_id (KISEKI_NODE_ID)") && text.contains("without peers"),
+            "{text}"
+        );
 
         // Alone as node 1: checked; a wildcard fabric address is fine without peers.
         jail_files(jail, &format!("{}\nfabric_addr = \"0.0.0.0:9200\"\n", kept.join("\n")));

@@ -39,10 +39,10 @@ use kiseki_security::{
 use serde::{Deserialize, Serialize};
 
 use super::DevError;
-use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
 use crate::constants::{
-    NODE_CORES_MAX, NODE_MANIFEST_BYTES_MAX, NODE_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+    DEV_TENANT_ORG, NODE_CORES_MAX, NODE_MANIFEST_BYTES_MAX, NODE_SHARD_BYTES_MIN,
 };
+use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
 
 /// What the manifest says it is: a dev node's, in this version of its format.
 const MANIFEST_KIND: &str = "kiseki-dev-node";

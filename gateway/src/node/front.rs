@@ -202,7 +202,8 @@ async fn start_servers(
     keys: &Arc<Mutex<Keys>>,
 ) -> Result<Front, NodeError> {
     let objects = Arc::new(object_store(&spec.group, spec.engine.clone(), keys, spec.objects));
-    let (audit, audit_writer) = AuditSink::start(Box::new(root()?), store.clone(), AuditConfig::default());
+    let (audit, audit_writer) =
+        AuditSink::start(Box::new(root()?), store.clone(), AuditConfig::default());
     let credentials = Arc::new(S3Credentials::new(Arc::clone(&spec.group), Arc::clone(keys)));
 
     let mut builder = s3s::service::S3ServiceBuilder::new(KisekiS3::new(
@@ -298,7 +299,11 @@ async fn make_master_key_when_leading(
         let keys = Arc::clone(&keys);
         let made = tokio::task::spawn_blocking(move || {
             let mut keys = crate::objects::lock(&keys);
-            if leading { keys.init_cluster().map(|_| true) } else { keys.master_epoch().map(|_| true) }
+            if leading {
+                keys.init_cluster().map(|_| true)
+            } else {
+                keys.master_epoch().map(|_| true)
+            }
         })
         .await;
         match made {
