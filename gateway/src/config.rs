@@ -50,6 +50,8 @@ pub const FIELDS: &[&str] = &[
     "fabric_addr",
     "peers",
     "init",
+    "policy_file",
+    "scope_file",
 ];
 
 /// Where the front ends listen unless told otherwise: loopback, as `dev` does; a
@@ -107,6 +109,14 @@ pub struct NodeConfig {
     /// Give it on one node of a new cluster; a later start ignores it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub init: bool,
+    /// The policy file (seed 004) of the gRPC front's and key service's authorizers; with
+    /// `scope_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+    /// The scope file that names tenant admins (`{"tenant-admin": ["org/CN", ...]}`); with
+    /// `policy_file`. Without both, roles come from the certificates alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_file: Option<PathBuf>,
 }
 
 /// Values given on the command line: each one set replaces the file's and the
@@ -193,12 +203,29 @@ impl NodeConfig {
             ("cert_path", Some(&self.cert_path)),
             ("key_path", Some(&self.key_path)),
             ("crl_path", self.crl_path.as_ref()),
+            ("policy_file", self.policy_file.as_ref()),
+            ("scope_file", self.scope_file.as_ref()),
         ] {
             if let Some(path) = path
                 && !path.is_file()
             {
                 return Err(invalid(field, format!("{}: no such file", path.display())));
             }
+        }
+        match (&self.policy_file, &self.scope_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "scope_file",
+                    "policy_file is given: give both, or neither".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "policy_file",
+                    "scope_file is given: give both, or neither".into(),
+                ));
+            }
+            _ => {}
         }
         let size = |field, text: &Option<String>| {
             text.as_deref()

@@ -111,6 +111,7 @@ pub fn run(config: &CheckedConfig, output: &mut Output<'_>) -> Result<(), RunErr
     let s3 = node::bind("s3_addr", config.s3_addr)?;
     let grpc = node::bind("grpc_addr", config.grpc_addr)?;
     let tls = tls_context(config)?;
+    let role_files = role_files(config)?;
     let cluster_id = cluster_id(&config.config.ca_path)?;
     let mut dir = NodeDir::open(&config.config.data_dir)?;
     // Refused before the device is touched; the runner would refuse it after.
@@ -137,7 +138,7 @@ pub fn run(config: &CheckedConfig, output: &mut Output<'_>) -> Result<(), RunErr
         metadata: metadata_spec(config),
         listeners: NodeListeners { fabric, admin, s3, grpc },
         objects: object_config(config),
-        role_files: RoleFiles::default(),
+        role_files,
         s3_domains: Vec::new(),
         root_key,
     };
@@ -168,6 +169,23 @@ fn tls_context(config: &CheckedConfig) -> Result<TlsContext, RunError> {
         crl: c.crl_path.clone(),
     };
     TlsBuilder::new(paths).build().map_err(|error| tls_error(&error))
+}
+
+/// The authorizers' role files, when the configuration names them.
+fn role_files(config: &CheckedConfig) -> Result<RoleFiles, RunError> {
+    let (Some(policy), Some(scope)) = (&config.config.policy_file, &config.config.scope_file)
+    else {
+        return Ok(RoleFiles::default());
+    };
+    let read = |field, path: &Path| {
+        fs::read(path).map_err(|error| RunError::Config {
+            field,
+            reason: format!("{}: {error}", path.display()),
+        })
+    };
+    RoleFiles::parse(&read("policy_file", policy)?, &read("scope_file", scope)?).map_err(|error| {
+        RunError::Config { field: "policy_file, scope_file", reason: error.to_string() }
+    })
 }
 
 /// The cluster's id: the first 16 bytes of the CA certificate's KES identity, as hex.

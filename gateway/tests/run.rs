@@ -415,16 +415,26 @@ fn leader_of(nodes: &[&Node], voters: u64) -> usize {
     }
 }
 
-/// Calls the node's gRPC control service as the certificate in `identity`: creates `org`
-/// (`Some`) or lists the tenants (`None`).
+/// What the tests ask of a node's gRPC control service.
+enum Call<'a> {
+    CreateTenant(&'a str),
+    ListTenants,
+    /// An S3 key for a workload of the caller's tenant.
+    CreateS3Key(&'a str),
+}
+
+/// Calls the node's gRPC control service as the certificate in `identity`: the new
+/// tenant's id, the tenants' ids, or the new S3 key and its secret.
 fn control(
     grpc: SocketAddr,
     pki: &Pki,
     identity: &(PathBuf, PathBuf),
-    create: Option<&str>,
+    call: Call<'_>,
 ) -> Result<Vec<String>, tonic::Status> {
     use kiseki_proto::control::control_service_client::ControlServiceClient;
-    use kiseki_proto::control::{CreateTenantRequest, ListTenantsRequest};
+    use kiseki_proto::control::{
+        CreateS3CredentialRequest, CreateTenantRequest, ListTenantsRequest,
+    };
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
     let read = |path: &Path| fs::read_to_string(path).unwrap();
@@ -442,15 +452,20 @@ fn control(
             .await
             .unwrap();
         let mut client = ControlServiceClient::new(channel);
-        match create {
-            Some(org) => {
+        match call {
+            Call::CreateTenant(org) => {
                 let request = CreateTenantRequest { org: org.into(), isolated: false };
                 Ok(vec![client.create_tenant(request).await?.into_inner().tenant_id])
             }
-            None => {
+            Call::ListTenants => {
                 let request = ListTenantsRequest { start_after: String::new(), limit: 0 };
                 let reply = client.list_tenants(request).await?.into_inner();
                 Ok(reply.tenants.into_iter().map(|tenant| tenant.tenant_id).collect())
+            }
+            Call::CreateS3Key(workload) => {
+                let request = CreateS3CredentialRequest { workload: workload.into() };
+                let key = client.create_s3_credential(request).await?.into_inner();
+                Ok(vec![key.access_key, key.secret_key])
             }
         }
     })
@@ -462,6 +477,9 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
     let d = temp.path();
     let pki = Pki::new(d);
     let ops = pki.issue("ops", "admin", None);
+    let acme_admin = pki.issue("acme-admin", "tenant", Some("acme"));
+    fs::write(d.join("policy.json"), "{}").unwrap();
+    fs::write(d.join("scope.json"), r#"{"tenant-admin": ["acme/acme-admin"]}"#).unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let configs: Vec<PathBuf> = (1..=3)
         .map(|id: usize| {
@@ -469,14 +487,15 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
             fs::create_dir(&dir).unwrap();
             let peers: Vec<String> = (1..=3)
                 .filter(|&peer| peer != id)
-                .map(|peer| {
-                    format!("\"{peer}={}\"", SocketAddr::from(([127, 0, 0, 1], ports[peer - 1])))
-                })
+                .map(|peer| format!("\"{peer}=127.0.0.1:{}\"", ports[peer - 1]))
                 .collect();
             let extra = format!(
-                "node_id = {id}\nfabric_addr = \"127.0.0.1:{}\"\npeers = [{}]\n{}",
+                "node_id = {id}\nfabric_addr = \"127.0.0.1:{}\"\npeers = [{}]\n\
+                 policy_file = {:?}\nscope_file = {:?}\n{}",
                 ports[id - 1],
                 peers.join(", "),
+                d.join("policy.json"),
+                d.join("scope.json"),
                 if id == 1 { "init = true\n" } else { "" }
             );
             write_config(&dir, &pki, &format!("node{id}"), &extra)
@@ -486,6 +505,7 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
     // Node 1 makes the groups' first voters and the cluster's root key; a member started
     // without that key is refused before its device is made.
     let first = Node::start(&configs[0]);
+    assert!(first.printed.contains("node 1 of 1=127.0.0.1:"), "{}", first.printed);
     assert!(first.printed.contains("initialized the groups"), "{}", first.printed);
     let (status, _, err) = run_to_exit(&["run", "--config", path(&configs[1])]);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -500,31 +520,39 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
     }
     let mut nodes =
         vec![Some(first), Some(Node::start(&configs[1])), Some(Node::start(&configs[2]))];
-    let running = |nodes: &[Option<Node>]| -> Vec<usize> {
-        (0..nodes.len()).filter(|&index| nodes[index].is_some()).collect()
-    };
-    let leader = {
-        let all: Vec<&Node> = nodes.iter().flatten().collect();
-        leader_of(&all, 3)
+    let leader = leader_of(&nodes.iter().flatten().collect::<Vec<_>>(), 3);
+    let at = |index: usize, nodes: &[Option<Node>], label: &str| {
+        nodes[index].as_ref().unwrap().addr(label)
     };
 
-    // A tenant made through the leader's gRPC; a follower's front end cannot propose.
-    let grpc = |index: usize, nodes: &[Option<Node>]| nodes[index].as_ref().unwrap().addr("gRPC:");
-    let made = control(grpc(leader, &nodes), &pki, &ops, Some("acme")).unwrap();
+    // Through the leader: a tenant (cluster admin), its S3 key (its admin, by the scope
+    // file), an object put and read over S3 (the first master key was made by the leader).
+    // A follower's front end cannot propose: it answers "unavailable".
+    let made = control(at(leader, &nodes, "gRPC:"), &pki, &ops, Call::CreateTenant("acme"));
+    let made = made.unwrap();
     let follower = (leader + 1) % 3;
-    let refused = control(grpc(follower, &nodes), &pki, &ops, Some("globex")).unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let refused = control(at(follower, &nodes, "gRPC:"), &pki, &ops, Call::CreateTenant("globex"));
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+    let key = control(at(leader, &nodes, "gRPC:"), &pki, &acme_admin, Call::CreateS3Key("app"));
+    let key = key.unwrap();
+    let key = (key[0].as_str(), key[1].as_str());
+    let put = "s3.create_bucket(Bucket='shared')\n\
+               s3.put_object(Bucket='shared', Key='big', Body=body)\n\
+               print(s3.get_object(Bucket='shared', Key='big')['Body'].read() == body)";
+    assert_eq!(boto3(at(leader, &nodes, "S3:"), key, &pki.ca_cert(), put).trim(), "True");
 
-    // The leader stops; the other two elect one of them, which serves the tenant.
+    // The leader stops; the other two elect one of them, which serves the metadata made
+    // through the old one: the tenant, the key, the bucket. (Not the object's body: its
+    // chunks are in the stopped node's engine until chunks are replicated.)
     let (status, rest) = nodes[leader].take().unwrap().terminate();
     assert_eq!(status.code(), Some(0), "{rest}");
-    let left = running(&nodes);
-    let next = {
-        let rest: Vec<&Node> = left.iter().map(|&index| nodes[index].as_ref().unwrap()).collect();
-        left[leader_of(&rest, 3)]
-    };
-    let tenants = control(grpc(next, &nodes), &pki, &ops, None).unwrap();
+    let left: Vec<usize> = (0..3).filter(|&index| nodes[index].is_some()).collect();
+    let next =
+        left[leader_of(&left.iter().map(|&i| nodes[i].as_ref().unwrap()).collect::<Vec<_>>(), 3)];
+    let tenants = control(at(next, &nodes, "gRPC:"), &pki, &ops, Call::ListTenants).unwrap();
     assert!(tenants.contains(&made[0]), "{tenants:?} lacks {made:?}");
+    let list = "print([b['Name'] for b in s3.list_buckets()['Buckets']])";
+    assert_eq!(boto3(at(next, &nodes, "S3:"), key, &pki.ca_cert(), list).trim(), "['shared']");
     for index in left {
         let (status, rest) = nodes[index].take().unwrap().terminate();
         assert_eq!(status.code(), Some(0), "{rest}");

@@ -37,6 +37,8 @@ s3_addr in the file, KISEKI_S3_ADDR in the environment, --s3-addr here.
   fabric_addr = \"10.0.0.1:9200\"        # chunks, and Raft RPCs between nodes
   peers = [\"2=10.0.0.2:9200\", \"3=10.0.0.3:9200\"]   # KISEKI_PEERS=\"2=...,3=...\"
   init = true                          # --init: on one node of a new cluster only
+  policy_file = \"/etc/kiseki/policy.json\"   # optional, both or neither: roles beyond the
+  scope_file = \"/etc/kiseki/scope.json\"     # certificates' (tenant admins) for gRPC
 
 `kiseki-server run --config kiseki.toml --check` prints the configuration as the node
 would use it, or the first field that is wrong and where its value came from.
@@ -55,10 +57,12 @@ node of a new cluster: it makes the groups' first voters and the cluster's root 
 its first start (a member without it is refused). Today the S3 and gRPC front ends answer
 on the group's leader only, and each node keeps the objects it was given in its own engine.
 
-No tenant or S3 key is made or printed: with the node stopped, `kiseki-server keys init
---data-dir DIR` makes the root key and master key (a single node makes them itself on its
+No tenant or S3 key is made or printed. On a single node, with it stopped: `kiseki-server
+keys init --data-dir DIR` makes the root key and master key (the node also makes them on its
 first start), and `kiseki-server s3-credentials create --data-dir DIR --tenant-id T
---workload-id W` (the tenant admin's certificate) makes a key and prints its secret once.
+--workload-id W` (the tenant admin's certificate) makes a key and prints its secret once. On
+a cluster, while it runs: a cluster admin creates tenants, and a tenant's admin (named in
+scope_file) its S3 keys, through the gRPC control service of the metadata leader.
 
 Prints a short summary (addresses, data dir, device, metadata members) and `ready: ...`,
 then serves until SIGINT or SIGTERM: /readyz turns 503, no new connections, requests in

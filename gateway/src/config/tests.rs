@@ -191,3 +191,36 @@ fn a_node_without_peers_is_node_1_and_init_comes_from_any_source() {
         Ok(())
     });
 }
+
+#[test]
+fn role_files_come_in_pairs_and_must_exist() {
+    Jail::expect_with(|jail| {
+        jail.create_file("policy.json", "{}").unwrap();
+        jail.create_file("scope.json", "{}").unwrap();
+        for (lines, needle) in [
+            (
+                "policy_file = \"policy.json\"\n",
+                "scope_file (KISEKI_SCOPE_FILE): policy_file is given",
+            ),
+            (
+                "scope_file = \"scope.json\"\n",
+                "policy_file (KISEKI_POLICY_FILE): scope_file is given",
+            ),
+            (
+                "policy_file = \"policy.json\"\nscope_file = \"absent.json\"\n",
+                "scope_file (KISEKI_SCOPE_FILE): absent.json: no such file",
+            ),
+        ] {
+            jail_files(jail, &format!("{FILE}{lines}"));
+            let text = error_text(load(&Overrides::default()).and_then(NodeConfig::check));
+            assert!(text.contains(needle), "{lines}: {text}");
+        }
+        jail_files(
+            jail,
+            &format!("{FILE}policy_file = \"policy.json\"\nscope_file = \"scope.json\"\n"),
+        );
+        let checked = load(&Overrides::default()).unwrap().check().unwrap();
+        assert_eq!(checked.config.scope_file.as_deref(), Some(Path::new("scope.json")));
+        Ok(())
+    });
+}

@@ -123,8 +123,6 @@ impl Front {
             tracing::warn!(%error, "grpc: the front end did not stop cleanly");
         }
         self.s3.shutdown().await;
-        drop(self.objects);
-        drop(self.credentials);
         // The writer ends once the S3 service, which holds its sink, is gone.
         if tokio::time::timeout(AUDIT_DRAIN_TIMEOUT, self.audit_writer).await.is_err() {
             tracing::warn!("audit: queued data-path records were not all written at shutdown");
