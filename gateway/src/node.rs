@@ -315,7 +315,7 @@ impl Node {
     pub fn stop(self) -> Result<ConnectionStats, NodeError> {
         let Node { runtime, engine, device_path, parts } = self;
         let stopped = runtime.block_on(parts.stop());
-        drop(runtime);
+        // The engine before the runtime, as it was started: nothing on the runtime uses it now.
         let engine =
             engine.shutdown().map_err(|source| NodeError::Engine { device: device_path, source });
         let stats = stopped?;

@@ -339,10 +339,24 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
     if bytes.len() as u64 > NODE_MANIFEST_BYTES_MAX {
         return Err(bad(format!("larger than {NODE_MANIFEST_BYTES_MAX} bytes")));
     }
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if manifest.kind != MANIFEST_KIND {
-        return Err(bad(format!("it describes a {:?}, not a dev node", manifest.kind)));
+    // The kind first: a configured node's manifest has other fields.
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    match value.get("kind").and_then(serde_json::Value::as_str) {
+        Some(MANIFEST_KIND) => {}
+        Some("kiseki-node") => {
+            return Err(bad(
+                "it is the data dir of a node run from a configuration: start it with \
+                 `kiseki-server run --config`, or give dev another --data-dir"
+                    .to_owned(),
+            ));
+        }
+        kind => {
+            let kind = kind.map_or_else(|| "nothing".to_owned(), |kind| format!("{kind:?}"));
+            return Err(bad(format!("it describes a {kind}, not a dev node")));
+        }
     }
+    let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     if manifest.version != MANIFEST_VERSION {
         return Err(bad(format!(
             "format version {} (this build reads version {MANIFEST_VERSION})",
@@ -579,6 +593,7 @@ mod tests {
         let cases = [
             (Manifest { version: 2, ..good.clone() }, "format version 2"),
             (Manifest { kind: "other".into(), ..good.clone() }, "not a dev node"),
+            (Manifest { kind: "kiseki-node".into(), ..good.clone() }, "kiseki-server run"),
             (Manifest { cluster_id: "00".into(), ..good.clone() }, "cluster_id"),
             (Manifest { shards: 0, ..good.clone() }, "0 shards"),
             (Manifest { shards: 1 << 20, ..good.clone() }, "1048576 shards"),

@@ -192,7 +192,8 @@ pub(super) async fn start(spec: FrontSpec<'_>) -> Result<Front, NodeError> {
     }
 }
 
-/// The object layer, the audit writer, S3, gRPC and the re-seal.
+/// The object layer, the audit writer, S3, gRPC and the re-seal, in a [`Front`] whose
+/// master-key task and mlock count the caller sets.
 async fn start_servers(
     spec: FrontSpec<'_>,
     root: impl Fn() -> Result<LocalRootKey, NodeError>,

@@ -172,7 +172,10 @@ fn load_manifest(path: &Path, file: File) -> Result<Manifest, RunError> {
                     .to_owned(),
             ));
         }
-        other => return Err(bad(format!("it describes a {other:?}, not a node"))),
+        kind => {
+            let kind = kind.map_or_else(|| "nothing".to_owned(), |kind| format!("{kind:?}"));
+            return Err(bad(format!("it describes a {kind}, not a node")));
+        }
     }
     let manifest: Manifest = serde_json::from_value(kind).map_err(|e| bad(e.to_string()))?;
     if manifest.version != MANIFEST_VERSION {
