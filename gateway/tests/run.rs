@@ -558,3 +558,21 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
         assert_eq!(status.code(), Some(0), "{rest}");
     }
 }
+
+#[test]
+fn a_cluster_member_is_refused_a_single_nodes_metadata_store() {
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let pki = Pki::new(d);
+    let extra = format!(
+        "fabric_addr = \"127.0.0.1:{}\"\npeers = [\"2=127.0.0.1:{}\"]\ninit = true\n",
+        free_port(),
+        free_port()
+    );
+    let config = write_config(d, &pki, "node1", &extra);
+    // `keys init` opens the data dir as a single node's, one-member group and all.
+    ok(&["keys", "init", "--data-dir", path(&d.join("data"))]);
+    let (status, _, err) = run_to_exit(&["run", "--config", path(&config)]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("holds a single node's metadata"), "{err}");
+}

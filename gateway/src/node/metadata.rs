@@ -157,7 +157,7 @@ async fn start_member(
         let group = node
             .shared_group(ShardId(0))
             .ok_or_else(|| metadata("the node runs no member of shard 0".to_owned()))?;
-        if made_by_a_single_node(&group) {
+        if made_by_a_single_node(&group).await.map_err(consensus)? {
             return Err(metadata(format!(
                 "{} holds a single node's metadata (made by a node without peers, or by an \
                  admin subcommand run on this data dir); a cluster member starts on a data \
@@ -190,10 +190,23 @@ async fn start_member(
 }
 
 /// Whether `group`'s membership is [`start_single`]'s (a member without an `IP:port`).
-fn made_by_a_single_node(group: &MetadataGroup) -> bool {
-    let metrics = group.raft().metrics().borrow().clone();
-    let membership = metrics.membership_config.membership().clone();
-    membership.nodes().any(|(_, node)| node.addr == SINGLE_NODE_ADDR)
+async fn made_by_a_single_node(group: &MetadataGroup) -> Result<bool, ConsensusError> {
+    let addrs = member_addrs(group).await?;
+    Ok(addrs.iter().any(|addr| addr == SINGLE_NODE_ADDR))
+}
+
+/// The addresses of `group`'s members as its store holds them. Asked of the Raft core, not
+/// read from its metrics: right after a start the metrics may not show the stored
+/// membership yet.
+async fn member_addrs(group: &MetadataGroup) -> Result<Vec<String>, ConsensusError> {
+    group
+        .raft()
+        .with_raft_state(|state| {
+            let membership = state.membership_state.effective().membership();
+            membership.nodes().map(|(_, node)| node.addr.clone()).collect()
+        })
+        .await
+        .map_err(|error| ConsensusError::Storage(error.to_string()))
 }
 
 /// With `init`, makes `members` the first voters of every group of `node` that has none;
@@ -207,9 +220,7 @@ pub(crate) async fn initialize_groups(
     let mut initialized = false;
     for shard in node.shards().shards() {
         let Some(group) = node.group(shard) else { continue };
-        let has_membership =
-            group.raft().metrics().borrow().membership_config.membership().nodes().count() > 0;
-        if has_membership {
+        if !member_addrs(group).await?.is_empty() {
             if init {
                 tracing::info!(target: "kiseki::metadata", %shard, "already initialized; init ignored");
             }
