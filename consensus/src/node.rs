@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openraft::RaftNetworkFactory;
 
@@ -19,7 +20,8 @@ use crate::types::{Applied, NodeId, ShardId, TypeConfig};
 pub struct MetadataNode {
     node_id: NodeId,
     shards: ShardMap,
-    groups: BTreeMap<ShardId, MetadataGroup>,
+    /// Shared: a node's front ends hold the member they propose through.
+    groups: BTreeMap<ShardId, Arc<MetadataGroup>>,
     rpc: RpcServer,
 }
 
@@ -47,7 +49,7 @@ impl MetadataNode {
             let store = GroupStore::open_file(&shard_path(meta_dir, shard), shard, shards)?;
             let group = MetadataGroup::start(config, store, network(shard)).await?;
             rpc.register(shard, group.raft().clone());
-            groups.insert(shard, group);
+            groups.insert(shard, Arc::new(group));
         }
         Ok(MetadataNode { node_id, shards, groups, rpc })
     }
@@ -62,7 +64,12 @@ impl MetadataNode {
 
     /// The member of `shard`'s group.
     pub fn group(&self, shard: ShardId) -> Option<&MetadataGroup> {
-        self.groups.get(&shard)
+        self.groups.get(&shard).map(Arc::as_ref)
+    }
+
+    /// The member of `shard`'s group, shared with whoever proposes through it.
+    pub fn shared_group(&self, shard: ShardId) -> Option<Arc<MetadataGroup>> {
+        self.groups.get(&shard).cloned()
     }
 
     /// The member of the group that owns `command`'s state.
@@ -94,6 +101,10 @@ impl MetadataNode {
     }
 }
 
+/// The address [`start_single`] gives its one member: not an address, so a store made by
+/// a single node is told apart from a cluster member's (whose members are `IP:port`).
+pub const SINGLE_NODE_ADDR: &str = "local";
+
 /// How long [`start_single`] waits for its group to elect itself.
 pub const SINGLE_LEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -106,7 +117,7 @@ pub async fn start_single(meta_dir: &Path) -> Result<MetadataGroup, ConsensusErr
     let store = GroupStore::open_file(&shard_path(meta_dir, ShardId(0)), ShardId(0), shards)?;
     let network = crate::sim::SimNetwork::new(0).factory(ShardId(0), 1);
     let group = MetadataGroup::start(config, store, network).await?;
-    let members = BTreeMap::from([(1, openraft::BasicNode::new("local"))]);
+    let members = BTreeMap::from([(1, openraft::BasicNode::new(SINGLE_NODE_ADDR))]);
     let elected = async {
         group.initialize(members).await?;
         let mut metrics = group.raft().metrics();

@@ -1,10 +1,12 @@
 //! The `kiseki-server` command line: parsing, dispatch, and how failures are reported.
 //!
-//! Subcommands today are the single-node dev mode (`dev`, in `cli/dev.rs` over
-//! [`crate::dev`]), a metadata node (`metadata`, in `cli/metadata.rs`), the cluster's certificate tools (`ca`, `cert`, `identity`, in
-//! `cli/pki.rs`) and admission (`admission-token`, `admission serve`, `join`, in
-//! `cli/admission.rs`); `run` with a configuration and the other admin tools
-//! (`s3-credentials`) join [`Command`] as they are built.
+//! Subcommands: a node from a configuration (`run`, in `cli/run.rs` over [`crate::run`]),
+//! the single-node dev mode (`dev`, in `cli/dev.rs` over [`crate::dev`]), a running node's
+//! status (`status`), a metadata node (`metadata`, in `cli/metadata.rs`), the cluster's
+//! certificate tools (`ca`, `cert`, `identity`, in `cli/pki.rs`), admission
+//! (`admission-token`, `admission serve`, `join`, in `cli/admission.rs`), and the admin tools
+//! on a stopped node's data dir (`keys`, `tenant`, `audit`, `s3-credentials`, and
+//! `keyserver`, in `cli/keys.rs`).
 //!
 //! Invariants: [`main`] never panics on bad input; every failure is one line on stderr
 //! naming what failed, and a non-zero exit code (2 for a usage error, 1 for the rest);
@@ -40,6 +42,11 @@ Kiseki's storage node, and the tools that set up its cluster's security.
 One node on this machine, with its CA, certificates and a device file made on first start:
 
   kiseki-server dev [--data-dir ./kiseki-data] [--device-size 2G] [--fabric-addr ADDR]
+
+A node from a configuration (its certificates, its device, its peers; see `kiseki-server run
+--help`):
+
+  kiseki-server run --config /etc/kiseki/kiseki.toml
 
 A metadata node (Raft groups over mTLS; see `kiseki-server metadata --help`):
 
@@ -77,8 +84,7 @@ pub struct Cli {
     command: Command,
 }
 
-/// Every subcommand. `run` (a node from a configuration) and the other admin tools come
-/// later.
+/// Every subcommand.
 #[derive(Debug, Subcommand)]
 enum Command {
     #[command(about = run::ABOUT, long_about = run::LONG_ABOUT)]
@@ -141,6 +147,8 @@ pub enum CliError {
     Dev(DevError),
     /// The metadata node did not start or stop cleanly.
     Metadata(metadata::MetadataError),
+    /// The configured node did not start or stop cleanly.
+    Run(crate::run::RunError),
     /// The key manager, its store or the audit log refused or failed.
     Keys(String),
     /// A node is not there, not ready, or a capability is not built.
@@ -171,6 +179,7 @@ pub fn main(
                 CliError::Usage(_) => 2,
                 CliError::Dev(error) if error.is_usage() => 2,
                 CliError::Metadata(error) if error.is_usage() => 2,
+                CliError::Run(error) if error.is_usage() => 2,
                 _ => 1,
             })
         }
@@ -209,6 +218,7 @@ impl fmt::Display for CliError {
             CliError::Runtime(error) => write!(f, "{error}"),
             CliError::Dev(error) => write!(f, "dev: {error}"),
             CliError::Metadata(error) => write!(f, "metadata: {error}"),
+            CliError::Run(error) => write!(f, "run: {error}"),
             CliError::Keys(error) => f.write_str(error),
             CliError::Unavailable(reason) => f.write_str(reason),
         }
@@ -226,6 +236,7 @@ impl std::error::Error for CliError {
             CliError::Runtime(error) => Some(error),
             CliError::Dev(error) => Some(error),
             CliError::Metadata(error) => Some(error),
+            CliError::Run(error) => Some(error),
             CliError::Keys(_) | CliError::Unavailable(_) => None,
         }
     }

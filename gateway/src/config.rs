@@ -9,8 +9,10 @@
 //! configuration and do not make a start fail.
 //!
 //! A loaded configuration is checked before anything starts ([`NodeConfig::check`]): files
-//! that must exist do, addresses parse, sizes have units, peers are `ID=ADDR` with ids
-//! other than the node's own. A value that does not read (a wrong type, an unknown key)
+//! that must exist do, addresses parse, sizes have units and `chunk_size` fits the engine,
+//! peers are `ID=ADDR` with ids other than the node's own; a node without peers is node 1
+//! (its one-member group's), and with peers its `fabric_addr` is one they can reach (a
+//! specific IP and port). `init` (`--init`) only matters with peers: see [`crate::run`]. A value that does not read (a wrong type, an unknown key)
 //! is reported with the file and key or the variable it came from; a value that reads but
 //! is not valid, with its field and that field's variable. Either way an operator can fix
 //! it without reading code.
@@ -23,6 +25,8 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+use crate::constants::{RUN_CHUNK_SIZE_MAX_BYTES, RUN_CHUNK_SIZE_MIN_BYTES};
 
 /// The prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "KISEKI_";
@@ -45,6 +49,9 @@ pub const FIELDS: &[&str] = &[
     "admin_addr",
     "fabric_addr",
     "peers",
+    "init",
+    "policy_file",
+    "scope_file",
 ];
 
 /// Where the front ends listen unless told otherwise: loopback, as `dev` does; a
@@ -97,6 +104,19 @@ pub struct NodeConfig {
     /// list, in `KISEKI_PEERS` a comma-separated string.
     #[serde(default, deserialize_with = "peers_list", skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// With peers: make this node and its peers the metadata groups' first voters, and
+    /// make the cluster's root key, when this node's store has neither (a first start).
+    /// Give it on one node of a new cluster; a later start ignores it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub init: bool,
+    /// The policy file (seed 004) of the gRPC front's and key service's authorizers; with
+    /// `scope_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+    /// The scope file that names tenant admins (`{"tenant-admin": ["org/CN", ...]}`); with
+    /// `policy_file`. Without both, roles come from the certificates alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_file: Option<PathBuf>,
 }
 
 /// Values given on the command line: each one set replaces the file's and the
@@ -122,6 +142,9 @@ pub struct Overrides {
     /// Replaces the whole list when not empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// `Some(true)` (the `--init` flag) replaces the file's and the environment's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
 }
 
 /// A configuration that was checked: addresses, sizes and peers parsed.
@@ -180,12 +203,29 @@ impl NodeConfig {
             ("cert_path", Some(&self.cert_path)),
             ("key_path", Some(&self.key_path)),
             ("crl_path", self.crl_path.as_ref()),
+            ("policy_file", self.policy_file.as_ref()),
+            ("scope_file", self.scope_file.as_ref()),
         ] {
             if let Some(path) = path
                 && !path.is_file()
             {
                 return Err(invalid(field, format!("{}: no such file", path.display())));
             }
+        }
+        match (&self.policy_file, &self.scope_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "scope_file",
+                    "policy_file is given: give both, or neither".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "policy_file",
+                    "scope_file is given: give both, or neither".into(),
+                ));
+            }
+            _ => {}
         }
         let size = |field, text: &Option<String>| {
             text.as_deref()
@@ -194,6 +234,19 @@ impl NodeConfig {
         };
         let device_size_bytes = size("device_size", &self.device_size)?;
         let chunk_size_bytes = size("chunk_size", &self.chunk_size)?;
+        if let Some(chunk) = chunk_size_bytes
+            && !(RUN_CHUNK_SIZE_MIN_BYTES..=RUN_CHUNK_SIZE_MAX_BYTES).contains(&chunk)
+        {
+            return Err(invalid(
+                "chunk_size",
+                format!(
+                    "{chunk} bytes: from {} KiB to {} KiB (a chunk and its envelope fit one \
+                     engine I/O buffer)",
+                    RUN_CHUNK_SIZE_MIN_BYTES >> 10,
+                    RUN_CHUNK_SIZE_MAX_BYTES >> 10
+                ),
+            ));
+        }
         if device_size_bytes.is_none() && !self.device_path.exists() {
             return Err(invalid(
                 "device_path",
@@ -221,6 +274,25 @@ impl NodeConfig {
             if peers.insert(id, peer_addr).is_some() {
                 return Err(invalid("peers", format!("node {id} is listed twice")));
             }
+        }
+        if peers.is_empty() && self.node_id != 1 {
+            return Err(invalid(
+                "node_id",
+                format!(
+                    "{}: a node without peers is member 1 of its one-member metadata group \
+                     (as the admin subcommands open it); give node_id = 1, or the peers",
+                    self.node_id
+                ),
+            ));
+        }
+        if !peers.is_empty() && (fabric_addr.ip().is_unspecified() || fabric_addr.port() == 0) {
+            return Err(invalid(
+                "fabric_addr",
+                format!(
+                    "{fabric_addr}: peers reach this node's Raft RPCs there, so with peers it \
+                     is a specific IP and port (not 0.0.0.0 or port 0)"
+                ),
+            ));
         }
         Ok(CheckedConfig {
             config: self,
@@ -256,6 +328,10 @@ pub fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
         .parse()
         .map_err(|_| format!("{text:?}: {addr:?} is not an address like 10.0.0.2:9200"))?;
     Ok((id, addr))
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn invalid(field: &'static str, reason: String) -> ConfigError {

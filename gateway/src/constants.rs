@@ -2,6 +2,8 @@
 //! certificates and tokens themselves are the security crate's
 //! (`kiseki_security::constants`).
 
+use kiseki_engine::constants::{BLOCK_SIZE_BYTES, CHUNK_SIZE_MAX_BYTES};
+
 /// Largest body of one admission frame: 64 KiB. A request carries a P-256 CSR (under
 /// 1 KiB), a token (75 bytes) and at most a few SANs; a response one certificate (under
 /// 2 KiB). 64 KiB leaves room for longer chains and names while a peer can never make the
@@ -36,30 +38,31 @@ pub const TOKEN_FILE_MAX_BYTES: u64 = 4096;
 /// few hundred 4 MiB chunks, and a few seconds to write out on first start.
 pub const DEV_DEVICE_SIZE_DEFAULT_BYTES: u64 = 2 << 30;
 
-/// Smallest share of the device file one dev shard may have: 32 MiB. A shard keeps a
+/// Smallest share of the device one shard of a node (`dev` or `run`) may have: 32 MiB. A shard keeps a
 /// superblock, a journal of at least 256 KiB and two checkpoint slots beside its data; with
 /// 32 MiB it still takes six 4 MiB chunks before its Critical threshold (85 %), a store
 /// that is small but useful rather than one that refuses its second put.
-pub const DEV_SHARD_BYTES_MIN: u64 = 32 << 20;
+pub const NODE_SHARD_BYTES_MIN: u64 = 32 << 20;
 
-/// Most reactors (`--cores`) a dev node starts: 256, the bench's `--numjobs` bound. Each
-/// one pins a thread and registers [`DEV_DEVICE_BUFFERS`] buffers.
-pub const DEV_CORES_MAX: usize = 256;
+/// Most reactors (`--cores`, `cores`) a node starts: 256, the bench's `--numjobs` bound.
+/// Each one pins a thread and registers [`NODE_DEVICE_BUFFERS`] buffers.
+pub const NODE_CORES_MAX: usize = 256;
 
-/// I/O buffers of each dev reactor's device, each as large as the biggest stored chunk
+/// I/O buffers of each node reactor's device, each as large as the biggest stored chunk
 /// (`kiseki_engine::constants::CHUNK_SIZE_MAX_BYTES`, 4 MiB): a put or get in flight holds
 /// one. Eight let a reactor overlap a few 4 MiB transfers while registering 32 MiB, which
 /// counts against `RLIMIT_MEMLOCK` for non-root users.
-pub const DEV_DEVICE_BUFFERS: u32 = 8;
+pub const NODE_DEVICE_BUFFERS: u32 = 8;
 
-/// Request slots of each dev reactor's device: two per buffer (a chunk's extent and its
+/// Request slots of each node reactor's device: two per buffer (a chunk's extent and its
 /// share of a journal write) and eight more for flushes, checkpoints and trims, as the
 /// bench sizes its stores.
-pub const DEV_DEVICE_QUEUE_DEPTH: u32 = 2 * DEV_DEVICE_BUFFERS + 8;
+pub const NODE_DEVICE_QUEUE_DEPTH: u32 = 2 * NODE_DEVICE_BUFFERS + 8;
 
-/// Largest node manifest (`meta/node.json`) a dev node reads: 64 KiB. It holds ids, paths
-/// and a few names (under 1 KiB); the bound keeps a wrong file from being read whole.
-pub const DEV_MANIFEST_BYTES_MAX: u64 = 64 * 1024;
+/// Largest node manifest (`meta/node.json`) a `dev` or `run` node reads: 64 KiB. It holds
+/// ids, paths and a few names (under 1 KiB); the bound keeps a wrong file from being read
+/// whole.
+pub const NODE_MANIFEST_BYTES_MAX: u64 = 64 * 1024;
 
 /// The tenant org whose workload identity a dev node generates.
 pub const DEV_TENANT_ORG: &str = "dev";
@@ -72,6 +75,26 @@ pub const DEV_METRICS_ADDR: &str = "127.0.0.1:9090";
 /// The domain under which a dev node's S3 front end takes virtual-host style requests
 /// (`<bucket>.localhost`); its certificate names `*.localhost` for them.
 pub const DEV_S3_DOMAIN: &str = "localhost";
+
+// ---- A node from a configuration (run.rs, node.rs) ----
+
+/// Smallest `chunk_size` a configured node cuts objects into: one engine block (4 KiB). A
+/// smaller chunk would still take a whole block on the device.
+pub const RUN_CHUNK_SIZE_MIN_BYTES: u64 = BLOCK_SIZE_BYTES as u64;
+
+/// Largest `chunk_size`: the engine's largest chunk (one pool buffer, 4 MiB) less 64 KiB
+/// for the envelope around the plaintext (a header under 1 KiB with a tenant's wrapping,
+/// and a 16-byte tag), with margin and in whole blocks.
+pub const RUN_CHUNK_SIZE_MAX_BYTES: u64 = CHUNK_SIZE_MAX_BYTES as u64 - (64 << 10);
+
+/// How long a configured node waits, at each try, for the metadata group's leader to make
+/// the cluster's first master-key epoch, and how long it waits between tries: a new
+/// leader applies what its term committed before its view says whether an epoch exists.
+pub const NODE_MASTER_KEY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The first bytes of a device a first start reads to tell whether it already holds a
+/// Kiseki store: the superblock at the start of shard 0's region.
+pub const NODE_SUPERBLOCK_PROBE_BYTES: usize = kiseki_engine::format::SUPERBLOCK_SIZE_BYTES;
 
 // ---- S3 multipart uploads (s3.rs, multipart.rs) ----
 

@@ -1,16 +1,18 @@
-//! `kiseki-server dev`: one node on embedded defaults: the engine (one pinned reactor and
-//! shard per core on a preallocated device file), the fabric's chunk service over TCP with
-//! TLS 1.3 and mutual authentication, a one-member metadata group with the key manager,
-//! the S3 and gRPC front ends (`front`), and Prometheus metrics with health probes on the
-//! admin address ([`crate::observe`]).
+//! `kiseki-server dev`: one node on embedded defaults, on the node runner ([`crate::node`]):
+//! the engine (one pinned reactor and shard per core on a preallocated device file), the
+//! fabric's chunk service over TCP with TLS 1.3 and mutual authentication, a one-member
+//! metadata group with the key manager, the S3 and gRPC front ends, and Prometheus metrics
+//! with health probes on the admin address ([`crate::observe`]).
 //!
-//! A start: bind the fabric and admin addresses (first, so that a port in use is refused before
-//! anything is made), open or make the data dir ([`data_dir`]), build the node's TLS
-//! context, on a first start write the device file out and format the shards, start the
-//! engine (recovering every shard), print what a user needs, and serve until SIGINT or
-//! SIGTERM. Then: stop accepting, let requests already read finish (the fabric's shutdown
-//! grace), stop the engine (each reactor completes what it accepted; every acknowledged
-//! put is already durable), return `Ok`.
+//! A start: bind the fabric, admin, S3 and gRPC addresses (first, so that a port in use is
+//! refused before anything is made), open or make the data dir ([`data_dir`]), build the
+//! node's TLS context, on a first start write the device file out and format the shards,
+//! start the engine (recovering every shard), hand it to the runner, make or find the dev
+//! tenant and its S3 key ([`tenant`]), print what a user needs (the key's secret included:
+//! it is a development node), and serve until SIGINT or SIGTERM. Then the runner stops:
+//! stop accepting, let requests already read finish (the fabric's shutdown grace), stop the
+//! engine (each reactor completes what it accepted; every acknowledged put is already
+//! durable), return `Ok`.
 //!
 //! What it does not do: renew certificates, or keep the fabric chunk service's tenant
 //! references across restarts (that service stores envelopes its clients sealed and holds
@@ -19,36 +21,33 @@
 //! node and their manifests kept in the metadata group, so they survive restarts.
 //!
 //! Output: what a user reads goes to `out` (stdout); progress of the slow first-start step
-//! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere.
+//! to `progress` (stderr); warnings of the fabric go to the log. No key material anywhere
+//! but the dev key's secret, printed on purpose.
 
 mod data_dir;
-mod front;
+mod tenant;
 
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use kiseki_devices::OpenOptions as DeviceOptions;
-use kiseki_engine::constants::CHUNK_SIZE_MAX_BYTES;
 use kiseki_engine::store_file::{self, FileStore, FormatPolicy, StoreFileError};
 use kiseki_engine::{Engine, EngineError};
-use kiseki_fabric::constants::TENANT_REFS_MAX_DEFAULT;
-use kiseki_fabric::{ChunkService, ConnectionStats, ServerStartError, TcpServer, TcpServerConfig};
-use kiseki_security::authz::Authorizer;
+use kiseki_fabric::ServerStartError;
 use kiseki_security::{PkiError, TlsBuilder, TlsContext};
-use tokio::signal::unix::{SignalKind, signal};
-
-use crate::observe::{AdminServer, MeteredHandler, Metrics, Sources};
-use crate::reseal::ResealCounters;
 
 use crate::constants::{
-    DEV_CORES_MAX, DEV_DEVICE_BUFFERS, DEV_DEVICE_QUEUE_DEPTH, DEV_DEVICE_SIZE_DEFAULT_BYTES,
-    DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+    DEV_DEVICE_SIZE_DEFAULT_BYTES, DEV_S3_DOMAIN, DEV_TENANT_ORG, NODE_SHARD_BYTES_MIN,
 };
+use crate::node::{
+    self, MetadataSpec, Node, NodeError, NodeListeners, NodeSpec, RootKey, create_device_file,
+};
+use crate::objects::ObjectConfig;
 use data_dir::{DataDir, Layout, NODE_CLIENT, Plan};
+use tenant::DevKey;
+
+pub use crate::node::{Output, binary_size};
 
 /// The device file of the dev node whose data dir is `data_dir`.
 pub(crate) fn device_path(data_dir: &std::path::Path) -> PathBuf {
@@ -61,9 +60,6 @@ const MIB: u64 = 1 << 20;
 /// The working set the printed bench commands put and get: 64 MiB of 1 MiB chunks, or a
 /// quarter of a smaller device.
 const BENCH_WORKING_SET_MAX_BYTES: u64 = 64 << 20;
-
-/// How often a terminal's progress line is redrawn.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A dev node's settings, from the command line.
 #[derive(Debug, Clone)]
@@ -80,22 +76,6 @@ pub struct DevConfig {
     pub grpc_addr: SocketAddr,
     /// Reactors (and shards); `None`: the data dir's count, or one per core less one.
     pub cores: Option<usize>,
-}
-
-/// Where a dev node writes what it says.
-pub struct Output<'a> {
-    /// What a user reads: paths, commands, the ready and stopped lines.
-    pub out: &'a mut dyn Write,
-    /// Progress of slow steps.
-    pub progress: &'a mut dyn Write,
-    /// Whether `progress` is a terminal (a redrawn line) or not (a line at each end).
-    pub progress_is_terminal: bool,
-}
-
-impl fmt::Debug for Output<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Output").field("progress_is_terminal", &self.progress_is_terminal).finish()
-    }
 }
 
 /// Why a dev node did not start, or did not stop cleanly.
@@ -173,83 +153,41 @@ struct Started {
 
 /// Runs a dev node until SIGINT or SIGTERM; see the module's notes.
 pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> {
-    let bind = |flag, addr| {
-        std::net::TcpListener::bind(addr).map_err(|source| DevError::Listen { flag, addr, source })
+    let fabric = node::bind("--fabric-addr", config.fabric_addr)?;
+    let fabric_addr = fabric.local_addr().map_err(DevError::Runtime)?;
+    let admin = node::bind("--admin-addr", config.admin_addr)?;
+    let s3 = node::bind("--s3-addr", config.s3_addr)?;
+    let grpc = node::bind("--grpc-addr", config.grpc_addr)?;
+    let Started { dir, engine, chunks, tls } = start(config, fabric_addr, output)?;
+    let meta = dir.layout.root().join("meta");
+    let spec = NodeSpec {
+        tls,
+        meta_dir: meta.clone(),
+        device_path: dir.layout.device(),
+        metadata: MetadataSpec::Single,
+        listeners: NodeListeners { fabric, admin, s3, grpc },
+        objects: ObjectConfig::default(),
+        role_files: match tenant::role_files() {
+            Ok(files) => files,
+            Err(error) => {
+                let _ = engine.shutdown();
+                return Err(error);
+            }
+        },
+        s3_domains: vec![DEV_S3_DOMAIN.to_owned()],
+        root_key: RootKey::CreateIfMissing,
     };
-    let listener = bind("--fabric-addr", config.fabric_addr)?;
-    let fabric_addr = listener.local_addr().map_err(DevError::Runtime)?;
-    let admin = bind("--admin-addr", config.admin_addr)?;
-    let admin_addr = admin.local_addr().map_err(DevError::Runtime)?;
-    let s3_listener = bind("--s3-addr", config.s3_addr)?;
-    let grpc_listener = bind("--grpc-addr", config.grpc_addr)?;
-    let started = start(config, fabric_addr, output)?;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("kiseki-front")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = started.engine.shutdown();
-            return Err(DevError::Runtime(error));
-        }
-    };
-    let meta = started.dir.layout.root().join("meta");
-    let metrics = Arc::new(Metrics::new());
-    let listeners = front::FrontListeners { s3: s3_listener, grpc: grpc_listener };
-    let device = started.dir.layout.device();
-    let front = runtime.block_on(front::start(
-        &meta,
-        started.engine.handle(),
-        &started.tls,
-        listeners,
-        &device,
-        Arc::clone(&metrics),
-    ));
-    let front = match front {
-        Ok(front) => front,
-        Err(error) => {
-            let _ = started.engine.shutdown();
-            return Err(error);
-        }
-    };
-    let addrs = Addrs {
-        fabric: fabric_addr,
-        admin: admin_addr,
-        s3: front.s3_addr(),
-        grpc: front.grpc_addr(),
-    };
-    if let Err(error) = summary(&started, &addrs, &front, output.out) {
-        let _ = runtime.block_on(front.stop());
-        let _ = started.engine.shutdown();
+    let node = Node::start(spec, engine)?;
+    let key = node.block_on(tenant::dev_tenant(&meta, &node));
+    let printed = key.and_then(|key| summary(&dir, chunks, &node, &key, output.out));
+    if let Err(error) = printed {
+        let _ = node.stop();
         return Err(error);
     }
-    let service = Arc::new(MeteredHandler::new(
-        Arc::clone(&metrics),
-        Arc::new(ChunkService::new(
-            started.engine.handle(),
-            Authorizer::default(),
-            TENANT_REFS_MAX_DEFAULT,
-        )),
-    ));
-    let listeners = Listeners { fabric: listener, admin };
-    let group = Arc::clone(front.group());
-    let reseal = front.reseal_counters();
-    let served =
-        runtime.block_on(serve(listeners, &started, (group, reseal), service, metrics, output.out));
-    let front_stopped = runtime.block_on(front.stop());
-    let device = started.dir.layout.device();
-    let stopped = started.engine.shutdown().map_err(|source| DevError::Engine { device, source });
-    let stats = served?;
-    front_stopped?;
-    stopped?;
-    writeln!(
-        output.out,
-        "stopped: served {} connections and {} requests ({} handshakes refused); the engine \
-         shut down cleanly",
-        stats.connections_opened, stats.requests, stats.handshakes_failed
-    )
-    .map_err(DevError::Output)
+    node.serve(output.out)?;
+    // The data dir's lock is held until here.
+    drop(dir);
+    Ok(())
 }
 
 /// The data dir, TLS, the device and the engine.
@@ -269,30 +207,19 @@ fn start(
     let tls = TlsBuilder::new(layout.server_tls()).build()?;
     let manifest = &dir.manifest;
     if dir.created {
-        create_device(layout.device(), manifest.device_size_bytes, output)?;
+        create_device_file(&layout.device(), manifest.device_size_bytes, output)
+            .map_err(DevError::Store)?;
     }
     let store = FileStore {
         path: layout.device(),
         regions: manifest.shards,
         region_bytes: store_file::region_bytes(manifest.device_size_bytes, manifest.shards),
         ids: dir.device_ids(),
-        device: DeviceOptions {
-            queue_depth: DEV_DEVICE_QUEUE_DEPTH,
-            buffer_count: DEV_DEVICE_BUFFERS,
-            buffer_size_bytes: CHUNK_SIZE_MAX_BYTES,
-            ..DeviceOptions::default()
-        },
+        device: node::device_options(),
     };
     let policy = if dir.created { FormatPolicy::All } else { FormatPolicy::None };
-    let engine = store.start(policy).map_err(|source| engine_error(&dir, source))?;
-    let stats = engine.handle().stats_blocking();
-    let chunks = match stats {
-        Ok(stats) => stats.iter().map(|shard| shard.chunks).sum(),
-        Err(source) => {
-            let _ = engine.shutdown();
-            return Err(DevError::Engine { device: layout.device(), source });
-        }
-    };
+    let (engine, chunks) =
+        node::start_engine(&store, policy).map_err(|source| engine_error(&dir, source))?;
     if let Some(rollback) = rollback
         && let Err(error) = dir.commit(rollback)
     {
@@ -308,22 +235,14 @@ fn start(
 fn first_start_plan(config: &DevConfig, fabric_ip: IpAddr) -> Result<Plan, DevError> {
     let size = config.device_size_bytes.unwrap_or(DEV_DEVICE_SIZE_DEFAULT_BYTES);
     let size = size.next_multiple_of(MIB);
-    let shards = match config.cores {
-        Some(cores) => cores,
-        // One per core, leaving one to the front ends, and no more than the device feeds.
-        None => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let fits = usize::try_from(size / DEV_SHARD_BYTES_MIN).unwrap_or(usize::MAX);
-            cores.saturating_sub(1).min(DEV_CORES_MAX).min(fits).max(1)
-        }
-    };
-    let needed = DEV_SHARD_BYTES_MIN * shards as u64;
-    if store_file::region_bytes(size, shards) < DEV_SHARD_BYTES_MIN {
+    let shards = config.cores.unwrap_or_else(|| node::default_shards(size));
+    let needed = NODE_SHARD_BYTES_MIN * shards as u64;
+    if store_file::region_bytes(size, shards) < NODE_SHARD_BYTES_MIN {
         return Err(DevError::Usage(format!(
             "--device-size {} is too small: each of {shards} shard(s) needs at least {} \
              (give --device-size {} or more, or fewer --cores)",
             binary_size(size),
-            binary_size(DEV_SHARD_BYTES_MIN),
+            binary_size(NODE_SHARD_BYTES_MIN),
             binary_size(needed)
         )));
     }
@@ -366,29 +285,6 @@ fn absolute(mut dir: DataDir) -> Result<DataDir, DevError> {
     Ok(dir)
 }
 
-/// Writes the device file out with zeros, with a progress line.
-fn create_device(path: PathBuf, size: u64, output: &mut Output<'_>) -> Result<(), DevError> {
-    let progress = &mut *output.progress;
-    let terminal = output.progress_is_terminal;
-    let _ = writeln!(progress, "preallocating {} ({})", path.display(), binary_size(size));
-    let started = Instant::now();
-    let mut shown = Instant::now();
-    store_file::create_zeroed(&path, size, &mut |written| {
-        if terminal && shown.elapsed() >= PROGRESS_INTERVAL {
-            shown = Instant::now();
-            let percent = written as f64 * 100.0 / size as f64;
-            let _ = write!(progress, "\r  {percent:5.1}% of {}", binary_size(size));
-            let _ = progress.flush();
-        }
-    })
-    .map_err(DevError::Store)?;
-    if terminal {
-        let _ = write!(progress, "\r\x1b[2K");
-    }
-    let _ = writeln!(progress, "preallocated in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
 /// A later start on an address the node certificate does not name: clients that connect
 /// to it and check the name will fail, so say it before they do.
 fn warn_unnamed_address(dir: &DataDir, addr: SocketAddr, output: &mut Output<'_>) {
@@ -406,30 +302,24 @@ fn warn_unnamed_address(dir: &DataDir, addr: SocketAddr, output: &mut Output<'_>
     }
 }
 
-/// The addresses a dev node serves, as bound (a port 0 became a real one).
-struct Addrs {
-    fabric: SocketAddr,
-    admin: SocketAddr,
-    s3: SocketAddr,
-    grpc: SocketAddr,
-}
-
 fn summary(
-    started: &Started,
-    addrs: &Addrs,
-    front: &front::Front,
+    dir: &DataDir,
+    chunks: u64,
+    node: &Node,
+    key: &DevKey,
     out: &mut dyn Write,
 ) -> Result<(), DevError> {
+    let addrs = node.addrs();
     let (fabric_addr, admin_addr) = (addrs.fabric, addrs.admin);
-    let layout = &started.dir.layout;
-    let manifest = &started.dir.manifest;
+    let layout = &dir.layout;
+    let manifest = &dir.manifest;
     let connect = connect_addr(fabric_addr);
     let node_client = layout.client_dir(NODE_CLIENT);
     let tenant_client = layout.tenant_client_dir();
-    let state = if started.dir.created {
+    let state = if dir.created {
         "made on this start".to_owned()
     } else {
-        format!("reused; {} chunk(s) recovered", started.chunks)
+        format!("reused; {chunks} chunk(s) recovered")
     };
     let working_set =
         (manifest.device_size_bytes / 4 / MIB * MIB).clamp(MIB, BENCH_WORKING_SET_MAX_BYTES);
@@ -452,8 +342,8 @@ fn summary(
             "  S3:          https://{} (tenant org {DEV_TENANT_ORG}; TLS 1.3, SigV4)",
             connect_addr(addrs.s3)
         ),
-        format!("  access key:  {}", front.access_key),
-        format!("  secret key:  {}", front.secret.as_str()),
+        format!("  access key:  {}", key.access_key),
+        format!("  secret key:  {}", key.secret.as_str()),
         format!(
             "  identities:  {} (server role: node-to-node calls, kiseki-bench)",
             node_client.display()
@@ -470,8 +360,8 @@ fn summary(
         format!(
             "  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION=us-east-1 \
              aws --endpoint-url https://{} --ca-bundle {} s3 ls",
-            front.access_key,
-            front.secret.as_str(),
+            key.access_key,
+            key.secret.as_str(),
             connect_addr(addrs.s3),
             layout.ca_cert().display()
         ),
@@ -491,15 +381,7 @@ fn summary(
             "kiseki.data.v1.DataService/ListBuckets",
         ),
     ];
-    if front.mlock_failures > 0 {
-        writeln!(
-            out,
-            "warning: {} key page(s) could not be locked in memory (RLIMIT_MEMLOCK); keys \
-             may be swapped out: raise it with `ulimit -l`",
-            front.mlock_failures
-        )
-        .map_err(DevError::Output)?;
-    }
+    node::warn_mlock_failures(node.mlock_failures(), out).map_err(DevError::Output)?;
     for line in lines {
         writeln!(out, "{line}").map_err(DevError::Output)?;
     }
@@ -545,66 +427,6 @@ fn connect_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The sockets a dev node serves, bound before anything is made.
-struct Listeners {
-    fabric: std::net::TcpListener,
-    admin: std::net::TcpListener,
-}
-
-/// Serves the chunk service and the admin endpoints until SIGINT or SIGTERM, then shuts
-/// both down gracefully. Returns what the chunk service served.
-async fn serve(
-    listeners: Listeners,
-    started: &Started,
-    (metadata, reseal): (Arc<kiseki_consensus::MetadataGroup>, Arc<ResealCounters>),
-    service: Arc<MeteredHandler<ChunkService>>,
-    metrics: Arc<Metrics>,
-    out: &mut dyn Write,
-) -> Result<ConnectionStats, DevError> {
-    // Handlers first: a signal from here on stops the node cleanly instead of killing it.
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(DevError::Runtime)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(DevError::Runtime)?;
-    let _crl_poller = started.tls.spawn_crl_poller()?;
-    let tokio_listener = |listener: std::net::TcpListener| {
-        listener.set_nonblocking(true)?;
-        tokio::net::TcpListener::from_std(listener)
-    };
-    let listener = tokio_listener(listeners.fabric).map_err(DevError::Runtime)?;
-    let server = TcpServer::start(listener, &started.tls, TcpServerConfig::default(), service)
-        .map_err(DevError::Fabric)?;
-    let sources = Sources {
-        engine: started.engine.handle(),
-        connections: Some(server.counters()),
-        metadata: Some(metadata),
-        reseal: Some(reseal),
-    };
-    let admin = tokio_listener(listeners.admin)
-        .and_then(|listener| AdminServer::start(listener, metrics, sources))
-        .map_err(DevError::Runtime)?;
-    let line = format!(
-        "ready: serving the fabric on {}; stop with Ctrl-C or SIGTERM",
-        server.local_addr()
-    );
-    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(DevError::Output)?;
-    let reason = tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    let grace = TcpServerConfig::default().shutdown_grace.as_secs();
-    let _ = writeln!(
-        out,
-        "{reason}: stopping: no new connections; requests in flight finish (up to {grace} s)"
-    );
-    let _ = out.flush();
-    admin.set_stopping();
-    // Taken before the drain: no connection opens after the stop, and the requests it
-    // lets finish were read (and counted) before it.
-    let stats = server.stats();
-    server.shutdown().await;
-    admin.shutdown().await;
-    Ok(stats)
-}
-
 fn engine_error(dir: &DataDir, source: EngineError) -> DevError {
     let device = dir.layout.device();
     match source {
@@ -613,31 +435,11 @@ fn engine_error(dir: &DataDir, source: EngineError) -> DevError {
             reason: format!(
                 "{} belongs to cluster {}, not to this data dir's cluster {}",
                 device.display(),
-                hex(&found),
-                hex(&expected)
+                node::hex(&found),
+                node::hex(&expected)
             ),
         },
         source => DevError::Engine { device, source },
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `bytes` in binary units, as a user wrote them: "2 GiB", "96 MiB", "1.5 GiB".
-pub fn binary_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -722,6 +524,27 @@ impl std::error::Error for DevError {
             DevError::Fabric(error) => Some(error),
             DevError::Runtime(error) | DevError::Output(error) => Some(error),
             _ => None,
+        }
+    }
+}
+
+impl From<NodeError> for DevError {
+    /// The runner's errors as dev has always worded them (`what` is a flag here).
+    fn from(error: NodeError) -> DevError {
+        match error {
+            NodeError::Listen { what, addr, source } => {
+                DevError::Listen { flag: what, addr, source }
+            }
+            NodeError::Metadata { reason } => DevError::Metadata { reason },
+            error @ NodeError::RootKeyMissing { .. } => {
+                DevError::Metadata { reason: error.to_string() }
+            }
+            NodeError::Io { path, source } => DevError::Io { path, source },
+            NodeError::Tls(error) => DevError::Pki(error),
+            NodeError::Engine { device, source } => DevError::Engine { device, source },
+            NodeError::Fabric(error) => DevError::Fabric(error),
+            NodeError::Runtime(error) => DevError::Runtime(error),
+            NodeError::Output(error) => DevError::Output(error),
         }
     }
 }

@@ -4,8 +4,11 @@
 //! crates below it do not. Its admin subcommands (`ca`, `cert`, `identity`,
 //! `admission-token`) are thin shells over the `kiseki-security` crate.
 //!
-//! [`dev`] is the node on embedded defaults: the engine on a device file and the fabric's
-//! chunk service over mTLS, with the CA, certificates and device made on its first start.
+//! [`node`] is the node runner: given a started engine, TLS, the metadata's shape and bound
+//! listeners, it starts the metadata, the key manager, the fabric server, the S3 and gRPC
+//! front ends and the admin server, and serves until SIGINT or SIGTERM. [`dev`] runs it on
+//! embedded defaults (the CA, certificates and device made on its first start); [`run`]
+//! runs it from a configuration ([`config`]) on the operator's certificates and device.
 //!
 //! [`admission`] is the first network service here: the admission listener (seed 003) and
 //! the node's `join`, over tokio and tokio-rustls with the TLS configurations of
@@ -44,9 +47,11 @@ mod grpc_tls;
 pub mod jwks_https;
 pub mod keys_grpc;
 pub mod multipart;
+pub mod node;
 pub mod objects;
 pub mod observe;
 pub mod reseal;
+pub mod run;
 pub mod s3;
 pub mod s3_body;
 pub mod s3_front;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::CliError;
-use crate::constants::{DEV_CORES_MAX, DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR};
+use crate::constants::{DEV_GRPC_ADDR, DEV_METRICS_ADDR, DEV_S3_ADDR, NODE_CORES_MAX};
 use crate::dev::{self, DevConfig, Output};
 
 pub(super) const ABOUT: &str =
@@ -83,7 +83,7 @@ pub(super) struct DevArgs {
     /// set on the first start [default: one per core less one for the front ends, at
     /// least 1].
     #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u16).range(1..=DEV_CORES_MAX as i64))]
+          value_parser = clap::value_parser!(u16).range(1..=NODE_CORES_MAX as i64))]
     cores: Option<u16>,
 }
 

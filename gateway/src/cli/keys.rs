@@ -221,7 +221,7 @@ pub(super) fn keys(command: KeysCommand, out: &mut dyn Write) -> Result<(), CliE
         }),
         KeysCommand::Retire { data, epoch } => with_keys(&data.data_dir, |keys, log| {
             let meta = meta_dir(&data.data_dir)?;
-            let has_chunks = crate::dev::device_path(&data.data_dir).exists();
+            let has_chunks = crate::node::holds_chunks(&data.data_dir);
             // The current epoch (or one never made) the key manager refuses by itself.
             let older = epoch < keys.master_epoch().map_err(key_error)?;
             let checked =

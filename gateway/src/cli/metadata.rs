@@ -29,6 +29,7 @@ use openraft::BasicNode;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::CliError;
+use crate::node::{initialize_groups, log_leader_changes};
 
 pub(super) const ABOUT: &str =
     "Run one metadata node: a member of the metadata Raft groups, over the fabric's mTLS";
@@ -213,7 +214,8 @@ async fn serve(
         .filter_map(|shard| node.group(shard))
         .map(|group| tokio::spawn(log_leader_changes(group.raft().clone(), args.node_id)))
         .collect();
-    let started = initialize(&node, shards, members, args.init).await;
+    let started =
+        initialize_groups(&node, members, args.init).await.map_err(MetadataError::Consensus);
     let ready = started.and_then(|initialized| {
         let state = if initialized { "initialized the groups" } else { "resumed or joining" };
         writeln!(
@@ -247,64 +249,6 @@ async fn serve(
     stopped?;
     let _ = writeln!(out, "stopped: metadata node {} shut down cleanly", args.node_id);
     Ok(())
-}
-
-/// With `init`, makes `members` the first voters of every group that has none; says
-/// whether it did for any.
-async fn initialize(
-    node: &MetadataNode,
-    shards: ShardMap,
-    members: BTreeMap<u64, BasicNode>,
-    init: bool,
-) -> Result<bool, MetadataError> {
-    let mut initialized = false;
-    for shard in shards.shards() {
-        let Some(group) = node.group(shard) else { continue };
-        let has_membership =
-            group.raft().metrics().borrow().membership_config.membership().nodes().count() > 0;
-        if has_membership {
-            if init {
-                tracing::info!(target: "kiseki::metadata", %shard, "already initialized; --init ignored");
-            }
-            continue;
-        }
-        if init {
-            group.initialize(members.clone()).await.map_err(MetadataError::Consensus)?;
-            initialized = true;
-        }
-    }
-    Ok(initialized)
-}
-
-/// Logs every change of leader a group sees.
-async fn log_leader_changes(raft: kiseki_consensus::Raft, node_id: u64) {
-    let mut metrics = raft.metrics();
-    let mut last = None;
-    loop {
-        let (leader, term) = {
-            let metrics = metrics.borrow_and_update();
-            (metrics.current_leader, metrics.current_term)
-        };
-        if leader != last {
-            match leader {
-                Some(leader) => tracing::info!(
-                    target: "kiseki::metadata",
-                    node = node_id,
-                    leader,
-                    term,
-                    "leader elected{}",
-                    if leader == node_id { " (this node)" } else { "" }
-                ),
-                None => {
-                    tracing::info!(target: "kiseki::metadata", node = node_id, term, "no leader")
-                }
-            }
-            last = leader;
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 impl fmt::Display for MetadataError {

@@ -125,6 +125,10 @@ fn bad_values_are_refused_with_the_field_and_its_variable() {
         ("chunk_size = \"1Q\"", "chunk_size", "unknown unit"),
         ("crl_path = \"absent.pem\"", "crl_path", "no such file"),
         ("device_path = \"absent.img\"", "device_path", "give device_size"),
+        ("chunk_size = \"8M\"", "chunk_size", "from 4 KiB to 4032 KiB"),
+        ("chunk_size = \"1k\"", "chunk_size", "from 4 KiB to 4032 KiB"),
+        ("fabric_addr = \"0.0.0.0:9200\"", "fabric_addr (KISEKI_FABRIC_ADDR)", "specific IP"),
+        ("fabric_addr = \"10.0.0.1:0\"", "fabric_addr", "not 0.0.0.0 or port 0"),
     ];
     for &(line, field, reason) in cases {
         Jail::expect_with(|jail| {
@@ -156,4 +160,67 @@ fn peers_must_be_other_nodes_once_each() {
             Ok(())
         });
     }
+}
+
+#[test]
+fn a_node_without_peers_is_node_1_and_init_comes_from_any_source() {
+    Jail::expect_with(|jail| {
+        let kept: Vec<&str> = FILE.lines().filter(|l| !l.starts_with("peers")).collect();
+        jail_files(jail, &format!("{}\nnode_id = 2\n", kept.join("\n")));
+        let text = error_text(load(&Overrides::default()).and_then(NodeConfig::check));
+        assert!(
+            text.contains("node_id (KISEKI_NODE_ID)") && text.contains("without peers"),
+            "{text}"
+        );
+
+        // Alone as node 1: checked; a wildcard fabric address is fine without peers.
+        jail_files(jail, &format!("{}\nfabric_addr = \"0.0.0.0:9200\"\n", kept.join("\n")));
+        let checked = load(&Overrides::default()).unwrap().check().unwrap();
+        assert!(checked.peers.is_empty() && !checked.config.init);
+
+        // init: the file, the environment, the flag.
+        jail_files(jail, &format!("{FILE}init = true\n"));
+        assert!(load(&Overrides::default()).unwrap().init);
+        jail_files(jail, FILE);
+        jail.set_env("KISEKI_INIT", "true");
+        assert!(load(&Overrides::default()).unwrap().init);
+        jail.set_env("KISEKI_INIT", "false");
+        let flag = Overrides { init: Some(true), ..Overrides::default() };
+        assert!(load(&flag).unwrap().init);
+        assert!(!load(&Overrides::default()).unwrap().init);
+        Ok(())
+    });
+}
+
+#[test]
+fn role_files_come_in_pairs_and_must_exist() {
+    Jail::expect_with(|jail| {
+        jail.create_file("policy.json", "{}").unwrap();
+        jail.create_file("scope.json", "{}").unwrap();
+        for (lines, needle) in [
+            (
+                "policy_file = \"policy.json\"\n",
+                "scope_file (KISEKI_SCOPE_FILE): policy_file is given",
+            ),
+            (
+                "scope_file = \"scope.json\"\n",
+                "policy_file (KISEKI_POLICY_FILE): scope_file is given",
+            ),
+            (
+                "policy_file = \"policy.json\"\nscope_file = \"absent.json\"\n",
+                "scope_file (KISEKI_SCOPE_FILE): absent.json: no such file",
+            ),
+        ] {
+            jail_files(jail, &format!("{FILE}{lines}"));
+            let text = error_text(load(&Overrides::default()).and_then(NodeConfig::check));
+            assert!(text.contains(needle), "{lines}: {text}");
+        }
+        jail_files(
+            jail,
+            &format!("{FILE}policy_file = \"policy.json\"\nscope_file = \"scope.json\"\n"),
+        );
+        let checked = load(&Overrides::default()).unwrap().check().unwrap();
+        assert_eq!(checked.config.scope_file.as_deref(), Some(Path::new("scope.json")));
+        Ok(())
+    });
 }

@@ -23,10 +23,10 @@
 //! device that is not the one the manifest names. Nothing secret is printed: private keys
 //! exist only in their 0600 files.
 
-use std::fs::{self, DirBuilder, File, TryLockError};
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiseki_engine::DeviceIds;
@@ -40,8 +40,9 @@ use serde::{Deserialize, Serialize};
 
 use super::DevError;
 use crate::constants::{
-    DEV_CORES_MAX, DEV_MANIFEST_BYTES_MAX, DEV_SHARD_BYTES_MIN, DEV_TENANT_ORG,
+    DEV_TENANT_ORG, NODE_CORES_MAX, NODE_MANIFEST_BYTES_MAX, NODE_SHARD_BYTES_MIN,
 };
+use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
 
 /// What the manifest says it is: a dev node's, in this version of its format.
 const MANIFEST_KIND: &str = "kiseki-dev-node";
@@ -129,11 +130,11 @@ impl Layout {
     }
 
     pub fn manifest(&self) -> PathBuf {
-        self.root.join("meta/node.json")
+        self.root.join(MANIFEST_FILE)
     }
 
     fn lock(&self) -> PathBuf {
-        self.root.join("meta/lock")
+        self.root.join(LOCK_FILE)
     }
 
     pub fn ca_dir(&self) -> PathBuf {
@@ -321,18 +322,10 @@ fn inspect(layout: &Layout) -> Result<Found, DevError> {
 /// Takes the data dir's lock, or says which process-independent fact refuses it.
 fn lock(layout: &Layout) -> Result<File, DevError> {
     let path = layout.lock();
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| DevError::Io { path: path.clone(), source })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(DevError::InUse { path: layout.root().to_owned() }),
-        Err(TryLockError::Error(source)) => Err(DevError::Io { path, source }),
-    }
+    lock_data_dir(&path).map_err(|error| match error {
+        LockError::InUse => DevError::InUse { path: layout.root().to_owned() },
+        LockError::Io(source) => DevError::Io { path, source },
+    })
 }
 
 fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
@@ -340,16 +333,30 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
     let bad = |reason: String| DevError::Manifest { path: path.clone(), reason };
     let file = File::open(&path).map_err(|source| DevError::Io { path: path.clone(), source })?;
     let mut bytes = Vec::new();
-    file.take(DEV_MANIFEST_BYTES_MAX + 1)
+    file.take(NODE_MANIFEST_BYTES_MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| DevError::Io { path: path.clone(), source })?;
-    if bytes.len() as u64 > DEV_MANIFEST_BYTES_MAX {
-        return Err(bad(format!("larger than {DEV_MANIFEST_BYTES_MAX} bytes")));
+    if bytes.len() as u64 > NODE_MANIFEST_BYTES_MAX {
+        return Err(bad(format!("larger than {NODE_MANIFEST_BYTES_MAX} bytes")));
     }
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if manifest.kind != MANIFEST_KIND {
-        return Err(bad(format!("it describes a {:?}, not a dev node", manifest.kind)));
+    // The kind first: a configured node's manifest has other fields.
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    match value.get("kind").and_then(serde_json::Value::as_str) {
+        Some(MANIFEST_KIND) => {}
+        Some("kiseki-node") => {
+            return Err(bad(
+                "it is the data dir of a node run from a configuration: start it with \
+                 `kiseki-server run --config`, or give dev another --data-dir"
+                    .to_owned(),
+            ));
+        }
+        kind => {
+            let kind = kind.map_or_else(|| "nothing".to_owned(), |kind| format!("{kind:?}"));
+            return Err(bad(format!("it describes a {kind}, not a dev node")));
+        }
     }
+    let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     if manifest.version != MANIFEST_VERSION {
         return Err(bad(format!(
             "format version {} (this build reads version {MANIFEST_VERSION})",
@@ -367,12 +374,12 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
     }
     // Bounded as a first start bounds them, so a damaged manifest cannot start a million
     // reactors or cut the device into shards too small to open.
-    if manifest.shards == 0 || manifest.shards > DEV_CORES_MAX {
-        return Err(bad(format!("{} shards (1 to {DEV_CORES_MAX})", manifest.shards)));
+    if manifest.shards == 0 || manifest.shards > NODE_CORES_MAX {
+        return Err(bad(format!("{} shards (1 to {NODE_CORES_MAX})", manifest.shards)));
     }
-    if region_bytes(manifest.device_size_bytes, manifest.shards) < DEV_SHARD_BYTES_MIN {
+    if region_bytes(manifest.device_size_bytes, manifest.shards) < NODE_SHARD_BYTES_MIN {
         return Err(bad(format!(
-            "a {}-byte device leaves under {DEV_SHARD_BYTES_MIN} bytes to each of {} shards",
+            "a {}-byte device leaves under {NODE_SHARD_BYTES_MIN} bytes to each of {} shards",
             manifest.device_size_bytes, manifest.shards
         )));
     }
@@ -492,23 +499,7 @@ fn kes_identity(path: &Path) -> Result<String, DevError> {
 
 /// 16 random bytes from the kernel, as 32 hex digits.
 fn random_id() -> Result<String, DevError> {
-    let path = Path::new("/dev/urandom");
-    let mut bytes = [0u8; 16];
-    File::open(path)
-        .and_then(|mut urandom| urandom.read_exact(&mut bytes))
-        .map_err(|source| DevError::Io { path: path.to_owned(), source })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn parse_id(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (index, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).ok()?;
-    }
-    Some(id)
+    node::random_id().map_err(|source| DevError::Io { path: "/dev/urandom".into(), source })
 }
 
 fn private_dir(path: &Path) -> Result<(), DevError> {
@@ -528,17 +519,6 @@ fn set_private(path: &Path) -> Result<(), DevError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_round_trip_through_hex_and_bad_ones_are_refused() {
-        let hex = random_id().unwrap();
-        let id = parse_id(&hex).unwrap();
-        assert_eq!(id.iter().map(|b| format!("{b:02x}")).collect::<String>(), hex);
-        assert_ne!(random_id().unwrap(), hex, "random ids differ");
-        assert!(parse_id(&hex[..30]).is_none());
-        assert!(parse_id(&"g".repeat(32)).is_none());
-        assert!(parse_id(&"é".repeat(16)).is_none());
-    }
 
     #[test]
     fn a_stray_directory_is_foreign_and_ours_without_a_manifest_is_half_made() {
@@ -613,6 +593,7 @@ mod tests {
         let cases = [
             (Manifest { version: 2, ..good.clone() }, "format version 2"),
             (Manifest { kind: "other".into(), ..good.clone() }, "not a dev node"),
+            (Manifest { kind: "kiseki-node".into(), ..good.clone() }, "kiseki-server run"),
             (Manifest { cluster_id: "00".into(), ..good.clone() }, "cluster_id"),
             (Manifest { shards: 0, ..good.clone() }, "0 shards"),
             (Manifest { shards: 1 << 20, ..good.clone() }, "1048576 shards"),
@@ -625,7 +606,7 @@ mod tests {
         }
         fs::write(layout.manifest(), b"{\"kind\": 1}").unwrap();
         assert!(matches!(load_manifest(&layout), Err(DevError::Manifest { .. })));
-        fs::write(layout.manifest(), vec![b' '; DEV_MANIFEST_BYTES_MAX as usize + 1]).unwrap();
+        fs::write(layout.manifest(), vec![b' '; NODE_MANIFEST_BYTES_MAX as usize + 1]).unwrap();
         let error = load_manifest(&layout).unwrap_err().to_string();
         assert!(error.contains("larger than"), "{error}");
     }
