@@ -17,10 +17,12 @@
 //!
 //! What it does not do: make or check a data dir, a device or certificates (its callers do:
 //! `dev` on its generated layout, `run` from a configuration), create tenants or print
-//! secrets (`dev` does that for its dev tenant), or move object chunks between nodes. Objects
-//! are sealed into this node's engine only, in a cluster too; a replicated chunk backend plugs
-//! in where [`front`] builds the `ObjectStore` (`front::object_store`), with the cluster's
-//! members from [`MetadataSpec`].
+//! secrets (`dev` does that for its dev tenant), repair or rebalance replicas.
+//!
+//! Where objects keep their chunks: a single node in its own engine; a cluster member in
+//! the members' chunk services through the fabric ([`replicated_chunks`]: every member,
+//! this one included, R = min(3, members), W = a majority of R), so an object a node took
+//! reads while that node is down.
 //!
 //! In a cluster the S3 and gRPC front ends propose and read through this node's member of the
 //! metadata group: they answer on the group's leader, and on a follower they answer
@@ -53,11 +55,16 @@ use kiseki_engine::constants::CHUNK_SIZE_MAX_BYTES;
 use kiseki_engine::store_file::{self, FileStore, FormatPolicy, StoreFileError};
 use kiseki_engine::{Engine, EngineError};
 use kiseki_fabric::constants::TENANT_REFS_MAX_DEFAULT;
-use kiseki_fabric::{ChunkService, ConnectionStats, ServerStartError, TcpServer, TcpServerConfig};
+use kiseki_fabric::{
+    BreakerConfig, ChunkClient, ChunkService, ConnectionStats, Endpoint, FabricSelector,
+    ReplicationConfig, Replicator, ServerStartError, TcpConfig, TcpServer, TcpServerConfig,
+    TcpTransport,
+};
 use kiseki_security::authz::{Authorizer, RoleFiles};
 use kiseki_security::{CrlPoller, PkiError, TlsContext};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::chunks::{Chunks, ReplicatedChunks};
 use crate::constants::{
     NODE_CORES_MAX, NODE_DEVICE_BUFFERS, NODE_DEVICE_QUEUE_DEPTH, NODE_SHARD_BYTES_MIN,
 };
@@ -324,6 +331,33 @@ impl Node {
     }
 }
 
+/// A cluster member's chunk backend: every member's chunk service (this node's included,
+/// through its own fabric listener, as any client reaches it), R = min(3, members) replicas,
+/// W = a majority of R (`ReplicationConfig::default`). Each member is named `node-<id>`
+/// (placement keys on it, so ids, not addresses, decide where chunks live) and its
+/// certificate is checked against the IP of its fabric address: node certificates name
+/// their IPs (`kiseki-server cert issue --san`).
+fn replicated_chunks(member: &MemberSpec, tls: &TlsContext) -> Result<ReplicatedChunks, NodeError> {
+    let endpoint = |id: u64, addr: SocketAddr| Endpoint {
+        node: format!("node-{id}"),
+        addr,
+        server_name: addr.ip().to_string(),
+    };
+    let nodes: Vec<Endpoint> = std::iter::once(endpoint(member.node_id, member.advertise))
+        .chain(member.peers.iter().map(|(&id, &addr)| endpoint(id, addr)))
+        .collect();
+    let failed = |error: &dyn fmt::Display| NodeError::Metadata {
+        reason: format!("chunk replication: {error}"),
+    };
+    let transport = TcpTransport::new(tls, TcpConfig::default()).map_err(|e| failed(&e))?;
+    let selector = FabricSelector::new(Arc::new(transport), BreakerConfig::default())
+        .map_err(|e| failed(&e))?;
+    let client = ChunkClient::new(Arc::new(selector));
+    let replicator =
+        Replicator::new(client, ReplicationConfig::default()).map_err(|e| failed(&e))?;
+    ReplicatedChunks::new(replicator, nodes).map_err(|e| failed(&e))
+}
+
 async fn start_parts(spec: NodeSpec, engine: &Engine) -> Result<Parts, NodeError> {
     // Handlers first: a signal from here on stops the node cleanly instead of killing it.
     let interrupt = signal(SignalKind::interrupt()).map_err(NodeError::Runtime)?;
@@ -346,10 +380,22 @@ async fn start_parts(spec: NodeSpec, engine: &Engine) -> Result<Parts, NodeError
             return Err(error);
         }
     };
+    let chunks = match &spec.metadata {
+        MetadataSpec::Single => Chunks::Local(engine.handle()),
+        MetadataSpec::Member(member) => match replicated_chunks(member, &spec.tls) {
+            Ok(chunks) => Chunks::Replicated(chunks),
+            Err(error) => {
+                fabric.shutdown().await;
+                let _ = metadata.shutdown().await;
+                return Err(error);
+            }
+        },
+    };
     let front_spec = front::FrontSpec {
         meta: &spec.meta_dir,
         group: Arc::clone(metadata.group()),
         engine: engine.handle(),
+        chunks,
         tls: &spec.tls,
         s3,
         grpc,

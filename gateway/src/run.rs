@@ -26,8 +26,8 @@
 //!
 //! What it does not do: create tenants or S3 keys, or print a secret (the `tenant` and
 //! `s3-credentials create` admin subcommands make them, with the node stopped); forward a
-//! follower's S3 or gRPC requests to the leader; replicate object chunks (each node seals
-//! objects into its own engine; a replicated chunk backend will be plugged into the runner).
+//! follower's S3 or gRPC requests to the leader. (Object chunks are replicated in a cluster:
+//! `crate::node` gives the object layer the members' chunk services, `crate::chunks`.)
 //!
 //! Exit codes (`crate::cli`): 2 when the configuration cannot work ([`RunError::is_usage`]),
 //! 1 for the rest, 0 after a clean stop.

@@ -541,9 +541,10 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
                print(s3.get_object(Bucket='shared', Key='big')['Body'].read() == body)";
     assert_eq!(boto3(at(leader, &nodes, "S3:"), key, &pki.ca_cert(), put).trim(), "True");
 
-    // The leader stops; the other two elect one of them, which serves the metadata made
-    // through the old one: the tenant, the key, the bucket. (Not the object's body: its
-    // chunks are in the stopped node's engine until chunks are replicated.)
+    // The leader stops; the other two elect one of them, which serves what was made
+    // through the old one: the tenant, the key, the bucket, and the object, whose chunks
+    // the old leader replicated to every member (R = 3, W = 2) and which now reads from
+    // the two left.
     let (status, rest) = nodes[leader].take().unwrap().terminate();
     assert_eq!(status.code(), Some(0), "{rest}");
     let left: Vec<usize> = (0..3).filter(|&index| nodes[index].is_some()).collect();
@@ -553,6 +554,12 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
     assert!(tenants.contains(&made[0]), "{tenants:?} lacks {made:?}");
     let list = "print([b['Name'] for b in s3.list_buckets()['Buckets']])";
     assert_eq!(boto3(at(next, &nodes, "S3:"), key, &pki.ca_cert(), list).trim(), "['shared']");
+    let read = "print(s3.get_object(Bucket='shared', Key='big')['Body'].read() == body)";
+    assert_eq!(boto3(at(next, &nodes, "S3:"), key, &pki.ca_cert(), read).trim(), "True");
+    // And a new object is written with one member down: two replicas make its quorum.
+    let again = "s3.put_object(Bucket='shared', Key='again', Body=body)\n\
+                 print(s3.get_object(Bucket='shared', Key='again')['Body'].read() == body)";
+    assert_eq!(boto3(at(next, &nodes, "S3:"), key, &pki.ca_cert(), again).trim(), "True");
     for index in left {
         let (status, rest) = nodes[index].take().unwrap().terminate();
         assert_eq!(status.code(), Some(0), "{rest}");

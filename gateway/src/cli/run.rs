@@ -54,8 +54,10 @@ is a member of the cluster's metadata groups, their Raft RPCs over the fabric's 
 fabric_addr (a specific IP and port, named in every node's certificate). Give init on one
 node of a new cluster: it makes the groups' first voters and the cluster's root key
 (data_dir/meta/root.key, 0600); copy that key to every other node's data_dir/meta/ before
-its first start (a member without it is refused). Today the S3 and gRPC front ends answer
-on the group's leader only, and each node keeps the objects it was given in its own engine.
+its first start (a member without it is refused). Object chunks are replicated to the
+members' engines (3 copies, or one per member if fewer; a write waits for a majority of
+them), so an object reads while a member is down. Today the S3 and gRPC front ends answer
+on the group's leader only.
 
 No tenant or S3 key is made or printed. On a single node, with it stopped: `kiseki-server
 keys init --data-dir DIR` makes the root key and master key (the node also makes them on its

@@ -38,6 +38,7 @@ use kiseki_security::keymanager::{
 
 use super::{NodeError, RootKey};
 use crate::audit::{AuditAccess, AuditConfig, AuditSink, AuditedAuth};
+use crate::chunks::Chunks;
 use crate::constants::NODE_MASTER_KEY_RETRY;
 use crate::grpc::{GrpcFront, GrpcServer};
 use crate::objects::{ObjectConfig, ObjectStore};
@@ -61,6 +62,8 @@ pub(super) struct FrontSpec<'a> {
     pub meta: &'a Path,
     pub group: Arc<MetadataGroup>,
     pub engine: EngineHandle,
+    /// Where objects keep their chunks: `engine` alone, or replicas over the fabric.
+    pub chunks: Chunks,
     pub tls: &'a TlsContext,
     pub s3: std::net::TcpListener,
     pub grpc: std::net::TcpListener,
@@ -135,15 +138,15 @@ fn metadata(reason: String) -> NodeError {
     NodeError::Metadata { reason }
 }
 
-/// Builds the node's object layer: chunks sealed into this node's engine, manifests in
-/// `group`. The one place it is made: a replicated chunk backend is given to it here.
+/// Builds the node's object layer: chunks sealed at this node and kept in `chunks`,
+/// manifests in `group`. The one place it is made.
 fn object_store(
     group: &Arc<MetadataGroup>,
-    engine: EngineHandle,
+    chunks: Chunks,
     keys: &Arc<Mutex<Keys>>,
     config: ObjectConfig,
 ) -> Objects {
-    ObjectStore::new(Arc::clone(group), engine, Arc::clone(keys), config)
+    ObjectStore::with_chunks(Arc::clone(group), chunks, Arc::clone(keys), config)
 }
 
 /// Starts the key manager, the object layer, the audit writer, the S3 and gRPC front ends
@@ -200,7 +203,7 @@ async fn start_servers(
     store: ConsensusKeyStore,
     keys: &Arc<Mutex<Keys>>,
 ) -> Result<Front, NodeError> {
-    let objects = Arc::new(object_store(&spec.group, spec.engine.clone(), keys, spec.objects));
+    let objects = Arc::new(object_store(&spec.group, spec.chunks.clone(), keys, spec.objects));
     let (audit, audit_writer) =
         AuditSink::start(Box::new(root()?), store.clone(), AuditConfig::default());
     let credentials = Arc::new(S3Credentials::new(Arc::clone(&spec.group), Arc::clone(keys)));
