@@ -544,6 +544,29 @@ pub(crate) fn parse_id(hex: &str) -> Option<[u8; 16]> {
     Some(id)
 }
 
+/// What a loaded node manifest (dev's or run's) must hold whatever its kind: every id 32 hex
+/// digits, and the shards a first start could have made (so a damaged manifest cannot start
+/// a million reactors or cut the device into shards too small to open). `Err` says which.
+pub(crate) fn check_manifest(
+    ids: &[(&str, &str)],
+    device_size_bytes: u64,
+    shards: usize,
+) -> Result<(), String> {
+    if let Some((field, _)) = ids.iter().find(|(_, value)| parse_id(value).is_none()) {
+        return Err(format!("{field} is not 32 hex digits"));
+    }
+    if shards == 0 || shards > NODE_CORES_MAX {
+        return Err(format!("{shards} shards (1 to {NODE_CORES_MAX})"));
+    }
+    if store_file::region_bytes(device_size_bytes, shards) < NODE_SHARD_BYTES_MIN {
+        return Err(format!(
+            "a {device_size_bytes}-byte device leaves under {NODE_SHARD_BYTES_MIN} bytes to \
+             each of {shards} shards"
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

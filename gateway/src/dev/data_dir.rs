@@ -30,7 +30,6 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiseki_engine::DeviceIds;
-use kiseki_engine::store_file::region_bytes;
 use kiseki_security::constants::{CA_VALIDITY_DEFAULT_DAYS, LEAF_VALIDITY_DEFAULT_DAYS};
 use kiseki_security::{
     CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, CertificateAuthority, IssueRequest, KesIdentity, OrgId,
@@ -39,9 +38,7 @@ use kiseki_security::{
 use serde::{Deserialize, Serialize};
 
 use super::DevError;
-use crate::constants::{
-    DEV_TENANT_ORG, NODE_CORES_MAX, NODE_MANIFEST_BYTES_MAX, NODE_SHARD_BYTES_MIN,
-};
+use crate::constants::{DEV_TENANT_ORG, NODE_MANIFEST_BYTES_MAX};
 use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
 
 /// What the manifest says it is: a dev node's, in this version of its format.
@@ -363,26 +360,16 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
             manifest.version
         )));
     }
-    for (field, value) in [
-        ("cluster_id", &manifest.cluster_id),
-        ("node_id", &manifest.node_id),
-        ("device_id", &manifest.device_id),
-    ] {
-        if parse_id(value).is_none() {
-            return Err(bad(format!("{field} is not 32 hex digits")));
-        }
-    }
-    // Bounded as a first start bounds them, so a damaged manifest cannot start a million
-    // reactors or cut the device into shards too small to open.
-    if manifest.shards == 0 || manifest.shards > NODE_CORES_MAX {
-        return Err(bad(format!("{} shards (1 to {NODE_CORES_MAX})", manifest.shards)));
-    }
-    if region_bytes(manifest.device_size_bytes, manifest.shards) < NODE_SHARD_BYTES_MIN {
-        return Err(bad(format!(
-            "a {}-byte device leaves under {NODE_SHARD_BYTES_MIN} bytes to each of {} shards",
-            manifest.device_size_bytes, manifest.shards
-        )));
-    }
+    node::check_manifest(
+        &[
+            ("cluster_id", &manifest.cluster_id),
+            ("node_id", &manifest.node_id),
+            ("device_id", &manifest.device_id),
+        ],
+        manifest.device_size_bytes,
+        manifest.shards,
+    )
+    .map_err(bad)?;
     Ok(manifest)
 }
 

@@ -27,13 +27,12 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kiseki_engine::DeviceIds;
-use kiseki_engine::store_file::region_bytes;
 use kiseki_security::replace_file_atomically;
 use serde::{Deserialize, Serialize};
 
 use super::RunError;
-use crate::constants::{NODE_CORES_MAX, NODE_MANIFEST_BYTES_MAX, NODE_SHARD_BYTES_MIN};
-use crate::node::{LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
+use crate::constants::NODE_MANIFEST_BYTES_MAX;
+use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
 
 /// What the manifest says it is: a configured node's, in this version of its format.
 const MANIFEST_KIND: &str = "kiseki-node";
@@ -184,26 +183,16 @@ fn load_manifest(path: &Path, file: File) -> Result<Manifest, RunError> {
             manifest.version
         )));
     }
-    for (field, value) in [
-        ("cluster_id", &manifest.cluster_id),
-        ("device_node_id", &manifest.device_node_id),
-        ("device_id", &manifest.device_id),
-    ] {
-        if parse_id(value).is_none() {
-            return Err(bad(format!("{field} is not 32 hex digits")));
-        }
-    }
-    // Bounded as a first start bounds them, so a damaged manifest cannot start a million
-    // reactors or cut the device into shards too small to open.
-    if manifest.shards == 0 || manifest.shards > NODE_CORES_MAX {
-        return Err(bad(format!("{} shards (1 to {NODE_CORES_MAX})", manifest.shards)));
-    }
-    if region_bytes(manifest.device_size_bytes, manifest.shards) < NODE_SHARD_BYTES_MIN {
-        return Err(bad(format!(
-            "a {}-byte device leaves under {NODE_SHARD_BYTES_MIN} bytes to each of {} shards",
-            manifest.device_size_bytes, manifest.shards
-        )));
-    }
+    node::check_manifest(
+        &[
+            ("cluster_id", &manifest.cluster_id),
+            ("device_node_id", &manifest.device_node_id),
+            ("device_id", &manifest.device_id),
+        ],
+        manifest.device_size_bytes,
+        manifest.shards,
+    )
+    .map_err(bad)?;
     Ok(manifest)
 }
 
