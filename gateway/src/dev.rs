@@ -34,7 +34,6 @@ use std::path::PathBuf;
 
 use kiseki_engine::store_file::{self, FileStore, FormatPolicy, StoreFileError};
 use kiseki_engine::{Engine, EngineError};
-use kiseki_fabric::ServerStartError;
 use kiseki_security::{PkiError, TlsBuilder, TlsContext};
 
 use crate::constants::{
@@ -84,16 +83,9 @@ pub struct DevConfig {
 pub enum DevError {
     /// A flag's value cannot work, alone or with the data dir.
     Usage(String),
-    /// An address cannot be listened on (in use, not ours, no permission); `flag` names it.
-    Listen {
-        flag: &'static str,
-        addr: SocketAddr,
-        source: io::Error,
-    },
-    /// The metadata group, the key manager or the S3 front end did not start.
-    Metadata {
-        reason: String,
-    },
+    /// The node runner failed: a listener (named by its flag), the engine, the fabric, the
+    /// metadata, the key manager or a front end, the runtime, or writing the output.
+    Node(NodeError),
     /// Another process uses the data dir.
     InUse {
         path: PathBuf,
@@ -130,17 +122,6 @@ pub enum DevError {
     Pki(PkiError),
     /// Creating the device file failed.
     Store(StoreFileError),
-    /// The engine did not start, or did not stop cleanly.
-    Engine {
-        device: PathBuf,
-        source: EngineError,
-    },
-    /// The fabric server did not start.
-    Fabric(ServerStartError),
-    /// The async runtime or a signal handler failed.
-    Runtime(io::Error),
-    /// Writing to the output failed.
-    Output(io::Error),
 }
 
 /// What a start found or made, for the summary.
@@ -154,7 +135,7 @@ struct Started {
 /// Runs a dev node until SIGINT or SIGTERM; see the module's notes.
 pub fn run(config: &DevConfig, output: &mut Output<'_>) -> Result<(), DevError> {
     let fabric = node::bind("--fabric-addr", config.fabric_addr)?;
-    let fabric_addr = fabric.local_addr().map_err(DevError::Runtime)?;
+    let fabric_addr = fabric.local_addr().map_err(|e| DevError::Node(NodeError::Runtime(e)))?;
     let admin = node::bind("--admin-addr", config.admin_addr)?;
     let s3 = node::bind("--s3-addr", config.s3_addr)?;
     let grpc = node::bind("--grpc-addr", config.grpc_addr)?;
@@ -381,11 +362,12 @@ fn summary(
             "kiseki.data.v1.DataService/ListBuckets",
         ),
     ];
-    node::warn_mlock_failures(node.mlock_failures(), out).map_err(DevError::Output)?;
+    let output = |error| DevError::Node(NodeError::Output(error));
+    node::warn_mlock_failures(node.mlock_failures(), out).map_err(output)?;
     for line in lines {
-        writeln!(out, "{line}").map_err(DevError::Output)?;
+        writeln!(out, "{line}").map_err(output)?;
     }
-    out.flush().map_err(DevError::Output)
+    out.flush().map_err(output)
 }
 
 fn grpcurl_command(
@@ -439,7 +421,7 @@ fn engine_error(dir: &DataDir, source: EngineError) -> DevError {
                 node::hex(&expected)
             ),
         },
-        source => DevError::Engine { device, source },
+        source => DevError::Node(NodeError::Engine { device, source }),
     }
 }
 
@@ -454,19 +436,7 @@ impl fmt::Display for DevError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DevError::Usage(message) => f.write_str(message),
-            DevError::Listen { flag, addr, source }
-                if source.kind() == io::ErrorKind::AddrInUse =>
-            {
-                write!(
-                    f,
-                    "{flag} {addr}: the address is in use (another kiseki-server?); stop it or \
-                     give another {flag}"
-                )
-            }
-            DevError::Listen { flag, addr, source } => {
-                write!(f, "{flag} {addr}: cannot listen there: {source}")
-            }
-            DevError::Metadata { reason } => write!(f, "metadata, keys or S3: {reason}"),
+            DevError::Node(error) => write!(f, "{error}"),
             DevError::InUse { path } => write!(
                 f,
                 "{} is in use by another kiseki-server (it holds meta/lock); stop it or give \
@@ -504,12 +474,6 @@ impl fmt::Display for DevError {
             DevError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             DevError::Pki(error) => write!(f, "{error}"),
             DevError::Store(error) => write!(f, "creating the device file: {error}"),
-            DevError::Engine { device, source } => {
-                write!(f, "the engine on {}: {source}", device.display())
-            }
-            DevError::Fabric(error) => write!(f, "the fabric server: {error}"),
-            DevError::Runtime(error) => write!(f, "runtime: {error}"),
-            DevError::Output(error) => write!(f, "cannot write output: {error}"),
         }
     }
 }
@@ -517,34 +481,20 @@ impl fmt::Display for DevError {
 impl std::error::Error for DevError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            DevError::Listen { source, .. } | DevError::Io { source, .. } => Some(source),
+            DevError::Io { source, .. } => Some(source),
+            DevError::Node(error) => Some(error),
             DevError::Pki(error) => Some(error),
             DevError::Store(error) => Some(error),
-            DevError::Engine { source, .. } => Some(source),
-            DevError::Fabric(error) => Some(error),
-            DevError::Runtime(error) | DevError::Output(error) => Some(error),
             _ => None,
         }
     }
 }
 
 impl From<NodeError> for DevError {
-    /// The runner's errors as dev has always worded them (`what` is a flag here).
     fn from(error: NodeError) -> DevError {
         match error {
-            NodeError::Listen { what, addr, source } => {
-                DevError::Listen { flag: what, addr, source }
-            }
-            NodeError::Metadata { reason } => DevError::Metadata { reason },
-            error @ NodeError::RootKeyMissing { .. } => {
-                DevError::Metadata { reason: error.to_string() }
-            }
-            NodeError::Io { path, source } => DevError::Io { path, source },
             NodeError::Tls(error) => DevError::Pki(error),
-            NodeError::Engine { device, source } => DevError::Engine { device, source },
-            NodeError::Fabric(error) => DevError::Fabric(error),
-            NodeError::Runtime(error) => DevError::Runtime(error),
-            NodeError::Output(error) => DevError::Output(error),
+            error => DevError::Node(error),
         }
     }
 }

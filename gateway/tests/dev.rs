@@ -3,8 +3,10 @@
 //! stopped with SIGTERM and started again; and every refusal it promises, each checked to
 //! leave nothing behind or nothing changed.
 
+mod process;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use kiseki_security::{
     CertificateAuthority, ChunkId, Dek, Envelope, IssueRequest, MasterKey, OrgId, Role, SealParams,
     TlsBuilder, TlsPaths, Validity,
 };
+
+use process::{lines_of, wait};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kiseki-server");
 
@@ -76,7 +80,7 @@ impl Node {
     fn terminate(mut self) -> (ExitStatus, String) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let status = wait(&mut self.child);
+        let status = wait(&mut self.child, PROCESS_TIMEOUT);
         // The pipe closed with the process: the reader thread ends after its last line.
         let mut rest = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(PROCESS_TIMEOUT) {
@@ -104,7 +108,7 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait(&mut child);
+    let status = wait(&mut child, PROCESS_TIMEOUT);
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     (status, err)
@@ -162,34 +166,6 @@ fn grpc_as_tenant(printed: &str, dir: &Path) {
         let denied = admin.status(StatusRequest {}).await.unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     });
-}
-
-fn wait(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kiseki-server did not exit within {PROCESS_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Lines of a pipe, read on a thread so a silent process cannot block the test.
-fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
 }
 
 fn path(path: &Path) -> &str {

@@ -5,9 +5,11 @@
 //! catches up; a fourth node joins and a voter leaves while writes go on, none failing; every
 //! node then stops on SIGTERM with exit code 0.
 
+mod process;
+
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -26,6 +28,8 @@ use kiseki_security::{
     CA_CERT_FILE, CRL_FILE, CertificateAuthority, IssueRequest, Role, SubjectAltName, TlsBuilder,
     TlsPaths, Validity,
 };
+
+use process::{lines_of, wait};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kiseki-server");
 
@@ -140,14 +144,8 @@ impl Node {
     fn terminate(mut self) -> (ExitStatus, String) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "node {} ignored SIGTERM", self.id);
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait(&mut self.child, PROCESS_TIMEOUT);
+        assert!(status.code().is_some(), "node {} ended by a signal: {status}", self.id);
         // The pipe closed with the process: the reader ends after the last line.
         let mut rest = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(PROCESS_TIMEOUT) {
@@ -162,19 +160,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
 }
 
 /// Free loopback ports, picked by binding and letting go.

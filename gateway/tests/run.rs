@@ -6,15 +6,19 @@
 //! device, a store it has no record of, a changed shard count, a missing certificate, a port
 //! in use), and three nodes whose metadata groups span them.
 
+mod process;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use process::{lines_of, wait};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kiseki-server");
 
@@ -78,7 +82,7 @@ impl Node {
     fn terminate(mut self) -> (ExitStatus, String) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let status = wait(&mut self.child);
+        let status = wait(&mut self.child, PROCESS_TIMEOUT);
         let mut rest: Vec<String> = self.lines.iter().collect();
         rest.extend(self.errors.try_iter());
         (status, rest.join("\n"))
@@ -110,7 +114,7 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
     let mut child = command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let out = lines_of(child.stdout.take().unwrap());
     let err = lines_of(child.stderr.take().unwrap());
-    let status = wait(&mut child);
+    let status = wait(&mut child, PROCESS_TIMEOUT);
     let join = |lines: mpsc::Receiver<String>| lines.iter().collect::<Vec<_>>().join("\n");
     (status, join(out), join(err))
 }
@@ -120,34 +124,6 @@ fn ok(args: &[&str]) -> String {
     let (status, out, err) = run_to_exit(args);
     assert!(status.success(), "{args:?}: {status}\n{out}\n{err}");
     out
-}
-
-fn wait(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kiseki-server did not exit within {PROCESS_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Lines of a pipe, read on a thread so a silent process cannot block the test.
-fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
 }
 
 fn path(path: &Path) -> &str {
@@ -217,7 +193,8 @@ fn boto3(endpoint: SocketAddr, key: (&str, &str), ca: &Path, ops: &str) -> Strin
         "import boto3, random, sys\nfrom botocore.config import Config\n\
          s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], \
          aws_secret_access_key=sys.argv[3], region_name='us-east-1', verify=sys.argv[4], \
-         config=Config(s3={{'addressing_style': 'path'}}, retries={{'max_attempts': 1}}))\n\
+         config=Config(s3={{'addressing_style': 'path'}}, \
+         retries={{'mode': 'standard', 'max_attempts': 10}}))\n\
          random.seed(7)\nbody = random.randbytes(250 * 1024 + 7)\n{ops}"
     );
     let output = Command::new("python3")
@@ -416,6 +393,7 @@ fn leader_of(nodes: &[&Node], voters: u64) -> usize {
 }
 
 /// What the tests ask of a node's gRPC control service.
+#[derive(Clone, Copy)]
 enum Call<'a> {
     CreateTenant(&'a str),
     ListTenants,
@@ -425,6 +403,29 @@ enum Call<'a> {
 
 /// Calls the node's gRPC control service as the certificate in `identity`: the new
 /// tenant's id, the tenants' ids, or the new S3 key and its secret.
+/// As [`control`], for a call that must succeed on a leader: retried while the node answers
+/// UNAVAILABLE (a leader just elected serves once its term's first entry is committed, as a
+/// client retries), up to `PROCESS_TIMEOUT`.
+fn control_on_leader(
+    grpc: SocketAddr,
+    pki: &Pki,
+    identity: &(PathBuf, PathBuf),
+    call: Call<'_>,
+) -> Vec<String> {
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        match control(grpc, pki, identity, call) {
+            Ok(answer) => return answer,
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(status) => panic!("{grpc}: {status:?}"),
+        }
+    }
+}
+
 fn control(
     grpc: SocketAddr,
     pki: &Pki,
@@ -528,13 +529,13 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
     // Through the leader: a tenant (cluster admin), its S3 key (its admin, by the scope
     // file), an object put and read over S3 (the first master key was made by the leader).
     // A follower's front end cannot propose: it answers "unavailable".
-    let made = control(at(leader, &nodes, "gRPC:"), &pki, &ops, Call::CreateTenant("acme"));
-    let made = made.unwrap();
+    let made =
+        control_on_leader(at(leader, &nodes, "gRPC:"), &pki, &ops, Call::CreateTenant("acme"));
     let follower = (leader + 1) % 3;
     let refused = control(at(follower, &nodes, "gRPC:"), &pki, &ops, Call::CreateTenant("globex"));
     assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
-    let key = control(at(leader, &nodes, "gRPC:"), &pki, &acme_admin, Call::CreateS3Key("app"));
-    let key = key.unwrap();
+    let key =
+        control_on_leader(at(leader, &nodes, "gRPC:"), &pki, &acme_admin, Call::CreateS3Key("app"));
     let key = (key[0].as_str(), key[1].as_str());
     let put = "s3.create_bucket(Bucket='shared')\n\
                s3.put_object(Bucket='shared', Key='big', Body=body)\n\
@@ -550,7 +551,7 @@ fn three_run_nodes_share_their_metadata_and_a_new_leader_serves_it() {
     let left: Vec<usize> = (0..3).filter(|&index| nodes[index].is_some()).collect();
     let next =
         left[leader_of(&left.iter().map(|&i| nodes[i].as_ref().unwrap()).collect::<Vec<_>>(), 3)];
-    let tenants = control(at(next, &nodes, "gRPC:"), &pki, &ops, Call::ListTenants).unwrap();
+    let tenants = control_on_leader(at(next, &nodes, "gRPC:"), &pki, &ops, Call::ListTenants);
     assert!(tenants.contains(&made[0]), "{tenants:?} lacks {made:?}");
     let list = "print([b['Name'] for b in s3.list_buckets()['Buckets']])";
     assert_eq!(boto3(at(next, &nodes, "S3:"), key, &pki.ca_cert(), list).trim(), "['shared']");

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::DevError;
 use crate::constants::DEV_TENANT_ORG;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 
 /// The file that names the dev tenant's access key (not secret: the secret is sealed).
 const ACCESS_KEY_FILE: &str = "s3-access-key";
@@ -79,7 +79,7 @@ pub(super) async fn dev_tenant(meta: &Path, node: &Node) -> Result<DevKey, DevEr
 }
 
 fn metadata(reason: String) -> DevError {
-    DevError::Metadata { reason }
+    DevError::Node(NodeError::Metadata { reason })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
