@@ -417,8 +417,8 @@ fn engine_error(dir: &DataDir, source: EngineError) -> DevError {
             reason: format!(
                 "{} belongs to cluster {}, not to this data dir's cluster {}",
                 device.display(),
-                node::hex(&found),
-                node::hex(&expected)
+                crate::hex::encode(&found),
+                crate::hex::encode(&expected)
             ),
         },
         source => DevError::Node(NodeError::Engine { device, source }),

@@ -44,6 +44,7 @@ pub mod constants;
 pub mod dev;
 pub mod grpc;
 mod grpc_tls;
+pub mod hex;
 pub mod jwks_https;
 pub mod keys_grpc;
 pub mod multipart;

@@ -86,7 +86,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             sealed_user_metadata,
         };
         match self.meta.propose(command).await {
-            Ok(_) => Ok(hex(&id)),
+            Ok(_) => Ok(crate::hex::encode(&id)),
             Err(ConsensusError::Rejected(Rejection::NotFound(_))) => {
                 Err(self.absent_bucket(bucket).await)
             }
@@ -341,7 +341,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             let sealed: SealedMeta = serde_json::from_slice(&json)
                 .map_err(|_| ObjectError::Integrity("upload metadata does not parse".to_owned()))?;
             uploads.push(UploadInfo {
-                upload_id: hex(&id.0),
+                upload_id: crate::hex::encode(&id.0),
                 key: record.key,
                 initiated_unix_ms: sealed.modified_unix_ms,
             });
@@ -402,33 +402,11 @@ fn part_number(number: i32) -> Option<u16> {
 /// An ETag as a client quotes it back: 32 hex digits, with or without the quotes.
 pub fn parse_etag(etag: &str) -> Option<[u8; 16]> {
     let etag = etag.trim().trim_matches('"');
-    parse_hex16(etag)
+    crate::hex::decode(etag)
 }
 
 fn parse_upload_id(id: &str) -> Option<UploadId> {
-    parse_hex16(id).map(UploadId)
-}
-
-fn parse_hex16(text: &str) -> Option<[u8; 16]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 32 {
-        return None;
-    }
-    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; 16];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
-
-/// Lowercase hex digits.
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|byte| [HEX[usize::from(byte >> 4)] as char, HEX[usize::from(byte & 15)] as char])
-        .collect()
+    crate::hex::decode(id).map(UploadId)
 }
 
 #[cfg(test)]
@@ -438,10 +416,14 @@ mod tests {
     #[test]
     fn etags_and_upload_ids_parse_back() {
         let bytes = [0xab; 16];
-        assert_eq!(parse_etag(&format!("\"{}\"", hex(&bytes))), Some(bytes));
-        assert_eq!(parse_etag(&hex(&bytes)), Some(bytes));
+        assert_eq!(parse_etag(&format!("\"{}\"", crate::hex::encode(&bytes))), Some(bytes));
+        assert_eq!(parse_etag(&crate::hex::encode(&bytes)), Some(bytes));
         assert_eq!(parse_etag("\"abc\""), None, "too short");
-        assert_eq!(parse_etag(&format!("{}-2", hex(&bytes))), None, "a multipart ETag");
+        assert_eq!(
+            parse_etag(&format!("{}-2", crate::hex::encode(&bytes))),
+            None,
+            "a multipart ETag"
+        );
         assert_eq!(parse_upload_id(&"g".repeat(32)), None, "not hex");
     }
 

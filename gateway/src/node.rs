@@ -66,7 +66,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::chunks::{Chunks, ReplicatedChunks};
 use crate::constants::{
-    NODE_CORES_MAX, NODE_DEVICE_BUFFERS, NODE_DEVICE_QUEUE_DEPTH, NODE_SHARD_BYTES_MIN,
+    NODE_CORES_MAX, NODE_DEVICE_BUFFERS, NODE_DEVICE_QUEUE_DEPTH, NODE_MANIFEST_BYTES_MAX,
+    NODE_SHARD_BYTES_MIN,
 };
 use crate::objects::ObjectConfig;
 use crate::observe::{AdminServer, MeteredHandler, Metrics, Sources};
@@ -529,19 +530,65 @@ pub(crate) fn lock_data_dir(path: &Path) -> Result<File, LockError> {
 pub(crate) fn random_id() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     File::open("/dev/urandom").and_then(|mut urandom| urandom.read_exact(&mut bytes))?;
-    Ok(hex(&bytes))
+    Ok(crate::hex::encode(&bytes))
 }
 
-/// 32 hex digits as 16 bytes.
+/// 32 hex digits as 16 bytes: a node, device or cluster id.
 pub(crate) fn parse_id(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+    crate::hex::decode(hex)
+}
+
+/// The node manifest (`meta/node.json`) a mode reads: `dev`'s or `run`'s.
+pub(crate) struct ManifestKind {
+    /// Its `kind` field.
+    pub kind: &'static str,
+    /// The format version this build reads.
+    pub version: u32,
+    /// What the node is called in a refusal ("dev node").
+    pub what: &'static str,
+    /// The other mode's `kind`, and what to tell whoever points this mode at its data dir.
+    pub other: (&'static str, &'static str),
+}
+
+/// Why a manifest was not read: the file, or what it holds.
+pub(crate) enum ManifestError {
+    Io(io::Error),
+    Bad(String),
+}
+
+/// Reads a manifest of `expected`'s kind from `file`: at most
+/// [`NODE_MANIFEST_BYTES_MAX`] bytes, its `kind` checked before its fields (the other
+/// mode's manifest is named as such), then its version (`version_of`).
+pub(crate) fn read_manifest<T: serde::de::DeserializeOwned>(
+    file: File,
+    expected: &ManifestKind,
+    version_of: impl FnOnce(&T) -> u32,
+) -> Result<T, ManifestError> {
+    let bad = ManifestError::Bad;
+    let mut bytes = Vec::new();
+    file.take(NODE_MANIFEST_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(ManifestError::Io)?;
+    if bytes.len() as u64 > NODE_MANIFEST_BYTES_MAX {
+        return Err(bad(format!("larger than {NODE_MANIFEST_BYTES_MAX} bytes")));
     }
-    let mut id = [0u8; 16];
-    for (index, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).ok()?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    match value.get("kind").and_then(serde_json::Value::as_str) {
+        Some(kind) if kind == expected.kind => {}
+        Some(kind) if kind == expected.other.0 => return Err(bad(expected.other.1.to_owned())),
+        kind => {
+            let kind = kind.map_or_else(|| "nothing".to_owned(), |kind| format!("{kind:?}"));
+            return Err(bad(format!("it describes a {kind}, not a {}", expected.what)));
+        }
     }
-    Some(id)
+    let manifest: T = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let version = version_of(&manifest);
+    if version != expected.version {
+        return Err(bad(format!(
+            "format version {version} (this build reads version {})",
+            expected.version
+        )));
+    }
+    Ok(manifest)
 }
 
 /// What a loaded node manifest (dev's or run's) must hold whatever its kind: every id 32 hex
@@ -565,10 +612,6 @@ pub(crate) fn check_manifest(
         ));
     }
     Ok(())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes a new device file out with zeros (mode 0600), with a progress line on
@@ -669,7 +712,7 @@ mod tests {
     fn ids_round_trip_through_hex_and_bad_ones_are_refused() {
         let hex = random_id().unwrap();
         let id = parse_id(&hex).unwrap();
-        assert_eq!(super::hex(&id), hex);
+        assert_eq!(crate::hex::encode(&id), hex);
         assert_ne!(random_id().unwrap(), hex, "random ids differ");
         assert!(parse_id(&hex[..30]).is_none());
         assert!(parse_id(&"g".repeat(32)).is_none());

@@ -251,7 +251,7 @@ pub struct ObjectStore<S> {
     pub(crate) meta: Arc<MetadataGroup>,
     chunks: Chunks,
     /// One permit per chunk operation in flight; see [`ObjectConfig::engine_ops_max`].
-    engine_slots: tokio::sync::Semaphore,
+    chunk_slots: tokio::sync::Semaphore,
     keys: Arc<Mutex<KeyManager<S>>>,
     config: ObjectConfig,
 }
@@ -288,8 +288,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         config: ObjectConfig,
     ) -> ObjectStore<S> {
         assert!(config.chunk_size_bytes > 0, "chunks hold at least a byte");
-        let engine_slots = tokio::sync::Semaphore::new(config.engine_ops_max.max(1));
-        ObjectStore { meta, chunks, engine_slots, keys, config }
+        let chunk_slots = tokio::sync::Semaphore::new(config.engine_ops_max.max(1));
+        ObjectStore { meta, chunks, chunk_slots, keys, config }
     }
 
     /// Where this store keeps its chunks.
@@ -765,7 +765,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     async fn chunk_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ObjectError> {
         // The semaphore is never closed; a closed one would mean the store is going away.
         let closed = |_| ObjectError::Unavailable("the object store is closing".to_owned());
-        self.engine_slots.acquire().await.map_err(closed)
+        self.chunk_slots.acquire().await.map_err(closed)
     }
 
     pub(crate) async fn release_chunks(&self, manifest: &Manifest) {

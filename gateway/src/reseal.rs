@@ -258,7 +258,7 @@ pub fn load_state(meta: &Path) -> Result<Option<ResealState>, ResealStateError> 
         let reason = format!("version {} (this build reads {STATE_VERSION})", state.version);
         return Err(ResealStateError::Format { path, reason });
     }
-    if state.cursor.as_deref().is_some_and(|hex| parse_id(hex).is_none()) {
+    if state.cursor.as_deref().is_some_and(|hex| crate::hex::decode::<32>(hex).is_none()) {
         return Err(ResealStateError::Format { path, reason: "cursor is not a chunk id".into() });
     }
     Ok(Some(state))
@@ -376,7 +376,11 @@ impl<S: KeyStoreBackend + Send + 'static> Run<S> {
                 Plan::Idle
             }
             Some(state) if state.target_epoch == current => {
-                let cursor = state.cursor.as_deref().and_then(parse_id).map(ChunkId::from_bytes);
+                let cursor = state
+                    .cursor
+                    .as_deref()
+                    .and_then(crate::hex::decode::<32>)
+                    .map(ChunkId::from_bytes);
                 let progress = ResealProgress {
                     examined: state.examined,
                     resealed: state.resealed,
@@ -515,28 +519,13 @@ fn saved_state(before: &ResealState, resealer: &Resealer) -> ResealState {
     ResealState {
         version: STATE_VERSION,
         target_epoch: before.target_epoch,
-        cursor: resealer.cursor().map(|id| hex(id.as_bytes())),
+        cursor: resealer.cursor().map(|id| crate::hex::encode(id.as_bytes())),
         examined: progress.examined,
         resealed: progress.resealed,
         unreadable: progress.unreadable,
         failed: progress.failed,
         done: progress.done,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_id(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut id = [0u8; 32];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(id)
 }
 
 impl fmt::Display for ResealState {
@@ -575,7 +564,7 @@ mod tests {
         let state = ResealState {
             version: STATE_VERSION,
             target_epoch: 3,
-            cursor: Some(hex(&[0xAB; 32])),
+            cursor: Some(crate::hex::encode(&[0xAB; 32])),
             examined: 7,
             resealed: 5,
             unreadable: 1,
@@ -584,7 +573,7 @@ mod tests {
         };
         save_state(dir.path(), &state).unwrap();
         assert_eq!(load_state(dir.path()).unwrap(), Some(state.clone()));
-        assert_eq!(parse_id(state.cursor.as_deref().unwrap()), Some([0xAB; 32]));
+        assert_eq!(crate::hex::decode(state.cursor.as_deref().unwrap()), Some([0xAB; 32]));
         let mode = fs::metadata(dir.path().join(STATE_FILE)).unwrap();
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
         fs::write(dir.path().join(STATE_FILE), r#"{"version":9}"#).unwrap();

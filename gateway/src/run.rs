@@ -195,7 +195,7 @@ fn cluster_id(ca_path: &Path) -> Result<String, RunError> {
         field: "ca_path",
         reason: format!("{}: not an X.509 certificate", ca_path.display()),
     })?;
-    Ok(node::hex(&identity.as_bytes()[..16]))
+    Ok(crate::hex::encode(&identity.as_bytes()[..16]))
 }
 
 fn tls_error(error: &PkiError) -> RunError {
@@ -423,13 +423,13 @@ fn refuse_a_kiseki_device(path: &Path, cluster_id: &str) -> Result<(), RunError>
     match Superblock::decode(&bytes) {
         Err(DecodeError::BadMagic | DecodeError::Truncated { .. }) => Ok(()),
         Ok(superblock) => {
-            let found = node::hex(&superblock.ids.cluster_id);
+            let found = crate::hex::encode(&superblock.ids.cluster_id);
             if found == cluster_id {
                 Err(refused(format!(
                     "it holds a Kiseki store of this cluster (device node {}) that this data \
                      dir has no record of; a first start does not format a store: give the \
                      data_dir it was made with, or wipe its first 4 KiB to reuse it",
-                    node::hex(&superblock.ids.node_id)
+                    crate::hex::encode(&superblock.ids.node_id)
                 )))
             } else {
                 Err(refused(format!(
@@ -482,8 +482,8 @@ fn engine_error(device: &Path, source: EngineError) -> RunError {
             device: device.to_owned(),
             reason: format!(
                 "it belongs to cluster {}, not to this node's cluster {}",
-                node::hex(&found),
-                node::hex(&expected)
+                crate::hex::encode(&found),
+                crate::hex::encode(&expected)
             ),
         },
         source => RunError::Node(NodeError::Engine { device: device.to_owned(), source }),

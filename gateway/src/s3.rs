@@ -88,7 +88,7 @@ pub use crate::constants::{S3_CONNECTIONS_MAX, S3_HEADER_BYTES_MAX, S3_OBJECT_MA
 use crate::constants::{
     S3_HEADER_TIMEOUT_SECS, S3_LIST_PARTS_MAX, S3_LIST_UPLOADS_MAX, S3_PART_MAX_BYTES, S3_PARTS_MAX,
 };
-use crate::multipart::hex;
+use crate::hex::encode as hex;
 use crate::objects::{
     ObjectChecksums, ObjectError, ObjectMeta, ObjectStore, PutOptions, UserMetadata,
 };

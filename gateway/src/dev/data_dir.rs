@@ -24,7 +24,7 @@
 //! exist only in their 0600 files.
 
 use std::fs::{self, DirBuilder, File};
-use std::io::{self, Read};
+use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -38,8 +38,11 @@ use kiseki_security::{
 use serde::{Deserialize, Serialize};
 
 use super::DevError;
-use crate::constants::{DEV_TENANT_ORG, NODE_MANIFEST_BYTES_MAX};
-use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
+use crate::constants::DEV_TENANT_ORG;
+use crate::node::{
+    self, LOCK_FILE, LockError, MANIFEST_FILE, ManifestError, ManifestKind, lock_data_dir,
+    parse_id, read_manifest,
+};
 
 /// What the manifest says it is: a dev node's, in this version of its format.
 const MANIFEST_KIND: &str = "kiseki-dev-node";
@@ -329,37 +332,21 @@ fn load_manifest(layout: &Layout) -> Result<Manifest, DevError> {
     let path = layout.manifest();
     let bad = |reason: String| DevError::Manifest { path: path.clone(), reason };
     let file = File::open(&path).map_err(|source| DevError::Io { path: path.clone(), source })?;
-    let mut bytes = Vec::new();
-    file.take(NODE_MANIFEST_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| DevError::Io { path: path.clone(), source })?;
-    if bytes.len() as u64 > NODE_MANIFEST_BYTES_MAX {
-        return Err(bad(format!("larger than {NODE_MANIFEST_BYTES_MAX} bytes")));
-    }
-    // The kind first: a configured node's manifest has other fields.
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    match value.get("kind").and_then(serde_json::Value::as_str) {
-        Some(MANIFEST_KIND) => {}
-        Some("kiseki-node") => {
-            return Err(bad(
-                "it is the data dir of a node run from a configuration: start it with \
-                 `kiseki-server run --config`, or give dev another --data-dir"
-                    .to_owned(),
-            ));
-        }
-        kind => {
-            let kind = kind.map_or_else(|| "nothing".to_owned(), |kind| format!("{kind:?}"));
-            return Err(bad(format!("it describes a {kind}, not a dev node")));
-        }
-    }
-    let manifest: Manifest = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-    if manifest.version != MANIFEST_VERSION {
-        return Err(bad(format!(
-            "format version {} (this build reads version {MANIFEST_VERSION})",
-            manifest.version
-        )));
-    }
+    let expected = ManifestKind {
+        kind: MANIFEST_KIND,
+        version: MANIFEST_VERSION,
+        what: "dev node",
+        other: (
+            "kiseki-node",
+            "it is the data dir of a node run from a configuration: start it with \
+             `kiseki-server run --config`, or give dev another --data-dir",
+        ),
+    };
+    let manifest: Manifest =
+        read_manifest(file, &expected, |m: &Manifest| m.version).map_err(|error| match error {
+            ManifestError::Io(source) => DevError::Io { path: path.clone(), source },
+            ManifestError::Bad(reason) => bad(reason),
+        })?;
     node::check_manifest(
         &[
             ("cluster_id", &manifest.cluster_id),
@@ -506,6 +493,7 @@ fn set_private(path: &Path) -> Result<(), DevError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::NODE_MANIFEST_BYTES_MAX;
 
     #[test]
     fn a_stray_directory_is_foreign_and_ours_without_a_manifest_is_half_made() {

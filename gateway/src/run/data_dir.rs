@@ -22,7 +22,7 @@
 //! anything secret: the manifest holds ids and paths only.
 
 use std::fs::{self, DirBuilder, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -31,8 +31,10 @@ use kiseki_security::replace_file_atomically;
 use serde::{Deserialize, Serialize};
 
 use super::RunError;
-use crate::constants::NODE_MANIFEST_BYTES_MAX;
-use crate::node::{self, LOCK_FILE, LockError, MANIFEST_FILE, lock_data_dir, parse_id};
+use crate::node::{
+    self, LOCK_FILE, LockError, MANIFEST_FILE, ManifestError, ManifestKind, lock_data_dir,
+    parse_id, read_manifest,
+};
 
 /// What the manifest says it is: a configured node's, in this version of its format.
 const MANIFEST_KIND: &str = "kiseki-node";
@@ -153,36 +155,21 @@ impl Manifest {
 
 fn load_manifest(path: &Path, file: File) -> Result<Manifest, RunError> {
     let bad = |reason: String| RunError::Manifest { path: path.to_owned(), reason };
-    let mut bytes = Vec::new();
-    file.take(NODE_MANIFEST_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| io_error(path, source))?;
-    if bytes.len() as u64 > NODE_MANIFEST_BYTES_MAX {
-        return Err(bad(format!("larger than {NODE_MANIFEST_BYTES_MAX} bytes")));
-    }
-    // The kind first: a dev node's manifest has other fields.
-    let kind: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    match kind.get("kind").and_then(serde_json::Value::as_str) {
-        Some(MANIFEST_KIND) => {}
-        Some("kiseki-dev-node") => {
-            return Err(bad(
-                "it is a dev node's data dir: start it with `kiseki-server dev --data-dir`, or \
-                 give run another data_dir"
-                    .to_owned(),
-            ));
-        }
-        kind => {
-            let kind = kind.map_or_else(|| "nothing".to_owned(), |kind| format!("{kind:?}"));
-            return Err(bad(format!("it describes a {kind}, not a node")));
-        }
-    }
-    let manifest: Manifest = serde_json::from_value(kind).map_err(|e| bad(e.to_string()))?;
-    if manifest.version != MANIFEST_VERSION {
-        return Err(bad(format!(
-            "format version {} (this build reads version {MANIFEST_VERSION})",
-            manifest.version
-        )));
-    }
+    let expected = ManifestKind {
+        kind: MANIFEST_KIND,
+        version: MANIFEST_VERSION,
+        what: "node",
+        other: (
+            "kiseki-dev-node",
+            "it is a dev node's data dir: start it with `kiseki-server dev --data-dir`, or \
+             give run another data_dir",
+        ),
+    };
+    let manifest: Manifest =
+        read_manifest(file, &expected, |m: &Manifest| m.version).map_err(|error| match error {
+            ManifestError::Io(source) => io_error(path, source),
+            ManifestError::Bad(reason) => bad(reason),
+        })?;
     node::check_manifest(
         &[
             ("cluster_id", &manifest.cluster_id),
@@ -215,6 +202,7 @@ fn io_error(path: &Path, source: io::Error) -> RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::NODE_MANIFEST_BYTES_MAX;
 
     fn manifest() -> Manifest {
         let ids = ("11".repeat(16), "22".repeat(16), "33".repeat(16));
