@@ -136,6 +136,12 @@ const _: () = assert!(
     "failover within the 0.6 s the metadata service promises (issue 6)"
 );
 
+/// Longest a log purge waits for an incoming snapshot to be on disk. openraft 0.9 purges the
+/// log behind a snapshot it received while the state machine is still installing it; the
+/// purge waits for the install (see `store/snapshot_mark.rs`), one durable write of at most
+/// `SNAPSHOT_MAX_BYTES`.
+pub const PURGE_WAITS_FOR_SNAPSHOT_MAX: Duration = Duration::from_secs(30);
+
 /// Log entries between snapshots: a snapshot of a metadata shard is cheap next to
 /// replaying 10,000 batches after a restart.
 pub const SNAPSHOT_LOGS_SINCE_LAST_DEFAULT: u64 = 10_000;

@@ -9,6 +9,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::SnapshotMark;
+use crate::constants::PURGE_WAITS_FOR_SNAPSHOT_MAX;
 use crate::state::{decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -20,7 +22,7 @@ pub(crate) const LOG_META: TableDefinition<'static, &'static [u8], &'static [u8]
     TableDefinition::new("raft_log_meta");
 
 const META_VOTE: &[u8] = b"vote";
-const META_PURGED: &[u8] = b"last_purged";
+pub(super) const META_PURGED: &[u8] = b"last_purged";
 const META_COMMITTED: &[u8] = b"committed";
 
 /// A group's log on its node. Clones share the database (the reader openraft asks for is
@@ -28,28 +30,21 @@ const META_COMMITTED: &[u8] = b"committed";
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// How far the durable snapshot reaches, and whether one is incoming: a purge waits
+    /// for an incoming one.
+    snapshot: SnapshotMark,
     /// Set on the readers handed to replication streams: a read whose start was purged
     /// answers nothing (see `try_get_log_entries`).
     replication_reader: bool,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db, replication_reader: false }
-    }
-
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = txn.open_table(LOG_META).map_err(|e| e.to_string())?;
-        let value = table.get(key).map_err(|e| e.to_string())?;
-        match value {
-            None => Ok(None),
-            Some(bytes) => decode(bytes.value()).map(Some).map_err(|e| format!("{e:?}")),
-        }
+    pub(crate) fn new(db: Arc<Database>, snapshot: SnapshotMark) -> LogStore {
+        LogStore { db, snapshot, replication_reader: false }
     }
 
     /// Runs `change` in one write transaction and commits it durably.
-    fn write_durably(
+    pub(super) fn write_durably(
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), redb::Error> {
@@ -60,7 +55,7 @@ impl LogStore {
         Ok(())
     }
 
-    fn append_durably(&self, entries: &[Entry]) -> Result<(), redb::Error> {
+    pub(super) fn append_durably(&self, entries: &[Entry]) -> Result<(), redb::Error> {
         tracing::debug!(
             store = ?Arc::as_ptr(&self.db),
             first = ?entries.first().map(|e| e.get_log_id().index),
@@ -75,6 +70,24 @@ impl LogStore {
             Ok(())
         })
     }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &[u8],
+) -> Result<Option<T>, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = txn.open_table(LOG_META).map_err(|e| e.to_string())?;
+    let value = table.get(key).map_err(|e| e.to_string())?;
+    match value {
+        None => Ok(None),
+        Some(bytes) => decode(bytes.value()).map(Some).map_err(|e| format!("{e:?}")),
+    }
+}
+
+/// The last purged log id on disk.
+pub(super) fn stored_purged(db: &Database) -> Result<Option<LogId>, String> {
+    read_meta(db, META_PURGED)
 }
 
 fn io_error(error: impl std::fmt::Display) -> std::io::Error {
@@ -153,7 +166,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let read = || -> Result<LogState<TypeConfig>, String> {
-            let last_purged_log_id: Option<LogId> = self.read_meta(META_PURGED)?;
+            let last_purged_log_id: Option<LogId> = read_meta(&self.db, META_PURGED)?;
             let txn = self.db.begin_read().map_err(|e| e.to_string())?;
             let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
             let last = match log.last().map_err(|e| e.to_string())? {
@@ -170,7 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        LogStore { db: self.db.clone(), replication_reader: true }
+        LogStore { db: self.db.clone(), snapshot: self.snapshot.clone(), replication_reader: true }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -182,7 +195,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(META_VOTE)
+        read_meta(&self.db, META_VOTE)
             .map_err(|e| StorageError::from(openraft::StorageIOError::read_vote(any(e))))
     }
 
@@ -208,7 +221,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Result<Option<LogId>, String> = self.read_meta(META_COMMITTED);
+        let committed: Result<Option<LogId>, String> = read_meta(&self.db, META_COMMITTED);
         tracing::debug!(store = ?Arc::as_ptr(&self.db), ?committed, "log read committed");
         committed.map_err(|e| StorageError::from(openraft::StorageIOError::read(any(e))))
     }
@@ -248,8 +261,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(|e| StorageError::from(openraft::StorageIOError::write_logs(any(e))))
     }
 
+    /// Purges durably; past the durable snapshot only once no snapshot is incoming (see
+    /// `snapshot_mark.rs`: after an install openraft asks before the snapshot is written).
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(store = ?Arc::as_ptr(&self.db), upto = log_id.index, "log purge");
+        self.snapshot
+            .settled(log_id, PURGE_WAITS_FOR_SNAPSHOT_MAX)
+            .await
+            .map_err(|e| StorageError::from(openraft::StorageIOError::write_logs(any(e))))?;
         self.write_durably(|txn| {
             txn.open_table(LOG_META)?.insert(META_PURGED, encode(&log_id).as_slice())?;
             let mut log = txn.open_table(LOG)?;

@@ -15,6 +15,7 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::SnapshotMark;
 use crate::command::VersionedCommand;
 use crate::constants::SNAPSHOT_MAX_BYTES;
 use crate::error::Rejection;
@@ -58,6 +59,8 @@ pub struct StateMachineStore {
     shards: ShardMap,
     /// Distinguishes snapshots built at the same log id (after a restart, say).
     snapshots_built: Arc<AtomicU64>,
+    /// Moved after each durable snapshot write; the log's purge waits for it.
+    snapshot_mark: SnapshotMark,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,8 +80,14 @@ fn state_error(error: StateError) -> String {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<Database>, shard: ShardId, shards: ShardMap) -> StateMachineStore {
-        StateMachineStore { db, shard, shards, snapshots_built: Arc::new(AtomicU64::new(0)) }
+    pub(crate) fn new(
+        db: Arc<Database>,
+        shard: ShardId,
+        shards: ShardMap,
+        snapshot_mark: SnapshotMark,
+    ) -> StateMachineStore {
+        let snapshots_built = Arc::new(AtomicU64::new(0));
+        StateMachineStore { db, shard, shards, snapshots_built, snapshot_mark }
     }
 
     /// Applies one command of a batch: its version, shape and shard, then the state. The
@@ -241,12 +250,26 @@ impl StateMachineStore {
         txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
         Self::store_snapshot(&txn, &meta, &image).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
+        self.snapshot_mark.durable(meta.last_log_id);
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(image)) })
     }
 
     /// Replaces the whole state with the image, and records it as the current snapshot,
-    /// in one durable transaction.
+    /// in one durable transaction; then lets a purge the snapshot covers go ahead.
     fn install(&self, meta: &SnapshotMeta, image: Vec<u8>) -> Result<(), String> {
+        match self.write_installed(meta, image) {
+            Ok(()) => {
+                self.snapshot_mark.durable(meta.last_log_id);
+                Ok(())
+            }
+            Err(error) => {
+                self.snapshot_mark.install_failed();
+                Err(error)
+            }
+        }
+    }
+
+    fn write_installed(&self, meta: &SnapshotMeta, image: Vec<u8>) -> Result<(), String> {
         let parsed = self.parse_image(&image)?;
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
         txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
@@ -290,6 +313,17 @@ impl StateMachineStore {
     }
 }
 
+/// The last log id of the newest snapshot on disk.
+pub(super) fn stored_snapshot_last(db: &Database) -> Result<Option<LogId>, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = txn.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
+    let Some(meta) = table.get(SNAPSHOT_META).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let meta: SnapshotMeta = decode(meta.value()).map_err(state_error)?;
+    Ok(meta.last_log_id)
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         self.build()
@@ -319,6 +353,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        self.snapshot_mark.incoming();
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
