@@ -13,9 +13,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::constants::{
-    ACCESS_KEY_ID_MAX_BYTES, BUCKET_NAME_MAX_BYTES, BUCKET_NAME_MIN_BYTES, COMMAND_FORMAT_VERSION,
-    COMMAND_MAX_BYTES, INLINE_OBJECT_MAX_BYTES, MANIFEST_CHUNKS_MAX, MULTIPART_PARTS_MAX,
-    OBJECT_KEY_MAX_BYTES, REFCOUNT_DELTAS_MAX, SEALED_BLOB_MAX_BYTES, WORKLOAD_NAME_MAX_BYTES,
+    ACCESS_KEY_ID_MAX_BYTES, AUDIT_RUN_RECORDS_MAX, BUCKET_NAME_MAX_BYTES, BUCKET_NAME_MIN_BYTES,
+    COMMAND_FORMAT_VERSION, COMMAND_MAX_BYTES, INLINE_OBJECT_MAX_BYTES, MANIFEST_CHUNKS_MAX,
+    MULTIPART_PARTS_MAX, OBJECT_KEY_MAX_BYTES, REFCOUNT_DELTAS_MAX, SEALED_BLOB_MAX_BYTES,
+    WORKLOAD_NAME_MAX_BYTES,
 };
 use crate::error::Rejection;
 
@@ -235,6 +236,23 @@ pub enum Command {
     PutKeyPolicies {
         sealed_policies: Sealed,
     },
+    // Added for the audit writer's runs (issue 8), under the same rule.
+    /// Appends `records` at `first`, `first + 1`, ...: every one, and only if `first` is
+    /// the next sequence number, or none. The appender chained them in memory; a racing
+    /// append refuses the whole run, since a run applied in part would chain a record to
+    /// one that never landed. Kept in the system shard: the key store's one group holds
+    /// the chain. The last one's sequence number is the response.
+    AppendAuditRun {
+        first: u64,
+        records: Vec<AuditRunRecord>,
+    },
+}
+
+/// One record of an [`Command::AppendAuditRun`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRunRecord {
+    pub scope: AuditScope,
+    pub sealed_record: Sealed,
 }
 
 /// What a conditional put requires of the object it would replace. A condition that
@@ -297,7 +315,8 @@ impl Command {
             | Command::RetireKeyEpoch { scope: KeyScope::System, .. }
             | Command::AppendAudit { scope: AuditScope::System, .. }
             | Command::AppendAuditAt { scope: AuditScope::System, .. }
-            | Command::PutKeyPolicies { .. } => ShardKey::System,
+            | Command::PutKeyPolicies { .. }
+            | Command::AppendAuditRun { .. } => ShardKey::System,
         }
     }
 
@@ -413,6 +432,24 @@ impl Command {
                     return Err(Rejection::invalid("empty key policies"));
                 }
                 check_sealed(sealed_policies, "key policies")
+            }
+            Command::AppendAuditRun { first, records } => {
+                if *first == 0 {
+                    return Err(Rejection::invalid("audit sequence 0"));
+                }
+                if records.is_empty() || records.len() > AUDIT_RUN_RECORDS_MAX {
+                    return Err(Rejection::invalid("an audit run with no records or too many"));
+                }
+                for record in records {
+                    if let AuditScope::Tenant(tenant) = &record.scope {
+                        check_tenant(tenant)?;
+                    }
+                    if record.sealed_record.0.is_empty() {
+                        return Err(Rejection::invalid("empty audit record"));
+                    }
+                    check_sealed(&record.sealed_record, "audit record")?;
+                }
+                Ok(())
             }
         }
     }
@@ -708,6 +745,40 @@ mod tests {
             },
         ] {
             assert!(bad.check_shape().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_audit_run_is_appended_last_and_checked_record_by_record() {
+        let record = |scope| AuditRunRecord { scope, sealed_record: Sealed(vec![1; 32]) };
+        let run = Command::AppendAuditRun {
+            first: 7,
+            records: vec![record(AuditScope::System), record(AuditScope::Tenant(tenant()))],
+        };
+        assert_eq!(postcard::to_allocvec(&run).unwrap()[0], 21, "appended: variant 21");
+        assert_eq!(run.shard_key(), ShardKey::System);
+        assert_eq!(run.check_shape(), Ok(()));
+        let full = vec![record(AuditScope::System); AUDIT_RUN_RECORDS_MAX];
+        let at_most = Command::AppendAuditRun { first: 1, records: full.clone() };
+        assert_eq!(at_most.check_shape(), Ok(()));
+        let empty_record =
+            AuditRunRecord { scope: AuditScope::System, sealed_record: Sealed(vec![]) };
+        let huge_record = AuditRunRecord {
+            scope: AuditScope::System,
+            sealed_record: Sealed(vec![1; SEALED_BLOB_MAX_BYTES + 1]),
+        };
+        let run = |first, records| Command::AppendAuditRun { first, records };
+        let system = || record(AuditScope::System);
+        let nil_tenant = record(AuditScope::Tenant(TenantId([0; 16])));
+        for (what, bad) in [
+            ("sequence 0", run(0, vec![system()])),
+            ("no records", run(1, Vec::new())),
+            ("too many records", run(1, [full, vec![system()]].concat())),
+            ("a nil tenant", run(1, vec![system(), nil_tenant])),
+            ("an empty record", run(1, vec![system(), empty_record])),
+            ("an oversized record", run(1, vec![huge_record])),
+        ] {
+            assert!(bad.check_shape().is_err(), "a run with {what} passed");
         }
     }
 

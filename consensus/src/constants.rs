@@ -136,6 +136,10 @@ const _: () = assert!(
     "failover within the 0.6 s the metadata service promises (issue 6)"
 );
 
+/// Records in one `AppendAuditRun` at most (each at most `SEALED_BLOB_MAX_BYTES`; the
+/// command's encoded size is bounded by `COMMAND_MAX_BYTES` as any other).
+pub const AUDIT_RUN_RECORDS_MAX: usize = 256;
+
 /// Longest a log purge waits for an incoming snapshot to be on disk. openraft 0.9 purges the
 /// log behind a snapshot it received while the state machine is still installing it; the
 /// purge waits for the install (see `store/snapshot_mark.rs`), one durable write of at most

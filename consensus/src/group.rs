@@ -259,8 +259,7 @@ impl MetadataGroup {
     /// This node's applied state, without asking the leader: possibly stale.
     pub fn local_view(&self) -> Result<StateView, ConsensusError> {
         let txn = self.db.begin_read().map_err(|e| ConsensusError::Storage(e.to_string()))?;
-        let tables = Tables::open_read(&txn).map_err(|e| ConsensusError::Storage(e.to_string()))?;
-        Ok(StateView::new(tables))
+        Ok(StateView::new(Tables::open_read(txn)))
     }
 
     /// Stops the group's Raft instance and its batcher; the store stays as it is on disk.

@@ -3,10 +3,11 @@
 //! metadata.
 //!
 //! Writes are proposals (`AdvanceKeyEpoch`, `RetireKeyEpoch`, `DestroyTenantKeys`,
-//! `AppendAuditAt`, `PutKeyPolicies`), checked for shape and against the leader's state before they are
-//! proposed and again when applied; a refused one changes nothing. Reads are this node's
-//! applied state (`local_view`): on a follower they may lag the leader by the entries not
-//! yet applied, which the key manager's cache TTL already allows for.
+//! `AppendAuditAt`, `AppendAuditRun`, `PutKeyPolicies`), checked for shape and against the
+//! leader's state before they are proposed and again when applied; a refused one changes
+//! nothing. Reads are this node's applied state (`local_view`): on a follower they may lag
+//! the leader by the entries not yet applied, which the key manager's cache TTL already
+//! allows for.
 //!
 //! The trait is synchronous and a proposal is async: each write blocks on the group's
 //! runtime ([`tokio::runtime::Handle::block_on`]). Call it from a thread that is not one
@@ -22,11 +23,18 @@ use kiseki_security::TenantId as SecurityTenantId;
 use kiseki_security::keymanager::{KeyScope, KeyStoreBackend, StoreError, StoredAudit};
 use tokio::runtime::Handle;
 
-use crate::command::{AuditScope, Command, KeyScope as StateKeyScope, Sealed, TenantId};
+use crate::command::{
+    AuditRunRecord, AuditScope, Command, KeyScope as StateKeyScope, Sealed, TenantId,
+};
+use crate::constants::{AUDIT_RUN_RECORDS_MAX, COMMAND_MAX_BYTES};
 use crate::error::{ConsensusError, Rejection};
 use crate::group::MetadataGroup;
 use crate::state::{AUDIT_SEQUENCE_NOT_NEXT, KEY_EPOCH_NOT_NEXT};
 use crate::view::StateView;
+
+/// Record bytes in one `AppendAuditRun` at most: half a command, leaving room for the rest
+/// of its encoding.
+const AUDIT_RUN_BYTES_MAX: usize = COMMAND_MAX_BYTES / 2;
 
 /// The key store in one metadata group; see the module documentation.
 #[derive(Debug, Clone)]
@@ -92,11 +100,43 @@ impl KeyStoreBackend for ConsensusKeyStore {
         tenant: Option<SecurityTenantId>,
         bytes: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let scope = match tenant {
-            None => AuditScope::System,
-            Some(tenant) => AuditScope::Tenant(TenantId(*tenant.as_bytes())),
-        };
+        let scope = audit_scope(tenant);
         self.propose(Command::AppendAuditAt { scope, sequence, sealed_record: Sealed(bytes) })
+    }
+
+    /// The records as `AppendAuditRun` commands, each applied whole or not at all: one
+    /// commit for up to `AUDIT_RUN_RECORDS_MAX` records, where one at a time took a commit
+    /// (and an fsync) each. A run larger than a command may hold goes as several, each
+    /// proposed once the one before it landed.
+    fn append_audit_run(
+        &mut self,
+        first: u64,
+        records: Vec<(Option<SecurityTenantId>, Vec<u8>)>,
+    ) -> Result<(), (usize, StoreError)> {
+        let mut landed = 0;
+        let mut pieces = records.into_iter().peekable();
+        while pieces.peek().is_some() {
+            let mut piece = Vec::new();
+            let mut bytes = 0;
+            while let Some((_, record)) = pieces.peek() {
+                let full = piece.len() == AUDIT_RUN_RECORDS_MAX
+                    || (!piece.is_empty() && bytes + record.len() > AUDIT_RUN_BYTES_MAX);
+                if full {
+                    break;
+                }
+                let (tenant, record) = pieces.next().expect("peeked");
+                bytes += record.len();
+                piece.push(AuditRunRecord {
+                    scope: audit_scope(tenant),
+                    sealed_record: Sealed(record),
+                });
+            }
+            let count = piece.len();
+            let command = Command::AppendAuditRun { first: first + landed as u64, records: piece };
+            self.propose(command).map_err(|e| (landed, e))?;
+            landed += count;
+        }
+        Ok(())
     }
 
     fn audit_next(&self) -> Result<u64, StoreError> {
@@ -124,6 +164,13 @@ impl KeyStoreBackend for ConsensusKeyStore {
     fn policies(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let sealed = self.view()?.key_policies().map_err(store_error)?;
         Ok(sealed.map(|sealed| sealed.0))
+    }
+}
+
+fn audit_scope(tenant: Option<SecurityTenantId>) -> AuditScope {
+    match tenant {
+        None => AuditScope::System,
+        Some(tenant) => AuditScope::Tenant(TenantId(*tenant.as_bytes())),
     }
 }
 

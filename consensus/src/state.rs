@@ -11,6 +11,7 @@
 //! Values are records: one version byte, then the record in postcard.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -140,20 +141,99 @@ pub(crate) struct Tables<T> {
     pub meta: T,
 }
 
-impl Tables<redb::ReadOnlyTable<Bytes, Bytes>> {
-    pub(crate) fn open_read(txn: &redb::ReadTransaction) -> Result<Self, redb::TableError> {
-        Ok(Tables {
-            tenants: txn.open_table(TENANTS)?,
-            buckets: txn.open_table(BUCKETS)?,
-            objects: txn.open_table(OBJECTS)?,
-            uploads: txn.open_table(UPLOADS)?,
-            parts: txn.open_table(PARTS)?,
-            credentials: txn.open_table(CREDENTIALS)?,
-            chunk_refs: txn.open_table(CHUNK_REFS)?,
-            key_epochs: txn.open_table(KEY_EPOCHS)?,
-            audit: txn.open_table(AUDIT)?,
-            meta: txn.open_table(SM_META)?,
-        })
+impl Tables<LazyTable> {
+    /// The tables of a read transaction, each opened when a read first touches it.
+    pub(crate) fn open_read(txn: redb::ReadTransaction) -> Self {
+        let txn = Arc::new(txn);
+        let table = |definition| LazyTable::new(txn.clone(), definition);
+        Tables {
+            tenants: table(TENANTS),
+            buckets: table(BUCKETS),
+            objects: table(OBJECTS),
+            uploads: table(UPLOADS),
+            parts: table(PARTS),
+            credentials: table(CREDENTIALS),
+            chunk_refs: table(CHUNK_REFS),
+            key_epochs: table(KEY_EPOCHS),
+            audit: table(AUDIT),
+            meta: table(SM_META),
+        }
+    }
+}
+
+/// A table of a read transaction, opened on its first read. Measured: a view that opened
+/// all ten tables cost 7% of the server's CPU under 64 KiB PUTs (a request takes several
+/// views, and each reads one or two tables).
+pub(crate) struct LazyTable {
+    txn: Arc<redb::ReadTransaction>,
+    definition: Def,
+    table: OnceLock<redb::ReadOnlyTable<Bytes, Bytes>>,
+}
+
+impl LazyTable {
+    fn new(txn: Arc<redb::ReadTransaction>, definition: Def) -> LazyTable {
+        LazyTable { txn, definition, table: OnceLock::new() }
+    }
+
+    fn table(&self) -> Result<&redb::ReadOnlyTable<Bytes, Bytes>, redb::StorageError> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let table = self.txn.open_table(self.definition).map_err(|error| match error {
+            redb::TableError::Storage(error) => error,
+            // Every table is created when the store opens: anything else is damage.
+            other => redb::StorageError::Corrupted(other.to_string()),
+        })?;
+        Ok(self.table.get_or_init(|| table))
+    }
+}
+
+impl redb::ReadableTableMetadata for LazyTable {
+    fn stats(&self) -> Result<redb::TableStats, redb::StorageError> {
+        self.table()?.stats()
+    }
+
+    fn len(&self) -> Result<u64, redb::StorageError> {
+        self.table()?.len()
+    }
+}
+
+impl ReadableTable<Bytes, Bytes> for LazyTable {
+    fn get<'a>(
+        &self,
+        key: impl std::borrow::Borrow<&'a [u8]>,
+    ) -> Result<Option<redb::AccessGuard<'_, Bytes>>, redb::StorageError> {
+        self.table()?.get(key)
+    }
+
+    fn range<'a, KR>(
+        &self,
+        range: impl std::ops::RangeBounds<KR> + 'a,
+    ) -> Result<redb::Range<'_, Bytes, Bytes>, redb::StorageError>
+    where
+        KR: std::borrow::Borrow<&'a [u8]> + 'a,
+    {
+        self.table()?.range(range)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn first(
+        &self,
+    ) -> Result<
+        Option<(redb::AccessGuard<'_, Bytes>, redb::AccessGuard<'_, Bytes>)>,
+        redb::StorageError,
+    > {
+        self.table()?.first()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn last(
+        &self,
+    ) -> Result<
+        Option<(redb::AccessGuard<'_, Bytes>, redb::AccessGuard<'_, Bytes>)>,
+        redb::StorageError,
+    > {
+        self.table()?.last()
     }
 }
 
@@ -638,6 +718,11 @@ impl<T: ReadableTable<Bytes, Bytes>> Tables<T> {
                 }
             }
             Command::PutKeyPolicies { .. } => {}
+            Command::AppendAuditRun { first, .. } => {
+                if *first != self.audit_next()? {
+                    return Err(Rejection::conflict(AUDIT_SEQUENCE_NOT_NEXT).into());
+                }
+            }
         }
         Ok(())
     }
@@ -801,6 +886,20 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             }
             Command::PutKeyPolicies { sealed_policies } => {
                 self.meta.insert(META_KEY_POLICIES, sealed_policies.0.as_slice())?;
+            }
+            Command::AppendAuditRun { first, records } => {
+                let mut sequence = *first;
+                for record in records {
+                    let record = AuditRecord {
+                        scope: record.scope,
+                        sealed_record: record.sealed_record.clone(),
+                    };
+                    self.audit
+                        .insert(sequence.to_be_bytes().as_slice(), encode(&record).as_slice())?;
+                    sequence += 1;
+                }
+                self.meta.insert(META_AUDIT_NEXT, encode(&sequence).as_slice())?;
+                return Ok(Applied::AuditSequence(sequence - 1));
             }
         }
         Ok(Applied::Done)

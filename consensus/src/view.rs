@@ -4,7 +4,7 @@
 use crate::command::{ChunkId, Command, KeyScope, Manifest, Part, Sealed, TenantId, UploadId};
 use crate::error::ConsensusError;
 use crate::state::{
-    AuditRecord, Bytes, CredentialRecord, SNAPSHOT_TABLES, StateError, Tables, TenantRecord,
+    AuditRecord, CredentialRecord, LazyTable, SNAPSHOT_TABLES, StateError, Tables, TenantRecord,
     UploadRecord,
 };
 use crate::types::LogId;
@@ -15,7 +15,7 @@ pub type Row = (usize, Vec<u8>, Vec<u8>);
 
 /// The applied state of one group on one node, frozen at the moment the view was taken.
 pub struct StateView {
-    tables: Tables<redb::ReadOnlyTable<Bytes, Bytes>>,
+    tables: Tables<LazyTable>,
 }
 
 impl std::fmt::Debug for StateView {
@@ -32,7 +32,7 @@ fn storage(error: StateError) -> ConsensusError {
 }
 
 impl StateView {
-    pub(crate) fn new(tables: Tables<redb::ReadOnlyTable<Bytes, Bytes>>) -> StateView {
+    pub(crate) fn new(tables: Tables<LazyTable>) -> StateView {
         StateView { tables }
     }
 

@@ -3,8 +3,9 @@
 //! hash-chained audit log.
 //!
 //! - Off the request path: a request hands its record to a bounded queue and goes on; one
-//!   writer task appends them in order (each append is a consensus proposal, and the chain
-//!   makes appends sequential). The writer has a root sealer and a store handle of its own,
+//!   writer task takes every record waiting (up to `AUDIT_RUN_MAX`) and appends them in
+//!   order as one run: chained in memory and proposed together, so a run usually costs one
+//!   commit where a record each took one (the queue then overflowed under load). The writer has a root sealer and a store handle of its own,
 //!   never the key manager's lock: holding that lock across a proposal would block every
 //!   request that seals or opens (they take it on the runtime's threads) while the
 //!   proposal waits for those same threads (seen: a dev node stuck under 16 writers). Its
@@ -43,6 +44,9 @@ use crate::s3::S3Credentials;
 
 /// Audit records waiting for the writer at most; past this they are dropped and counted.
 pub const AUDIT_QUEUE_MAX: usize = 4096;
+
+/// Records the writer appends as one run at most (a proposal batch holds 256 commands).
+const AUDIT_RUN_MAX: usize = 256;
 
 /// How often the writer, with nothing queued, writes how many records were dropped.
 const DROPPED_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -205,8 +209,8 @@ struct Writer<S> {
     log: AuditLog,
 }
 
-/// Appends queued records one at a time, on a blocking thread (the store waits on
-/// consensus), and after each says how many were dropped since the last time.
+/// Appends queued records in runs, on a blocking thread (the store waits on consensus),
+/// and after each says how many were dropped since the last time.
 async fn write_records<S: KeyStoreBackend + Send + 'static>(
     writer: Writer<S>,
     mut records: mpsc::Receiver<AuditEntry>,
@@ -219,7 +223,15 @@ async fn write_records<S: KeyStoreBackend + Send + 'static>(
         // ends leaves its count written), or the sink gone: a last look, then the end.
         let next = tokio::time::timeout(DROPPED_REPORT_INTERVAL, records.recv()).await;
         let mut batch = match next {
-            Ok(Some(entry)) => vec![entry],
+            Ok(Some(entry)) => {
+                let mut run = Vec::with_capacity(AUDIT_RUN_MAX);
+                run.push(entry);
+                while run.len() < AUDIT_RUN_MAX {
+                    let Ok(entry) = records.try_recv() else { break };
+                    run.push(entry);
+                }
+                run
+            }
             Ok(None) => {
                 open = false;
                 Vec::new()
@@ -243,9 +255,7 @@ async fn write_records<S: KeyStoreBackend + Send + 'static>(
             // Only this task takes this lock, one batch at a time.
             let mut writer = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let Writer { root, store, log } = &mut *writer;
-            batch
-                .into_iter()
-                .try_for_each(|entry| log.append(root.as_ref(), store, entry).map(|_| ()))
+            log.append_all(root.as_ref(), store, batch).map(|_| ())
         })
         .await;
         match appended {

@@ -20,7 +20,8 @@
 //! [`observe`] is what an operator watches: Prometheus metrics and the health probes.
 //! [`objects`] is the object layer under the S3 front end, [`s3`]; [`multipart`] adds
 //! multipart uploads to it; [`chunks`] is where it keeps chunks: this node's engine, or R
-//! nodes through the fabric.
+//! nodes through the fabric; [`md5_lanes`] gives it the MD5 of upload bodies, several at
+//! once.
 //!
 //! [`grpc`] is the gRPC front end: the data path for HPC clients, storage admin, the
 //! control plane, audit export and the key service on one mTLS listener, each method
@@ -47,6 +48,7 @@ mod grpc_tls;
 pub mod hex;
 pub mod jwks_https;
 pub mod keys_grpc;
+pub mod md5_lanes;
 pub mod multipart;
 pub mod node;
 pub mod objects;

@@ -19,12 +19,12 @@
 //! caller's tenant only, so another tenant's upload is NoSuchUpload (and its bucket
 //! AccessDenied before that).
 
+use hyper::body::Bytes;
 use kiseki_consensus::command::{Command, ETag, Part, Sealed, UploadId};
 use kiseki_consensus::{Applied, ConsensusError, PART_ETAG_DIFFERS, Rejection, StateView};
 use kiseki_consensus::{TOO_MANY_UPLOADS, UploadRecord};
 use kiseki_security::TenantId;
 use kiseki_security::keymanager::KeyStoreBackend;
-use md5::{Digest, Md5};
 
 use crate::constants::{S3_PART_MAX_BYTES, S3_PART_MIN_BYTES, S3_PARTS_MAX};
 use crate::objects::{
@@ -106,7 +106,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         key: &[u8],
         upload_id: &str,
         number: i32,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<[u8; 16], ObjectError> {
         let number = part_number(number).ok_or(ObjectError::InvalidPartNumber)?;
         let upload = {
@@ -142,7 +142,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             Ok((start, end))
         };
         let (_, _, body) = self.get_object_with(tenant, source.0, source.1, bounded).await?;
-        self.put_part(tenant, upload, number, &body).await
+        self.put_part(tenant, upload, number, Bytes::from(body)).await
     }
 
     /// Stores `body` as part `number` of `upload` and names it there, releasing the part
@@ -152,10 +152,10 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         tenant: TenantId,
         upload: UploadId,
         number: u16,
-        body: &[u8],
+        body: Bytes,
     ) -> Result<[u8; 16], ObjectError> {
-        let etag: [u8; 16] = Md5::digest(body).into();
-        let chunks = self.store_chunks(tenant, body).await?;
+        let etag = self.md5.digest(body.clone()).await;
+        let chunks = self.store_chunks(tenant, &body).await?;
         let part = Part { chunks: chunks.clone(), size_bytes: body.len() as u64, etag: ETag(etag) };
         let command = Command::PutPart { tenant: meta_tenant(tenant), upload, number, part };
         match self.meta.propose(command).await {
@@ -221,11 +221,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
             }
             (upload, record)
         };
-        let mut md5s = Md5::new();
-        for (_, etag) in &named {
-            md5s.update(etag.0);
-        }
-        let etag: [u8; 16] = md5s.finalize().into();
+        let md5s: Vec<u8> = named.iter().flat_map(|(_, etag)| etag.0).collect();
+        let etag = md5_many::md5(&md5s);
         let count = named.len() as u16;
         // The upload's metadata, sealed again with the part count its ETag shows.
         let meta_context = context(b"meta", bucket, key);

@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hyper::body::Bytes;
+
 use kiseki_consensus::command::{
     ChunkId as MetaChunkId, ChunkRef, Command, DedupMode, ETag, Manifest, ObjectBody, PutCondition,
     Sealed, TenantId as MetaTenantId,
@@ -40,10 +42,10 @@ use kiseki_consensus::{Applied, ConsensusError, MetadataGroup, PRECONDITION_FAIL
 use kiseki_engine::EngineHandle;
 use kiseki_security::keymanager::{KeyManager, KeyManagerError, KeyStoreBackend};
 use kiseki_security::{ChunkId, Dek, Envelope, SealParams, TenantId, TenantKey, TenantSecret};
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::Chunks;
+use crate::md5_lanes::Md5Lanes;
 
 /// How objects are cut and kept.
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +255,8 @@ pub struct ObjectStore<S> {
     /// One permit per chunk operation in flight; see [`ObjectConfig::engine_ops_max`].
     chunk_slots: tokio::sync::Semaphore,
     keys: Arc<Mutex<KeyManager<S>>>,
+    /// The MD5s of bodies (ETags), several at once.
+    pub(crate) md5: Md5Lanes,
     config: ObjectConfig,
 }
 
@@ -289,7 +293,8 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     ) -> ObjectStore<S> {
         assert!(config.chunk_size_bytes > 0, "chunks hold at least a byte");
         let chunk_slots = tokio::sync::Semaphore::new(config.engine_ops_max.max(1));
-        ObjectStore { meta, chunks, chunk_slots, keys, config }
+        let md5 = Md5Lanes::start().expect("a thread for the MD5 of bodies");
+        ObjectStore { meta, chunks, chunk_slots, keys, md5, config }
     }
 
     /// Where this store keeps its chunks.
@@ -373,7 +378,7 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
     ) -> Result<[u8; 16], ObjectError> {
         let checksums = ObjectChecksums::default();
         let options = PutOptions { user, checksums: &checksums, condition };
-        self.put_object_with(tenant, bucket, key, body, options).await
+        self.put_object_with(tenant, bucket, key, Bytes::copy_from_slice(body), options).await
     }
 
     /// As [`Self::put_object_if`], recording the checksums the caller checked `body`
@@ -383,12 +388,12 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         tenant: TenantId,
         bucket: &str,
         key: &[u8],
-        body: &[u8],
+        body: Bytes,
         options: PutOptions<'_>,
     ) -> Result<[u8; 16], ObjectError> {
         let PutOptions { user, checksums, condition } = options;
         check_key(key)?;
-        let etag: [u8; 16] = Md5::digest(body).into();
+        let etag = self.md5.digest(body.clone()).await;
         let owner = meta_tenant(tenant);
         // This node's applied state is enough to refuse early, before any chunk is stored:
         // the command is checked again where it is applied.
@@ -408,10 +413,10 @@ impl<S: KeyStoreBackend + Send + 'static> ObjectStore<S> {
         let sealed_user_metadata =
             Sealed(self.seal_for_tenant(tenant, &context(b"meta", bucket, key), &user_json)?);
         let (body_ref, stored) = if body.len() <= self.config.inline_max_bytes {
-            let sealed = self.seal_for_tenant(tenant, &context(b"body", bucket, key), body)?;
+            let sealed = self.seal_for_tenant(tenant, &context(b"body", bucket, key), &body)?;
             (ObjectBody::Inline(Sealed(sealed)), Vec::new())
         } else {
-            let chunks = self.store_chunks(tenant, body).await?;
+            let chunks = self.store_chunks(tenant, &body).await?;
             (ObjectBody::Chunks(chunks.clone()), chunks)
         };
         let manifest = Manifest {

@@ -458,7 +458,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
         let options = PutOptions { user: &user, checksums: &checksums, condition };
         let etag = self
             .objects
-            .put_object_with(tenant, &input.bucket, input.key.as_bytes(), &body, options)
+            .put_object_with(tenant, &input.bucket, input.key.as_bytes(), body, options)
             .await
             .map_err(object_error)?;
         let mut output = PutObjectOutput { e_tag: Some(etag_of(etag)), ..Default::default() };
@@ -834,7 +834,7 @@ impl<S: KeyStoreBackend + Send + 'static> S3 for KisekiS3<S> {
                 input.key.as_bytes(),
                 &input.upload_id,
                 input.part_number,
-                &body,
+                body,
             )
             .await
             .map_err(object_error)?;

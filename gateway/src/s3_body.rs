@@ -20,7 +20,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Bytes};
-use md5::{Digest as _, Md5};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, TrailingHeaders, s3_error};
@@ -268,7 +267,7 @@ fn verify_content_md5(bytes: &[u8], content_md5: &str) -> S3Result<()> {
         STANDARD.decode(content_md5.trim()).ok().filter(|digest| digest.len() == 16).ok_or_else(
             || s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."),
         )?;
-    if Md5::digest(bytes).as_slice() != sent.as_slice() {
+    if md5_many::md5(bytes).as_slice() != sent.as_slice() {
         return Err(s3_error!(
             BadDigest,
             "The Content-MD5 you specified did not match what was received."

@@ -311,10 +311,16 @@ async fn a_multipart_upload_round_trips_and_an_abort_releases_its_parts() {
     let upload = f.store.create_upload(tenant(), "bucket", b"joined", &user).await.unwrap();
     let part_one = body(5 << 20, 6);
     let part_two = body(70_000, 7);
-    let etag_one =
-        f.store.upload_part(tenant(), "bucket", b"joined", &upload, 1, &part_one).await.unwrap();
-    let etag_two =
-        f.store.upload_part(tenant(), "bucket", b"joined", &upload, 2, &part_two).await.unwrap();
+    let etag_one = f
+        .store
+        .upload_part(tenant(), "bucket", b"joined", &upload, 1, part_one.clone().into())
+        .await
+        .unwrap();
+    let etag_two = f
+        .store
+        .upload_part(tenant(), "bucket", b"joined", &upload, 2, part_two.clone().into())
+        .await
+        .unwrap();
     let parts = [(1, hex(&etag_one)), (2, hex(&etag_two))];
     let completed =
         f.store.complete_upload(tenant(), "bucket", b"joined", &upload, &parts).await.unwrap();
@@ -329,7 +335,10 @@ async fn a_multipart_upload_round_trips_and_an_abort_releases_its_parts() {
     // An aborted upload's part is released on every replica.
     let aborted = f.store.create_upload(tenant(), "bucket", b"dropped", &user).await.unwrap();
     let part = body(200_000, 8);
-    f.store.upload_part(tenant(), "bucket", b"dropped", &aborted, 1, &part).await.unwrap();
+    f.store
+        .upload_part(tenant(), "bucket", b"dropped", &aborted, 1, part.clone().into())
+        .await
+        .unwrap();
     f.settle(joined + 4).await;
     f.store.abort_upload(tenant(), "bucket", b"dropped", &aborted).await.unwrap();
     f.settle(joined).await;

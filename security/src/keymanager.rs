@@ -46,7 +46,8 @@ mod tests;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use audit_log::{
-    AuditEntry, AuditKind, AuditLog, AuditOutcome, AuditVerifyError, ChainHead, ExportedRecord,
+    Appended, AuditEntry, AuditKind, AuditLog, AuditOutcome, AuditVerifyError, ChainHead,
+    ExportedRecord,
 };
 pub use error::KeyManagerError;
 pub use fetched::FetchedMasterKeys;

@@ -155,7 +155,7 @@ impl StateMachineStore {
 
     fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), String> {
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let tables = Tables::open_read(&txn).map_err(|e| e.to_string())?;
+        let tables = Tables::open_read(txn);
         let applied = match tables.meta.get(META_APPLIED).map_err(|e| e.to_string())? {
             None => None,
             Some(bytes) => Some(decode(bytes.value()).map_err(state_error)?),

@@ -283,3 +283,41 @@ async fn a_shred_reaches_every_node_within_the_cache_ttl() {
     .await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn an_audit_run_takes_one_log_entry_and_a_stale_run_adds_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_root_key_file(&dir.path().join("root.key")).expect("root key");
+    let config = GroupConfig::new(1, ShardId(0), one_shard());
+    let group = Arc::new(file_group(dir.path(), config).await);
+    let path = dir.path().to_path_buf();
+    let shared = Arc::clone(&group);
+    blocking(move || {
+        let mut keys = key_manager(&path, &shared);
+        keys.init_cluster().expect("init");
+        let last_index = || shared.raft().metrics().borrow().last_log_index.unwrap_or(0);
+        let before = last_index();
+        let entries: Vec<AuditEntry> = (0..40).map(|n| entry(&format!("run {n}"), None)).collect();
+        let (root, store) = keys.audit_parts();
+        let appended = AuditLog::default().append_all(root, store, entries).expect("run");
+        assert_eq!(appended.count, 40);
+        let entries_taken = last_index() - before;
+        assert_eq!(entries_taken, 1, "40 records took {entries_taken} log entries");
+        let records = AuditLog::verify(root, store).expect("the chain verifies").records;
+        assert_eq!(appended.last, Some(records));
+
+        // A run at a sequence another append took first is refused whole.
+        let next = store.audit_next().expect("next");
+        let run: Vec<_> = (0..3).map(|_| (None, b"record".to_vec())).collect();
+        let stale = store.append_audit_run(next - 1, run.clone());
+        assert!(
+            matches!(stale, Err((0, kiseki_security::keymanager::StoreError::Conflict(_)))),
+            "{stale:?}"
+        );
+        assert_eq!(store.audit_next().expect("next"), next, "a refused run adds nothing");
+        store.append_audit_run(next, run).expect("a run at the next sequence");
+        assert_eq!(store.audit_next().expect("next"), next + 3);
+    })
+    .await;
+    group.shutdown().await.expect("shutdown");
+}

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::methods::{self, Allowed, DATA_ARGUMENT, Method};
 use super::{Shared, object_status};
 use crate::constants::{GRPC_BODY_PIECE_BYTES, GRPC_LIST_MAX, GRPC_OBJECT_MAX_BYTES};
-use crate::objects::UserMetadata;
+use crate::objects::{ObjectChecksums, PutOptions, UserMetadata};
 
 pub(crate) struct DataApi<S>(pub(crate) Arc<Shared<S>>);
 
@@ -108,9 +108,14 @@ impl<S: KeyStoreBackend + Send + 'static> DataService for DataApi<S> {
             entries: metadata.into_iter().collect(),
         };
         let objects = &self.0.front.objects;
-        let etag =
-            objects.put_object(tenant, &bucket, &key, &body, &user).await.map_err(object_status)?;
-        Ok(Response::new(PutObjectReply { etag: etag.to_vec(), size_bytes: body.len() as u64 }))
+        let size_bytes = body.len() as u64;
+        let checksums = ObjectChecksums::default();
+        let options = PutOptions { user: &user, checksums: &checksums, condition: None };
+        let etag = objects
+            .put_object_with(tenant, &bucket, &key, body.into(), options)
+            .await
+            .map_err(object_status)?;
+        Ok(Response::new(PutObjectReply { etag: etag.to_vec(), size_bytes }))
     }
 
     async fn get_object(

@@ -272,6 +272,15 @@ impl AuditKind {
     }
 }
 
+/// What [`AuditLog::append_all`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Records written (sampling may have skipped some of the entries).
+    pub count: usize,
+    /// The sequence number of the last one.
+    pub last: Option<u64>,
+}
+
 impl AuditLog {
     /// A log that records one data access in `every` (at least 1).
     pub fn with_data_access_sampling(every: u64) -> AuditLog {
@@ -286,44 +295,77 @@ impl AuditLog {
         store: &mut dyn KeyStoreBackend,
         entry: AuditEntry,
     ) -> Result<Option<u64>, KeyManagerError> {
-        if entry.kind == AuditKind::DataAccess {
-            self.data_access_seen += 1;
-            if !(self.data_access_seen - 1).is_multiple_of(self.data_access_every) {
-                return Ok(None);
+        let appended = self.append_all(root, store, vec![entry])?;
+        Ok(appended.last)
+    }
+
+    /// Appends `entries` as the next records, in order, chained in memory and written
+    /// together ([`KeyStoreBackend::append_audit_run`]: one proposal for the run where the
+    /// store is consensus); data accesses may be skipped by sampling. A racing appender
+    /// makes the rest of the run re-chain onto its records and retry.
+    pub fn append_all(
+        &mut self,
+        root: &dyn RootSealer,
+        store: &mut dyn KeyStoreBackend,
+        entries: Vec<AuditEntry>,
+    ) -> Result<Appended, KeyManagerError> {
+        let mut pending = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if entry.kind == AuditKind::DataAccess {
+                self.data_access_seen += 1;
+                if !(self.data_access_seen - 1).is_multiple_of(self.data_access_every) {
+                    continue;
+                }
             }
+            let entry = entry.bounded();
+            let tenant = match &entry.tenant {
+                None => None,
+                Some(text) => Some(parse_tenant(text).ok_or(KeyManagerError::CorruptRecord {
+                    what: "audit entry tenant is not a UUID",
+                })?),
+            };
+            pending.push((tenant, entry));
         }
-        let entry = entry.bounded();
-        let tenant = match &entry.tenant {
-            None => None,
-            Some(text) => Some(parse_tenant(text).ok_or(KeyManagerError::CorruptRecord {
-                what: "audit entry tenant is not a UUID",
-            })?),
-        };
+        let mut appended = Appended::default();
         let mut last_error = None;
         for _ in 0..APPEND_RETRIES {
-            let sequence = store.audit_next()?;
-            let prev = match sequence {
+            if pending.is_empty() {
+                return Ok(appended);
+            }
+            let first = store.audit_next()?;
+            let mut prev = match first {
                 1 => [0u8; 32],
                 _ => {
-                    let previous = store.audit_record(sequence - 1)?.ok_or_else(|| {
+                    let previous = store.audit_record(first - 1)?.ok_or_else(|| {
                         StoreError::Unavailable("previous audit record missing".into())
                     })?;
                     sha256(&previous.bytes)
                 }
             };
-            let body =
-                Body { v: RECORD_VERSION, seq: sequence, prev: hex(&prev), entry: entry.clone() };
-            let body = serde_json::to_vec(&body)
-                .map_err(|_| KeyManagerError::CorruptRecord { what: "audit encoding" })?;
-            let mac = root.mac(&body)?;
-            let mut bytes = hex(&mac).into_bytes();
-            bytes.push(b' ');
-            bytes.extend_from_slice(&body);
-            match store.append_audit(sequence, tenant, bytes) {
-                Ok(()) => return Ok(Some(sequence)),
-                Err(StoreError::Conflict(why)) => last_error = Some(StoreError::Conflict(why)),
-                Err(error) => return Err(error.into()),
+            let mut run = Vec::with_capacity(pending.len());
+            for (offset, (tenant, entry)) in pending.iter().enumerate() {
+                let bytes = record_bytes(root, first + offset as u64, &prev, entry)?;
+                prev = sha256(&bytes);
+                run.push((*tenant, bytes));
             }
+            let written = store.append_audit_run(first, run);
+            let landed = match &written {
+                Ok(()) => pending.len(),
+                Err((landed, _)) => *landed,
+            };
+            if landed > 0 {
+                appended.count += landed;
+                appended.last = Some(first + landed as u64 - 1);
+                pending.drain(..landed);
+            }
+            match written {
+                Ok(()) => return Ok(appended),
+                Err((_, StoreError::Conflict(why))) => last_error = Some(StoreError::Conflict(why)),
+                Err((_, error)) => return Err(error.into()),
+            }
+        }
+        if pending.is_empty() {
+            return Ok(appended);
         }
         Err(last_error.unwrap_or(StoreError::Conflict("audit append".into())).into())
     }
@@ -431,6 +473,23 @@ fn check_record(
 
 fn export(stored: &StoredAudit, body: Body) -> ExportedRecord {
     ExportedRecord { sequence: body.seq, hash: hex(&sha256(&stored.bytes)), entry: body.entry }
+}
+
+/// A record's bytes: the MAC of its body, a space, the body.
+fn record_bytes(
+    root: &dyn RootSealer,
+    sequence: u64,
+    prev: &[u8; 32],
+    entry: &AuditEntry,
+) -> Result<Vec<u8>, KeyManagerError> {
+    let body = Body { v: RECORD_VERSION, seq: sequence, prev: hex(prev), entry: entry.clone() };
+    let body = serde_json::to_vec(&body)
+        .map_err(|_| KeyManagerError::CorruptRecord { what: "audit encoding" })?;
+    let mac = root.mac(&body)?;
+    let mut bytes = hex(&mac).into_bytes();
+    bytes.push(b' ');
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -93,6 +93,19 @@ pub trait KeyStoreBackend {
         tenant: Option<TenantId>,
         bytes: Vec<u8>,
     ) -> Result<(), StoreError>;
+    /// Appends consecutive audit records from `first`, in order, stopping at the first
+    /// that fails: `Err((n, error))` says `n` landed before it. This default appends one at
+    /// a time; a store whose writes are round trips writes the run together.
+    fn append_audit_run(
+        &mut self,
+        first: u64,
+        records: Vec<(Option<TenantId>, Vec<u8>)>,
+    ) -> Result<(), (usize, StoreError)> {
+        for (offset, (tenant, bytes)) in records.into_iter().enumerate() {
+            self.append_audit(first + offset as u64, tenant, bytes).map_err(|e| (offset, e))?;
+        }
+        Ok(())
+    }
     /// The sequence number the next audit record gets (1 for an empty log).
     fn audit_next(&self) -> Result<u64, StoreError>;
     fn audit_record(&self, sequence: u64) -> Result<Option<StoredAudit>, StoreError>;

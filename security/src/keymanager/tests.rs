@@ -823,3 +823,108 @@ fn reseal_counts_shredded_and_corrupt_chunks_and_retries_after_a_transient_error
         assert_eq!(moved, is_kept && *id != corrupt, "only the readable tenant's chunks move");
     }
 }
+
+/// A store on which another appender's record lands at the third place of the next run.
+struct RacedOnce {
+    inner: MemoryKeyStore,
+    root: Box<dyn RootSealer>,
+    raced: bool,
+}
+
+impl KeyStoreBackend for RacedOnce {
+    fn advance_epoch(
+        &mut self,
+        scope: KeyScope,
+        epoch: u32,
+        record: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner.advance_epoch(scope, epoch, record)
+    }
+    fn retire_epoch(&mut self, scope: KeyScope, epoch: u32) -> Result<(), StoreError> {
+        self.inner.retire_epoch(scope, epoch)
+    }
+    fn destroy_tenant_keys(&mut self, tenant: TenantId) -> Result<(), StoreError> {
+        self.inner.destroy_tenant_keys(tenant)
+    }
+    fn current_epoch(&self, scope: KeyScope) -> Result<Option<u32>, StoreError> {
+        self.inner.current_epoch(scope)
+    }
+    fn key_record(&self, scope: KeyScope, epoch: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.key_record(scope, epoch)
+    }
+    fn keys_destroyed(&self, tenant: TenantId) -> Result<bool, StoreError> {
+        self.inner.keys_destroyed(tenant)
+    }
+    fn append_audit(
+        &mut self,
+        sequence: u64,
+        tenant: Option<TenantId>,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner.append_audit(sequence, tenant, bytes)
+    }
+    fn append_audit_run(
+        &mut self,
+        first: u64,
+        records: Vec<(Option<TenantId>, Vec<u8>)>,
+    ) -> Result<(), (usize, StoreError)> {
+        for (offset, (tenant, bytes)) in records.into_iter().enumerate() {
+            if offset == 2 && !self.raced {
+                self.raced = true;
+                let other = AuditEntry::local(
+                    9,
+                    AuditKind::AdminOperation,
+                    "racer",
+                    None,
+                    AuditOutcome::Succeeded,
+                );
+                AuditLog::default().append(self.root.as_ref(), &mut self.inner, other).unwrap();
+            }
+            self.inner
+                .append_audit(first + offset as u64, tenant, bytes)
+                .map_err(|e| (offset, e))?;
+        }
+        Ok(())
+    }
+    fn audit_next(&self) -> Result<u64, StoreError> {
+        self.inner.audit_next()
+    }
+    fn audit_record(&self, sequence: u64) -> Result<Option<StoredAudit>, StoreError> {
+        self.inner.audit_record(sequence)
+    }
+    fn put_policies(&mut self, sealed: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put_policies(sealed)
+    }
+    fn policies(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.policies()
+    }
+}
+
+#[test]
+fn a_run_of_records_is_chained_together_and_rechained_after_a_racing_append() {
+    let mut store = RacedOnce { inner: MemoryKeyStore::new(), root: root(), raced: false };
+    let root = root();
+    let entries: Vec<AuditEntry> = (0..5)
+        .map(|n| {
+            let action = format!("run {n}");
+            AuditEntry::local(n, AuditKind::KeyOperation, &action, None, AuditOutcome::Succeeded)
+        })
+        .collect();
+    let appended = AuditLog::default().append_all(root.as_ref(), &mut store, entries).unwrap();
+    assert_eq!(appended, Appended { count: 5, last: Some(6) });
+    assert!(store.raced, "the racer appended in the middle of the run");
+    let head = AuditLog::verify(root.as_ref(), &store).unwrap();
+    assert_eq!(head.records, 6, "five of ours and the racer's, one chain");
+    let (system, _) = AuditLog::cluster_view(root.as_ref(), &store).unwrap();
+    let actions: Vec<&str> = system.iter().map(|r| r.entry.action.as_str()).collect();
+    assert_eq!(actions, ["run 0", "run 1", "racer", "run 2", "run 3", "run 4"]);
+
+    // Sampling applies to a run as to single appends: one data access in three.
+    let mut sampled = AuditLog::with_data_access_sampling(3);
+    let reads: Vec<AuditEntry> = (0..7)
+        .map(|n| AuditEntry::local(n, AuditKind::DataAccess, "get", None, AuditOutcome::Succeeded))
+        .collect();
+    let appended = sampled.append_all(root.as_ref(), &mut store, reads).unwrap();
+    assert_eq!(appended, Appended { count: 3, last: Some(9) });
+    assert_eq!(AuditLog::verify(root.as_ref(), &store).unwrap().records, 9);
+}
