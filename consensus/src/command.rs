@@ -244,13 +244,14 @@ pub enum Command {
     /// the chain. The last one's sequence number is the response.
     AppendAuditRun {
         first: u64,
-        records: Vec<AuditRunRecord>,
+        records: Vec<AuditRecord>,
     },
 }
 
-/// One record of an [`Command::AppendAuditRun`].
+/// One audit record: as an [`Command::AppendAuditRun`] carries it, and as the state keeps
+/// it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRunRecord {
+pub struct AuditRecord {
     pub scope: AuditScope,
     pub sealed_record: Sealed,
 }
@@ -750,7 +751,7 @@ mod tests {
 
     #[test]
     fn an_audit_run_is_appended_last_and_checked_record_by_record() {
-        let record = |scope| AuditRunRecord { scope, sealed_record: Sealed(vec![1; 32]) };
+        let record = |scope| AuditRecord { scope, sealed_record: Sealed(vec![1; 32]) };
         let run = Command::AppendAuditRun {
             first: 7,
             records: vec![record(AuditScope::System), record(AuditScope::Tenant(tenant()))],
@@ -761,9 +762,8 @@ mod tests {
         let full = vec![record(AuditScope::System); AUDIT_RUN_RECORDS_MAX];
         let at_most = Command::AppendAuditRun { first: 1, records: full.clone() };
         assert_eq!(at_most.check_shape(), Ok(()));
-        let empty_record =
-            AuditRunRecord { scope: AuditScope::System, sealed_record: Sealed(vec![]) };
-        let huge_record = AuditRunRecord {
+        let empty_record = AuditRecord { scope: AuditScope::System, sealed_record: Sealed(vec![]) };
+        let huge_record = AuditRecord {
             scope: AuditScope::System,
             sealed_record: Sealed(vec![1; SEALED_BLOB_MAX_BYTES + 1]),
         };

@@ -24,7 +24,7 @@ use kiseki_security::keymanager::{KeyScope, KeyStoreBackend, StoreError, StoredA
 use tokio::runtime::Handle;
 
 use crate::command::{
-    AuditRunRecord, AuditScope, Command, KeyScope as StateKeyScope, Sealed, TenantId,
+    AuditRecord, AuditScope, Command, KeyScope as StateKeyScope, Sealed, TenantId,
 };
 use crate::constants::{AUDIT_RUN_RECORDS_MAX, COMMAND_MAX_BYTES};
 use crate::error::{ConsensusError, Rejection};
@@ -114,27 +114,25 @@ impl KeyStoreBackend for ConsensusKeyStore {
         records: Vec<(Option<SecurityTenantId>, Vec<u8>)>,
     ) -> Result<(), (usize, StoreError)> {
         let mut landed = 0;
-        let mut pieces = records.into_iter().peekable();
-        while pieces.peek().is_some() {
-            let mut piece = Vec::new();
-            let mut bytes = 0;
-            while let Some((_, record)) = pieces.peek() {
-                let full = piece.len() == AUDIT_RUN_RECORDS_MAX
-                    || (!piece.is_empty() && bytes + record.len() > AUDIT_RUN_BYTES_MAX);
-                if full {
-                    break;
-                }
-                let (tenant, record) = pieces.next().expect("peeked");
-                bytes += record.len();
-                piece.push(AuditRunRecord {
-                    scope: audit_scope(tenant),
-                    sealed_record: Sealed(record),
-                });
+        let mut piece: Vec<AuditRecord> = Vec::new();
+        let mut piece_bytes = 0;
+        let mut records = records.into_iter().peekable();
+        while let Some((tenant, record)) = records.next() {
+            piece_bytes += record.len();
+            piece.push(AuditRecord { scope: audit_scope(tenant), sealed_record: Sealed(record) });
+            let next_fits = records.peek().is_some_and(|(_, next)| {
+                piece.len() < AUDIT_RUN_RECORDS_MAX
+                    && piece_bytes + next.len() <= AUDIT_RUN_BYTES_MAX
+            });
+            if !next_fits {
+                let count = piece.len();
+                let first = first + landed as u64;
+                let command =
+                    Command::AppendAuditRun { first, records: std::mem::take(&mut piece) };
+                self.propose(command).map_err(|e| (landed, e))?;
+                landed += count;
+                piece_bytes = 0;
             }
-            let count = piece.len();
-            let command = Command::AppendAuditRun { first: first + landed as u64, records: piece };
-            self.propose(command).map_err(|e| (landed, e))?;
-            landed += count;
         }
         Ok(())
     }

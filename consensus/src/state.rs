@@ -17,8 +17,9 @@ use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::command::AuditRecord;
 use crate::command::{
-    AuditScope, ChunkId, ChunkRef, Command, DedupMode, ETag, KeyScope, Manifest, ObjectBody, Part,
+    ChunkId, ChunkRef, Command, DedupMode, ETag, KeyScope, Manifest, ObjectBody, Part,
     PutCondition, RefDelta, Sealed, TenantId, UploadId,
 };
 use crate::constants::{MANIFEST_CHUNKS_MAX, UPLOADS_OPEN_PER_TENANT_MAX};
@@ -97,13 +98,6 @@ pub struct CredentialRecord {
     pub tenant: TenantId,
     pub workload: String,
     pub sealed_secret: Sealed,
-}
-
-/// One audit record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub scope: AuditScope,
-    pub sealed_record: Sealed,
 }
 
 /// Why a check or a write could not finish: the command does not fit (nothing changed), or
@@ -890,12 +884,8 @@ impl Tables<redb::Table<'_, Bytes, Bytes>> {
             Command::AppendAuditRun { first, records } => {
                 let mut sequence = *first;
                 for record in records {
-                    let record = AuditRecord {
-                        scope: record.scope,
-                        sealed_record: record.sealed_record.clone(),
-                    };
                     self.audit
-                        .insert(sequence.to_be_bytes().as_slice(), encode(&record).as_slice())?;
+                        .insert(sequence.to_be_bytes().as_slice(), encode(record).as_slice())?;
                     sequence += 1;
                 }
                 self.meta.insert(META_AUDIT_NEXT, encode(&sequence).as_slice())?;

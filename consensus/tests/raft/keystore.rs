@@ -305,6 +305,15 @@ async fn an_audit_run_takes_one_log_entry_and_a_stale_run_adds_nothing() {
         assert_eq!(entries_taken, 1, "40 records took {entries_taken} log entries");
         let records = AuditLog::verify(root, store).expect("the chain verifies").records;
         assert_eq!(appended.last, Some(records));
+        // More than one command holds goes as consecutive commands.
+        let before = last_index();
+        let entries: Vec<AuditEntry> =
+            (0..300).map(|n| entry(&format!("long run {n}"), None)).collect();
+        let appended = AuditLog::default().append_all(root, store, entries).expect("long run");
+        assert_eq!(appended.count, 300);
+        assert_eq!(last_index() - before, 2, "256 records, then 44");
+        let records = AuditLog::verify(root, store).expect("the chain verifies").records;
+        assert_eq!(appended.last, Some(records));
 
         // A run at a sequence another append took first is refused whole.
         let next = store.audit_next().expect("next");

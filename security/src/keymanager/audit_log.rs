@@ -327,11 +327,11 @@ impl AuditLog {
             pending.push((tenant, entry));
         }
         let mut appended = Appended::default();
+        if pending.is_empty() {
+            return Ok(appended);
+        }
         let mut last_error = None;
         for _ in 0..APPEND_RETRIES {
-            if pending.is_empty() {
-                return Ok(appended);
-            }
             let first = store.audit_next()?;
             let mut prev = match first {
                 1 => [0u8; 32],
@@ -363,9 +363,6 @@ impl AuditLog {
                 Err((_, StoreError::Conflict(why))) => last_error = Some(StoreError::Conflict(why)),
                 Err((_, error)) => return Err(error.into()),
             }
-        }
-        if pending.is_empty() {
-            return Ok(appended);
         }
         Err(last_error.unwrap_or(StoreError::Conflict("audit append".into())).into())
     }
